@@ -1,0 +1,249 @@
+"""The typed configuration schema shared by every role, with YAML loading and dotted overrides.
+
+One file configures a whole run (learner, generators, local launcher): operators keep one YAML
+per experiment and override fields per host on the command line, e.g.
+`asyncrl learner --config run.yaml train.steps=500 buffer.max_staleness=4`.
+Unknown keys and bad values fail at start with a message naming the field and what to change.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from launch.tiny import TinyTaskConfig
+from learner.advantages import AdvantageConfig
+from learner.objectives import ObjectiveConfig
+from learner.rewards import RewardConfig
+
+PRESETS_DIR = Path(__file__).parent / "presets"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(_Strict):
+    path: str | None = Field(
+        None, description="Hugging Face model directory (local path). Empty: build and use the "
+        "embedded tiny model (see `tiny`).")
+    dtype: Literal["float32", "bfloat16", "float16"] = Field(
+        "float32", description="Parameter/compute dtype of learner and hf generators. bfloat16 "
+        "needs a GPU with bf16 support.")
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="Where learner and hf generators run; auto = cuda if available.")
+
+
+class DataConfig(_Strict):
+    train_path: str | None = Field(
+        None, description="Prompt dataset for RL: JSONL file with one object per line. Empty: "
+        "the embedded tiny task's train split.")
+    eval_path: str | None = Field(
+        None, description="Held-out JSONL for greedy accuracy. Empty: the tiny task's split, "
+        "or no evaluation when train_path is set without eval_path.")
+    prompt_field: str = Field("prompt", description="Row field holding the prompt text.")
+    answer_field: str = Field("answer", description="Row field holding the ground truth.")
+    eval_size: int = Field(256, ge=1, description="At most this many held-out rows are scored.")
+    shuffle_seed: int = Field(0, description="Seed of the per-epoch prompt order.")
+
+
+class SamplingConfig(_Strict):
+    group_size: int = Field(8, ge=1, le=1024, description="Completions per prompt (G).")
+    temperature: float = Field(
+        1.0, gt=0.0, description="Sampling temperature; the learner scores with the same value.")
+    top_p: float = Field(1.0, gt=0.0, le=1.0, description="Nucleus truncation; 1 = off.")
+    top_k: int = Field(0, ge=0, description="Top-k truncation; 0 = off.")
+    max_new_tokens: int = Field(8, ge=1, description="Response length limit in tokens.")
+
+
+class TrainConfig(_Strict):
+    groups_per_step: int = Field(8, ge=1, description="Prompt groups per optimizer step (B).")
+    steps: int = Field(120, ge=1, description="Optimizer steps to run (this process's target "
+                       "policy version).")
+    max_seconds: float = Field(0.0, ge=0.0, description="Stop after this much RL wall time; "
+                               "0 = no limit.")
+    lr: float = Field(2e-4, gt=0.0, description="Peak learning rate (AdamW).")
+    weight_decay: float = Field(0.0, ge=0.0, description="AdamW weight decay.")
+    warmup_steps: int = Field(5, ge=0, description="Linear LR warmup steps.")
+    grad_clip: float = Field(1.0, ge=0.0, description="Gradient norm clip; 0 = off.")
+    micro_batch_size: int = Field(64, ge=1, description="Sequences per forward/backward pass.")
+    zero_stage: int = Field(0, ge=0, le=3, description="DeepSpeed ZeRO stage (0-3).")
+    seed: int = Field(0, description="Seed of learner RNGs.")
+    eval_every: int = Field(20, ge=0, description="Held-out evaluation every N steps; 0 = only "
+                            "before and after.")
+    log_every: int = Field(5, ge=1, description="Progress line every N steps.")
+    publish_every: int = Field(1, ge=1, description="Publish weights every N steps.")
+    threads: int = Field(0, ge=0, description="torch intra-op threads for the learner; 0 = "
+                         "leave torch's default.")
+    deepspeed: dict[str, Any] = Field(
+        default_factory=dict, description="Raw DeepSpeed config merged over the generated one, "
+        "for anything not modelled here.")
+
+
+class BufferConfig(_Strict):
+    max_staleness: int = Field(2, ge=0, description="η: largest allowed learner version minus "
+                               "rollout version. 0 = synchronous RL.")
+    max_groups: int = Field(1024, ge=1, description="Buffer capacity in groups.")
+    max_bytes: int = Field(1 << 30, ge=1, description="Buffer capacity in bytes.")
+    max_reuse: int = Field(0, ge=0, description="Extra times a group may be trained while "
+                           "within η.")
+    filter_zero_variance: bool = Field(True, description="Dynamic sampling: drop groups whose "
+                                       "rewards are all equal (no learning signal).")
+    lease_seconds: float = Field(120.0, gt=0, description="A lease not returned (or extended "
+                                 "by heartbeats) within this time is re-issued.")
+    heartbeat_seconds: float = Field(2.0, gt=0, description="Generator heartbeat interval; a "
+                                     "generator silent for two intervals loses its leases.")
+
+
+class LearnerConfig(_Strict):
+    bind_host: str = Field("127.0.0.1", description="Interface the learner binds (0.0.0.0 for "
+                           "a fleet on other hosts).")
+    control_port: int = Field(5555, ge=0, le=65535, description="ROUTER port: leases, "
+                              "heartbeats, weight chunks.")
+    rollouts_port: int = Field(5556, ge=0, le=65535, description="PULL port: rollout groups.")
+    weights_port: int = Field(5557, ge=0, le=65535, description="PUB port: weight "
+                              "announcements.")
+    metrics_port: int = Field(9400, ge=0, le=65535, description="Prometheus /metrics port; 0 = "
+                              "any free port.")
+    output_dir: str = Field("runs/latest", description="Where summaries and checkpoints go.")
+    weight_chunk_bytes: int = Field(4 << 20, ge=1024, description="Size of one weight chunk.")
+
+
+class GeneratorConfig(_Strict):
+    backend: Literal["hf", "sglang"] = Field("hf", description="Inference engine.")
+    learner: str = Field("tcp://127.0.0.1:5555", description="The learner's control address.")
+    generator_id: str = Field("", description="Stable id (metrics label); empty = host-pid.")
+    metrics_port: int = Field(9401, ge=0, le=65535, description="Prometheus /metrics port; "
+                              "0 = any free port.")
+    threads: int = Field(0, ge=0, description="torch intra-op threads; 0 = torch's default.")
+    seed: int = Field(0, description="Sampling seed (combined with the generator id).")
+    reconnect_seconds: float = Field(
+        10.0, gt=0, description="A learner silent this long is considered gone; the "
+        "generator rebuilds its sockets with backoff.")
+
+
+class LocalConfig(_Strict):
+    generators: int = Field(2, ge=1, description="Generator processes `asyncrl local` starts.")
+    pin_cores: bool = Field(False, description="Pin the learner and each generator to "
+                            "separate CPU cores when enough exist.")
+
+
+class AsyncRLConfig(_Strict):
+    """A whole run: every role reads the sections it needs."""
+
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    tiny: TinyTaskConfig = Field(default_factory=TinyTaskConfig)
+    sampling: SamplingConfig = Field(default_factory=SamplingConfig)
+    objective: ObjectiveConfig = Field(default_factory=ObjectiveConfig)
+    advantage: AdvantageConfig = Field(default_factory=AdvantageConfig)
+    reward: RewardConfig = Field(default_factory=RewardConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    buffer: BufferConfig = Field(default_factory=BufferConfig)
+    learner: LearnerConfig = Field(default_factory=LearnerConfig)
+    generator: GeneratorConfig = Field(default_factory=GeneratorConfig)
+    local: LocalConfig = Field(default_factory=LocalConfig)
+
+    @model_validator(mode="after")
+    def _cross_field(self) -> AsyncRLConfig:
+        if self.data.train_path is None and self.model.path is not None:
+            raise ValueError("model.path is set but data.train_path is not: the embedded tiny "
+                             "task only fits the embedded model; set data.train_path")
+        return self
+
+
+class ConfigError(ValueError):
+    """Configuration that cannot start a run; the message says what to change."""
+
+
+def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    node = tree
+    for k in keys[:-1]:
+        nxt = node.setdefault(k, {})
+        if not isinstance(nxt, dict):
+            raise ConfigError(f"override {dotted}: {k} is not a section")
+        node = nxt
+    node[keys[-1]] = value
+
+
+def parse_overrides(items: list[str]) -> dict:
+    """`a.b=1 c=x` -> nested dict; values parsed as YAML scalars (so 1, true, [1,2] work)."""
+    tree: dict = {}
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not of the form section.field=value")
+        key, raw = item.split("=", 1)
+        _set_dotted(tree, key.strip(), yaml.safe_load(raw) if raw != "" else "")
+    return tree
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def resolve_config_path(name_or_path: str | None) -> Path | None:
+    """A path, or the name of a shipped preset (`tiny-cpu`)."""
+    if not name_or_path:
+        return None
+    p = Path(name_or_path)
+    if p.exists():
+        return p
+    preset = PRESETS_DIR / f"{name_or_path}.yaml"
+    if preset.exists():
+        return preset
+    names = ", ".join(sorted(q.stem for q in PRESETS_DIR.glob("*.yaml")))
+    raise ConfigError(f"config {name_or_path!r} is neither a file nor a preset ({names})")
+
+
+def load_config(path: str | None = None, overrides: list[str] | None = None) -> AsyncRLConfig:
+    """Load YAML (or a preset name), apply dotted overrides, validate."""
+    tree: dict = {}
+    resolved = resolve_config_path(path)
+    if resolved is not None:
+        loaded = yaml.safe_load(resolved.read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{resolved}: the top level must be a mapping of sections")
+        tree = loaded
+    tree = _merge(tree, parse_overrides(overrides or []))
+    try:
+        return AsyncRLConfig.model_validate(tree)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, resolved)) from None
+
+
+def format_validation_error(exc: ValidationError, source: Path | None) -> str:
+    lines = [f"invalid configuration{f' in {source}' if source else ''}:"]
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        if err["type"] == "extra_forbidden":
+            lines.append(f"  {loc}: unknown key; remove it or check the spelling "
+                         "(`asyncrl learner --print-config` lists every field)")
+        else:
+            got = err.get("input")
+            shown = "" if isinstance(got, dict) else f" (got {got!r})"
+            lines.append(f"  {loc}: {err['msg']}{shown}")
+    return "\n".join(lines)
+
+
+def dump_config(cfg: AsyncRLConfig) -> str:
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+
+
+def describe_fields(model: type[BaseModel] = AsyncRLConfig, prefix: str = "") -> list[str]:
+    """One line per field: dotted name, default, description (for docs and --help-config)."""
+    out = []
+    for name, f in model.model_fields.items():
+        ann = f.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            out.extend(describe_fields(ann, f"{prefix}{name}."))
+        else:
+            out.append(f"{prefix}{name} = {f.get_default(call_default_factory=True)!r}: "
+                       f"{f.description or ''}")
+    return out

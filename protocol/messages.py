@@ -1,0 +1,254 @@
+"""Wire message types exchanged between the learner hub and generators.
+
+Each message is a plain dataclass. Scalar fields travel in the msgpack header; numpy arrays
+travel as separate raw frames (see `protocol.codec`). `FIELDS` and `ARRAYS` on each class are
+the schema the codec validates against, so adding a field means touching one place.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import numpy as np
+
+SCHEMA_VERSION = 1
+
+
+@dataclass
+class Message:
+    """Base class: `TYPE` names the message on the wire; `FIELDS` maps scalar field -> types;
+    `ARRAYS` maps array field -> allowed dtype."""
+
+    TYPE: ClassVar[str] = ""
+    FIELDS: ClassVar[dict[str, tuple[type, ...]]] = {}
+    ARRAYS: ClassVar[dict[str, str]] = {}
+
+
+@dataclass
+class Hello(Message):
+    """First message of a generator; the reply is a `Welcome`."""
+
+    generator_id: str
+    backend: str
+    version: int
+
+    TYPE: ClassVar[str] = "hello"
+    FIELDS: ClassVar = {"generator_id": (str,), "backend": (str,), "version": (int,)}
+
+
+@dataclass
+class Welcome(Message):
+    """Reply to `Hello`: what the generator needs to start, including the latest weights."""
+
+    learner_version: int
+    weights_version: int
+    weights_digest: str
+    weights_size: int
+    weights_chunks: int
+    heartbeat_seconds: float
+    vocab_size: int
+
+    TYPE: ClassVar[str] = "welcome"
+    FIELDS: ClassVar = {
+        "learner_version": (int,),
+        "weights_version": (int,),
+        "weights_digest": (str,),
+        "weights_size": (int,),
+        "weights_chunks": (int,),
+        "heartbeat_seconds": (float, int),
+        "vocab_size": (int,),
+    }
+
+
+@dataclass
+class Heartbeat(Message):
+    """Periodic liveness signal; lists the leases the generator still works on."""
+
+    generator_id: str
+    version: int
+    lease_ids: list[int] = field(default_factory=list)
+
+    TYPE: ClassVar[str] = "heartbeat"
+    FIELDS: ClassVar = {"generator_id": (str,), "version": (int,), "lease_ids": (list,)}
+
+
+@dataclass
+class LeaseRequest(Message):
+    """Ask for one prompt group. `version` is the weights version the generator holds: the gate
+    uses it, so a generator that has not loaded recent weights cannot take work it would make
+    too stale."""
+
+    generator_id: str
+    version: int
+
+    TYPE: ClassVar[str] = "lease_request"
+    FIELDS: ClassVar = {"generator_id": (str,), "version": (int,)}
+
+
+@dataclass
+class Lease(Message):
+    """One prompt group to generate, returned with `lease_id` before `deadline` (unix seconds)."""
+
+    lease_id: int
+    prompt_ids: np.ndarray
+    group_size: int
+    temperature: float
+    top_p: float
+    top_k: int
+    max_new_tokens: int
+    deadline: float
+    issued_version: int
+    greedy_baseline: bool = False
+
+    TYPE: ClassVar[str] = "lease"
+    FIELDS: ClassVar = {
+        "lease_id": (int,),
+        "group_size": (int,),
+        "temperature": (float, int),
+        "top_p": (float, int),
+        "top_k": (int,),
+        "max_new_tokens": (int,),
+        "deadline": (float, int),
+        "issued_version": (int,),
+        "greedy_baseline": (bool,),
+    }
+    ARRAYS: ClassVar = {"prompt_ids": "int32"}
+
+
+@dataclass
+class LeaseDenied(Message):
+    """No lease now: `reason` is `gate` (staleness limit), `exhausted` (dataset done) or
+    `version` (the generator must load newer weights first)."""
+
+    reason: str
+    retry_after: float
+    learner_version: int
+
+    TYPE: ClassVar[str] = "lease_denied"
+    FIELDS: ClassVar = {"reason": (str,), "retry_after": (float, int), "learner_version": (int,)}
+
+
+@dataclass
+class LeaseReturn(Message):
+    """A generator gives a lease back unfinished (shutdown); it is re-issued at once."""
+
+    generator_id: str
+    lease_ids: list[int]
+
+    TYPE: ClassVar[str] = "lease_return"
+    FIELDS: ClassVar = {"generator_id": (str,), "lease_ids": (list,)}
+
+
+@dataclass
+class Ack(Message):
+    """Generic reply to heartbeats and lease returns; carries the learner's version."""
+
+    learner_version: int
+
+    TYPE: ClassVar[str] = "ack"
+    FIELDS: ClassVar = {"learner_version": (int,)}
+
+
+@dataclass
+class RolloutGroup(Message):
+    """G completions of one leased prompt, flattened: sample i's tokens are
+    `tokens[offsets[i]:offsets[i]+lengths[i]]`, with `logprobs` and `versions` aligned to them.
+    `offsets` is derived, not sent."""
+
+    lease_id: int
+    generator_id: str
+    tokens: np.ndarray  # int32 [sum(lengths)]
+    logprobs: np.ndarray  # float32 [sum(lengths)], behaviour logprob of each sampled token
+    versions: np.ndarray  # int32 [sum(lengths)], weights version that sampled each token
+    lengths: np.ndarray  # int32 [G]
+    finish_reasons: list[str]
+    generate_seconds: float
+    baseline_tokens: np.ndarray | None = None  # int32, the greedy sample (remax) if asked
+
+    TYPE: ClassVar[str] = "rollout_group"
+    FIELDS: ClassVar = {
+        "lease_id": (int,),
+        "generator_id": (str,),
+        "finish_reasons": (list,),
+        "generate_seconds": (float, int),
+    }
+    ARRAYS: ClassVar = {
+        "tokens": "int32",
+        "logprobs": "float32",
+        "versions": "int32",
+        "lengths": "int32",
+        "baseline_tokens": "int32",
+    }
+
+    @property
+    def group_size(self) -> int:
+        return int(self.lengths.shape[0])
+
+    def sample_slices(self) -> list[slice]:
+        ends = np.cumsum(self.lengths)
+        starts = ends - self.lengths
+        return [slice(int(s), int(e)) for s, e in zip(starts, ends)]
+
+    @property
+    def version(self) -> int:
+        """The group's version is its oldest token's (in-flight updates can mix versions)."""
+        return int(self.versions.min()) if self.versions.size else -1
+
+
+@dataclass
+class WeightsAnnouncement(Message):
+    """Published on the weights PUB socket whenever a new version is ready to fetch."""
+
+    version: int
+    digest: str
+    size: int
+    chunks: int
+
+    TYPE: ClassVar[str] = "weights_announcement"
+    FIELDS: ClassVar = {"version": (int,), "digest": (str,), "size": (int,), "chunks": (int,)}
+
+
+@dataclass
+class WeightsRequest(Message):
+    """Fetch one chunk of a published version over the control socket."""
+
+    version: int
+    index: int
+
+    TYPE: ClassVar[str] = "weights_request"
+    FIELDS: ClassVar = {"version": (int,), "index": (int,)}
+
+
+@dataclass
+class WeightsChunk(Message):
+    """One chunk of serialized weights; `data` is empty with `missing=True` when the version
+    is no longer held (the generator then waits for the next announcement)."""
+
+    version: int
+    index: int
+    data: np.ndarray  # uint8
+    missing: bool = False
+
+    TYPE: ClassVar[str] = "weights_chunk"
+    FIELDS: ClassVar = {"version": (int,), "index": (int,), "missing": (bool,)}
+    ARRAYS: ClassVar = {"data": "uint8"}
+
+
+MESSAGE_TYPES: dict[str, type[Message]] = {
+    cls.TYPE: cls
+    for cls in (
+        Hello,
+        Welcome,
+        Heartbeat,
+        LeaseRequest,
+        Lease,
+        LeaseDenied,
+        LeaseReturn,
+        Ack,
+        RolloutGroup,
+        WeightsAnnouncement,
+        WeightsRequest,
+        WeightsChunk,
+    )
+}

@@ -1,0 +1,108 @@
+"""ZeroMQ socket construction with the options every asyncrl socket needs.
+
+Why these options: ZMQ_IMMEDIATE so nothing queues towards a peer that is not connected yet,
+a finite ZMQ_LINGER so shutdown never hangs, ZMQ_MAXMSGSIZE on receivers so one frame cannot
+exhaust memory, and optional CurveZMQ so only authorised generators take part.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import zmq
+
+from protocol.codec import DecodeLimits, decode, encode
+from protocol.messages import Message
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class CurveKeys:
+    """Curve key material. Server side: own key pair plus the directory of allowed client
+    public keys. Client side: own key pair plus the server's public key."""
+
+    public: bytes
+    secret: bytes
+    server_public: bytes | None = None
+    allowed_clients_dir: str | None = None
+
+
+def load_curve_keys(key_dir: str, role: str) -> CurveKeys:
+    """Load keys written by `asyncrl keys` from `key_dir` for role `server` or `client`."""
+    from zmq.auth import load_certificate
+
+    d = Path(key_dir)
+    if role == "server":
+        public, secret = load_certificate(d / "server.key_secret")
+        return CurveKeys(public, secret, allowed_clients_dir=str(d / "clients"))
+    public, secret = load_certificate(d / "client.key_secret")
+    server_public, _ = load_certificate(d / "server.key")
+    return CurveKeys(public, secret, server_public=server_public)
+
+
+class SocketFactory:
+    """Creates configured sockets on one context; starts the Curve authenticator once for
+    server sockets when keys are given."""
+
+    def __init__(self, context: zmq.Context | None = None, curve: CurveKeys | None = None,
+                 max_message_bytes: int = 512 * 1024 * 1024, linger_ms: int = 1000):
+        self.context = context or zmq.Context.instance()
+        self.curve = curve
+        self.max_message_bytes = max_message_bytes
+        self.linger_ms = linger_ms
+        self._auth = None
+
+    def _ensure_authenticator(self) -> None:
+        if self._auth is not None or self.curve is None:
+            return
+        from zmq.auth.thread import ThreadAuthenticator
+
+        self._auth = ThreadAuthenticator(self.context)
+        self._auth.start()
+        self._auth.configure_curve(domain="*", location=self.curve.allowed_clients_dir)
+
+    def socket(self, kind: int, *, server: bool) -> zmq.Socket:
+        sock = self.context.socket(kind)
+        sock.setsockopt(zmq.LINGER, self.linger_ms)
+        sock.setsockopt(zmq.MAXMSGSIZE, self.max_message_bytes)
+        if kind in (zmq.DEALER, zmq.PUSH, zmq.ROUTER):
+            sock.setsockopt(zmq.IMMEDIATE, 1)
+        if kind == zmq.ROUTER:
+            # Replies to a peer that vanished are dropped instead of raising.
+            sock.setsockopt(zmq.ROUTER_MANDATORY, 0)
+        if self.curve is not None:
+            if server:
+                self._ensure_authenticator()
+                sock.curve_server = True
+                sock.curve_publickey = self.curve.public
+                sock.curve_secretkey = self.curve.secret
+            else:
+                sock.curve_publickey = self.curve.public
+                sock.curve_secretkey = self.curve.secret
+                sock.curve_serverkey = self.curve.server_public
+        return sock
+
+    def close(self) -> None:
+        if self._auth is not None:
+            self._auth.stop()
+            self._auth = None
+
+
+def send(sock: zmq.Socket, msg: Message, prefix: list | None = None, flags: int = 0) -> None:
+    """Send `msg` (after routing `prefix` frames for ROUTER sockets) without copying arrays."""
+    frames = list(prefix or []) + encode(msg)
+    sock.send_multipart(frames, flags=flags, copy=False)
+
+
+def recv(sock: zmq.Socket, limits: DecodeLimits = DecodeLimits(), routed: bool = False,
+         flags: int = 0) -> tuple[list, Message]:
+    """Receive and decode one message. Returns (routing frames, message); raises
+    ProtocolError on malformed input (the caller counts it)."""
+    frames = sock.recv_multipart(flags=flags, copy=False)
+    prefix: list = []
+    if routed:
+        prefix, frames = [frames[0].bytes], frames[1:]
+    return prefix, decode(frames, limits)
