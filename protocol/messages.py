@@ -48,6 +48,8 @@ class Welcome(Message):
     weights_chunks: int
     heartbeat_seconds: float
     vocab_size: int
+    rollouts_port: int
+    weights_port: int
 
     TYPE: ClassVar[str] = "welcome"
     FIELDS: ClassVar = {
@@ -58,6 +60,8 @@ class Welcome(Message):
         "weights_chunks": (int,),
         "heartbeat_seconds": (float, int),
         "vocab_size": (int,),
+        "rollouts_port": (int,),
+        "weights_port": (int,),
     }
 
 

@@ -1,0 +1,133 @@
+"""The `hf` backend: in-process transformers sampling with a KV cache.
+
+We sample with our own loop rather than `generate()` because the behaviour logprob must be the
+exact log-probability of each sampled token under the distribution it was drawn from
+(temperature, then optional top-k/top-p renormalised): that is what the learner's importance
+weights divide by.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import torch
+
+from generators.backends.base import Sample, SamplingParams
+from generators.weights import load_into_model, verify_and_decode
+
+logger = logging.getLogger(__name__)
+
+
+def truncate_logprobs(logp: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
+    """Mask tokens outside top-k / the top-p nucleus and renormalise. logp: [N, V] log-probs
+    (already temperature-scaled). Returns log-probs of the truncated distribution."""
+    if top_k and top_k < logp.shape[-1]:
+        kth = torch.topk(logp, top_k, dim=-1).values[:, -1:]
+        logp = logp.masked_fill(logp < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_lp, order = torch.sort(logp, dim=-1, descending=True)
+        cum = sorted_lp.exp().cumsum(-1)
+        # Keep a token if the mass before it is below top_p (the first token always stays).
+        drop_sorted = (cum - sorted_lp.exp()) >= top_p
+        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
+        logp = logp.masked_fill(drop, float("-inf"))
+    return torch.log_softmax(logp, dim=-1)
+
+
+class HFBackend:
+    """Samples groups with a Hugging Face causal LM on CPU or CUDA."""
+
+    name = "hf"
+
+    def __init__(self, model_path: str, device: str = "cpu", dtype: str = "float32",
+                 seed: int = 0, eos_token_id: int | None = None):
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16,
+                       "float16": torch.float16}[dtype]
+        self.device = torch.device(device)
+        self.model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch_dtype)
+        self.model.to(self.device).eval()
+        tok = AutoTokenizer.from_pretrained(model_path)
+        self.eos_id = eos_token_id if eos_token_id is not None else tok.eos_token_id
+        self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else self.eos_id
+        self.vocab_size = int(self.model.get_input_embeddings().weight.shape[0])
+        self.rng = torch.Generator(device=self.device)
+        self.rng.manual_seed(seed)
+        # -1 until the learner's weights are loaded: the files on disk may not be what the
+        # learner trains (it may have resumed), so we never claim a version we did not load.
+        self.version = -1
+
+    @torch.no_grad()
+    def generate(self, prompt_ids: np.ndarray, n: int, params: SamplingParams) -> list[Sample]:
+        return self._sample(prompt_ids, n, params, greedy=False)
+
+    @torch.no_grad()
+    def generate_greedy(self, prompt_ids: np.ndarray, max_new_tokens: int) -> np.ndarray:
+        params = SamplingParams(temperature=1.0, max_new_tokens=max_new_tokens)
+        return self._sample(prompt_ids, 1, params, greedy=True)[0].tokens
+
+    def _sample(self, prompt_ids: np.ndarray, n: int, params: SamplingParams,
+                greedy: bool) -> list[Sample]:
+        ids = torch.as_tensor(np.asarray(prompt_ids, dtype=np.int64), device=self.device)
+        ids = ids.unsqueeze(0).expand(n, -1).contiguous()
+        # Every row shares the prompt, so no padding and no attention mask are needed; rows
+        # that finished keep decoding padding that is cut off afterwards.
+        out = self.model(input_ids=ids, use_cache=True)
+        past, logits = out.past_key_values, out.logits[:, -1]
+        tokens = torch.full((n, params.max_new_tokens), self.pad_id, dtype=torch.long,
+                            device=self.device)
+        logprobs = torch.zeros(n, params.max_new_tokens, dtype=torch.float32,
+                               device=self.device)
+        finished = torch.zeros(n, dtype=torch.bool, device=self.device)
+        lengths = torch.full((n,), params.max_new_tokens, dtype=torch.long, device=self.device)
+        for t in range(params.max_new_tokens):
+            logp = torch.log_softmax(logits.float() / params.temperature, dim=-1)
+            if greedy:
+                nxt = logp.argmax(-1, keepdim=True)
+            else:
+                logp = truncate_logprobs(logp, params.top_k, params.top_p)
+                nxt = torch.multinomial(logp.exp(), 1, generator=self.rng)
+            lp = logp.gather(-1, nxt).squeeze(-1)
+            nxt = nxt.squeeze(-1)
+            live = ~finished
+            tokens[live, t] = nxt[live]
+            logprobs[live, t] = lp[live]
+            hit_eos = live & (nxt == self.eos_id)
+            lengths[hit_eos] = t + 1
+            finished |= hit_eos
+            if bool(finished.all()) or t == params.max_new_tokens - 1:
+                break
+            out = self.model(input_ids=nxt.unsqueeze(-1), past_key_values=past, use_cache=True)
+            past, logits = out.past_key_values, out.logits[:, -1]
+        samples = []
+        tokens_np, lp_np = tokens.cpu().numpy(), logprobs.cpu().numpy()
+        for i in range(n):
+            L = int(lengths[i])
+            samples.append(Sample(
+                tokens=tokens_np[i, :L].astype(np.int32),
+                logprobs=lp_np[i, :L].astype(np.float32),
+                versions=np.full(L, self.version, dtype=np.int32),
+                finish_reason="stop" if bool(finished[i]) else "length",
+            ))
+        return samples
+
+    def load_weights(self, blob: bytes, digest: str, version: int) -> None:
+        load_into_model(self.model, verify_and_decode(blob, digest))
+        self.version = version
+
+    def close(self) -> None:
+        pass
+
+
+def setup_backend(cfg, model_path: str, seed: int):
+    """Build the configured backend (`hf` here; `sglang` is imported lazily)."""
+    from learner.engine import resolve_device
+
+    if cfg.generator.backend == "hf":
+        return HFBackend(model_path, device=resolve_device(cfg.model.device),
+                         dtype=cfg.model.dtype, seed=seed)
+    from generators.backends.sglang import SGLangBackend
+
+    return SGLangBackend.from_config(cfg, model_path)

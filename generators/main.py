@@ -1,0 +1,47 @@
+"""Entry point of one generator process: build the backend, serve metrics, run the worker."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+
+logger = logging.getLogger(__name__)
+
+
+def run_generator(cfg) -> int:
+    import torch
+
+    from generators.backends.hf import setup_backend
+    from generators.metrics import GeneratorMetrics
+    from generators.worker import GeneratorWorker
+    from launch.serve import start_metrics_server
+    from learner.hub import default_generator_id
+    from learner.trainer import resolve_data
+
+    if cfg.generator.threads:
+        torch.set_num_threads(cfg.generator.threads)
+    gid = cfg.generator.generator_id or default_generator_id()
+    data = resolve_data(cfg)
+    seed = cfg.generator.seed * 1_000_003 + sum(map(ord, gid))
+    backend = setup_backend(cfg, data.model_path, seed)
+    metrics = GeneratorMetrics()
+    worker = GeneratorWorker(backend, gid, cfg.generator.learner, metrics,
+                             reconnect_seconds=cfg.generator.reconnect_seconds)
+    url, _ = start_metrics_server("127.0.0.1" if cfg.learner.bind_host == "127.0.0.1"
+                                  else "0.0.0.0", cfg.generator.metrics_port,
+                                  metrics.registry, worker.healthy)
+    logger.info("generator %s up; metrics at %s", gid, url)
+
+    def handler(signum, frame):
+        logger.info("signal %d: finishing the current group, then exiting", signum)
+        worker.stop.set()
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, handler)
+        signal.signal(signal.SIGINT, handler)
+    try:
+        worker.run()
+    finally:
+        backend.close()
+    return 0

@@ -1,0 +1,276 @@
+"""The generator process loop: lease a prompt group, generate it, push it, keep weights fresh.
+
+One process drives one backend. It talks to the learner's hub over three sockets: a DEALER for
+requests (hello, leases, weight chunks), a PUSH for rollout groups and a SUB for weight
+announcements; a heartbeat thread uses its own DEALER. When the learner goes silent the
+sockets are rebuilt with backoff, so a learner restart needs nothing from the operator. On
+SIGTERM the current group is finished and pushed, then the process exits.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from urllib.parse import urlparse
+
+import numpy as np
+import zmq
+
+from generators.backends.base import SamplingParams
+from generators.metrics import GeneratorMetrics
+from protocol.codec import ProtocolError
+from protocol.messages import (
+    Heartbeat,
+    Hello,
+    Lease,
+    LeaseDenied,
+    LeaseRequest,
+    LeaseReturn,
+    Message,
+    RolloutGroup,
+    WeightsAnnouncement,
+    WeightsChunk,
+    WeightsRequest,
+    Welcome,
+)
+from protocol.sockets import SocketFactory, recv, send
+
+logger = logging.getLogger(__name__)
+
+
+class LearnerGone(RuntimeError):
+    """No reply from the learner within the reconnect timeout."""
+
+
+class GeneratorWorker:
+    """Runs until `stop` is set; survives learner restarts."""
+
+    def __init__(self, backend, generator_id: str, learner: str, metrics: GeneratorMetrics,
+                 factory: SocketFactory | None = None, reconnect_seconds: float = 10.0,
+                 fetch_window: int = 4):
+        self.backend = backend
+        self.generator_id = generator_id
+        self.learner = learner
+        self.metrics = metrics
+        self.factory = factory or SocketFactory()
+        self.reconnect_seconds = reconnect_seconds
+        self.fetch_window = fetch_window
+        self.stop = threading.Event()
+        self.connected = False
+        self.last_error = ""
+        self._held: set[int] = set()
+        self._held_lock = threading.Lock()
+        self._pending: WeightsAnnouncement | None = None
+        self._socks: list[zmq.Socket] = []
+
+    # ---------------------------------------------------------------- health
+    def healthy(self) -> tuple[bool, str]:
+        if not self.connected:
+            return False, f"not connected to {self.learner}: {self.last_error}"
+        return True, f"ok version={self.backend.version}"
+
+    # ---------------------------------------------------------------- main loop
+    def run(self) -> None:
+        backoff = 0.5
+        while not self.stop.is_set():
+            try:
+                self._connect()
+                backoff = 0.5
+                self._serve()
+            except LearnerGone as exc:
+                self.last_error = str(exc)
+                logger.warning("learner unreachable (%s); reconnecting in %.1fs", exc, backoff)
+                self.metrics.reconnects.inc()
+            finally:
+                self._disconnect()
+            if not self.stop.is_set():
+                self.stop.wait(backoff)
+                backoff = min(backoff * 2, 10.0)
+
+    def _connect(self) -> None:
+        self.control = self.factory.socket(zmq.DEALER, server=False)
+        self.control.connect(self.learner)
+        self._socks = [self.control]
+        welcome = self._request(Hello(self.generator_id, self.backend.name,
+                                      self.backend.version))
+        if not isinstance(welcome, Welcome):
+            raise LearnerGone(f"expected welcome, got {welcome.TYPE}")
+        host = urlparse(self.learner).hostname
+        self.push = self.factory.socket(zmq.PUSH, server=False)
+        self.push.connect(f"tcp://{host}:{welcome.rollouts_port}")
+        self.sub = self.factory.socket(zmq.SUB, server=False)
+        self.sub.setsockopt(zmq.SUBSCRIBE, b"")
+        self.sub.connect(f"tcp://{host}:{welcome.weights_port}")
+        self._socks += [self.push, self.sub]
+        self.heartbeat_seconds = welcome.heartbeat_seconds
+        self.connected = True
+        self.last_error = ""
+        logger.info("connected to %s (learner version %d)", self.learner,
+                    welcome.learner_version)
+        if welcome.weights_version > self.backend.version:
+            self._pending = WeightsAnnouncement(welcome.weights_version, welcome.weights_digest,
+                                                welcome.weights_size, welcome.weights_chunks)
+        self._hb_stop = threading.Event()
+        self._hb = threading.Thread(target=self._heartbeats, name="heartbeat", daemon=True)
+        self._hb.start()
+
+    def _disconnect(self) -> None:
+        self.connected = False
+        if getattr(self, "_hb", None) is not None:
+            self._hb_stop.set()
+            self._hb.join(timeout=5)
+            self._hb = None
+        for s in self._socks:
+            s.close(linger=500)
+        self._socks = []
+
+    def _serve(self) -> None:
+        while not self.stop.is_set():
+            self._drain_announcements()
+            if self._pending is not None and self._pending.version > self.backend.version:
+                self._fetch_weights(self._pending)
+            reply = self._request(LeaseRequest(self.generator_id, self.backend.version))
+            if isinstance(reply, Lease):
+                self._work(reply)
+            elif isinstance(reply, LeaseDenied):
+                self._wait_denied(reply)
+            else:
+                logger.warning("unexpected reply %s to a lease request", reply.TYPE)
+
+    def _work(self, lease: Lease) -> None:
+        with self._held_lock:
+            self._held.add(lease.lease_id)
+        try:
+            params = SamplingParams(lease.temperature, lease.top_p, lease.top_k,
+                                    lease.max_new_tokens)
+            t = time.time()
+            samples = self.backend.generate(lease.prompt_ids, lease.group_size, params)
+            baseline = None
+            if lease.greedy_baseline:
+                baseline = self.backend.generate_greedy(lease.prompt_ids, lease.max_new_tokens)
+            dt = time.time() - t
+            group = RolloutGroup(
+                lease_id=lease.lease_id, generator_id=self.generator_id,
+                tokens=_cat([s.tokens for s in samples], np.int32),
+                logprobs=_cat([s.logprobs for s in samples], np.float32),
+                versions=_cat([s.versions for s in samples], np.int32),
+                lengths=np.array([len(s.tokens) for s in samples], dtype=np.int32),
+                finish_reasons=[s.finish_reason for s in samples], generate_seconds=dt,
+                baseline_tokens=baseline)
+            # The PUSH socket blocks at its high-water mark rather than dropping: bounded here
+            # so a vanished learner cannot hang us (the lease then expires and is re-issued).
+            if not self.push.poll(int(self.reconnect_seconds * 1000), zmq.POLLOUT):
+                raise LearnerGone("rollouts socket not writable")
+            send(self.push, group)
+            self.metrics.groups.inc()
+            self.metrics.tokens.inc(int(group.lengths.sum()))
+            self.metrics.generate_seconds.inc(dt)
+        finally:
+            with self._held_lock:
+                self._held.discard(lease.lease_id)
+
+    def _wait_denied(self, denied: LeaseDenied) -> None:
+        """Sleep on the weights socket (a new version is what usually unblocks the gate)."""
+        t = time.time()
+        if denied.learner_version > self.backend.version and self._pending is None:
+            # We may have missed an announcement (PUB drops while connecting): ask again.
+            welcome = self._request(Hello(self.generator_id, self.backend.name,
+                                          self.backend.version))
+            if isinstance(welcome, Welcome) and welcome.weights_version > self.backend.version:
+                self._pending = WeightsAnnouncement(
+                    welcome.weights_version, welcome.weights_digest, welcome.weights_size,
+                    welcome.weights_chunks)
+        if self._pending is None:
+            self.sub.poll(int(max(denied.retry_after, 0.01) * 1000), zmq.POLLIN)
+        self.metrics.gate_wait_seconds.inc(time.time() - t)
+
+    # ---------------------------------------------------------------- weights
+    def _drain_announcements(self) -> None:
+        while True:
+            try:
+                _, msg = recv(self.sub, flags=zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            except ProtocolError as exc:
+                logger.warning("malformed announcement dropped: %s", exc)
+                continue
+            if isinstance(msg, WeightsAnnouncement) and msg.version > self.backend.version:
+                if self._pending is None or msg.version > self._pending.version:
+                    self._pending = msg
+
+    def _fetch_weights(self, ann: WeightsAnnouncement) -> None:
+        t = time.time()
+        parts: dict[int, bytes] = {}
+        next_index = 0
+        outstanding = 0
+        deadline = time.time() + self.reconnect_seconds
+        while len(parts) < ann.chunks:
+            while outstanding < self.fetch_window and next_index < ann.chunks:
+                send(self.control, WeightsRequest(ann.version, next_index))
+                next_index += 1
+                outstanding += 1
+            if not self.control.poll(int(max(deadline - time.time(), 0) * 1000)):
+                raise LearnerGone("no weight chunk within the timeout")
+            _, msg = recv(self.control)
+            outstanding -= 1
+            deadline = time.time() + self.reconnect_seconds
+            if not isinstance(msg, WeightsChunk) or msg.version != ann.version:
+                continue
+            if msg.missing:
+                # Superseded while we fetched: drop it and wait for the newer announcement.
+                self._drain_replies(outstanding)
+                self.metrics.weight_errors.inc()
+                self._pending = None
+                return
+            parts[msg.index] = msg.data.tobytes()
+        blob = b"".join(parts[i] for i in range(ann.chunks))
+        try:
+            self.backend.load_weights(blob, ann.digest, ann.version)
+        except Exception as exc:  # a corrupt fetch must not kill the generator; count it
+            self.metrics.weight_errors.inc()
+            logger.error("weights version %d rejected: %s", ann.version, exc)
+            self._pending = None
+            return
+        self._pending = None
+        self.metrics.policy_version.set(ann.version)
+        self.metrics.weight_load_seconds.observe(time.time() - t)
+        logger.info("loaded weights version %d (%.1f MB) in %.2fs", ann.version,
+                    len(blob) / 1e6, time.time() - t)
+
+    def _drain_replies(self, n: int) -> None:
+        for _ in range(n):
+            if self.control.poll(int(self.reconnect_seconds * 1000)):
+                self.control.recv_multipart()
+
+    # ---------------------------------------------------------------- plumbing
+    def _request(self, msg: Message) -> Message:
+        send(self.control, msg)
+        if not self.control.poll(int(self.reconnect_seconds * 1000)):
+            raise LearnerGone(f"no reply to {msg.TYPE} within {self.reconnect_seconds}s")
+        _, reply = recv(self.control)
+        return reply
+
+    def _heartbeats(self) -> None:
+        sock = self.factory.socket(zmq.DEALER, server=False)
+        sock.connect(self.learner)
+        try:
+            while not self._hb_stop.wait(self.heartbeat_seconds):
+                with self._held_lock:
+                    held = sorted(self._held)
+                send(sock, Heartbeat(self.generator_id, self.backend.version, held))
+                if sock.poll(int(self.heartbeat_seconds * 1000)):
+                    sock.recv_multipart()
+        finally:
+            sock.close(linger=0)
+
+    def return_leases(self) -> None:
+        """Give back leases we hold (called on shutdown if a group could not be finished)."""
+        with self._held_lock:
+            held = sorted(self._held)
+        if held and self._socks:
+            send(self.control, LeaseReturn(self.generator_id, held))
+
+
+def _cat(arrays: list[np.ndarray], dtype) -> np.ndarray:
+    return np.concatenate(arrays).astype(dtype) if arrays else np.zeros(0, dtype)

@@ -1,0 +1,89 @@
+"""The `asyncrl` command: learner, generator, local, keys, bench.
+
+Arguments are parsed before torch is imported, so `--help` and config errors are instant.
+Configuration: `--config FILE_OR_PRESET` plus dotted overrides (`train.steps=50`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from launch.config import ConfigError, describe_fields, dump_config, load_config
+
+logger = logging.getLogger("asyncrl")
+
+
+def _setup_logging(role: str, level: str = "INFO") -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format=f"%(asctime)s {role} %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S", stream=sys.stderr)
+    for noisy in ("DeepSpeed", "deepspeed", "torch.distributed", "httpx", "urllib3"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", default=None,
+                   help="YAML file or preset name (tiny-cpu, single-gpu-hf, multi-gpu-sglang)")
+    p.add_argument("--print-config", action="store_true",
+                   help="print the resolved configuration and exit")
+    p.add_argument("--log-level", default="INFO")
+    p.add_argument("overrides", nargs="*", metavar="section.field=value",
+                   help="dotted overrides applied after the config file")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="asyncrl", description="Asynchronous off-policy RL for language models.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("learner", help="run the learner (hub on rank 0; torchrun for ranks)")
+    _add_common(p)
+    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    p = sub.add_parser("generator", help="run one generator process")
+    _add_common(p)
+    p.add_argument("--learner", default=None, help="learner control address tcp://HOST:PORT")
+    p = sub.add_parser("local", help="learner + N generators on this machine")
+    _add_common(p)
+    p = sub.add_parser("config-fields", help="list every config field with its description")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "config-fields":
+        print("\n".join(describe_fields()))
+        return 0
+    overrides = list(args.overrides)
+    if getattr(args, "learner", None):
+        overrides.append(f"generator.learner={args.learner}")
+    try:
+        cfg = load_config(args.config, overrides)
+    except ConfigError as exc:
+        print(f"asyncrl: {exc}", file=sys.stderr)
+        return 2
+    if args.print_config:
+        print(dump_config(cfg), end="")
+        return 0
+    if args.command == "learner":
+        _setup_logging("learner", args.log_level)
+        from learner.trainer import Learner
+
+        Learner(cfg).run()
+        return 0
+    if args.command == "generator":
+        _setup_logging(f"generator[{cfg.generator.generator_id or '-'}]", args.log_level)
+        from generators.main import run_generator
+
+        return run_generator(cfg)
+    if args.command == "local":
+        _setup_logging("local", args.log_level)
+        from launch.local import run_local
+
+        return run_local(cfg, args.log_level)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,150 @@
+"""`asyncrl local`: one learner and N generator processes on this machine, over loopback.
+
+The processes are the same commands an operator would start on separate hosts; this module
+only picks free ports, starts them, relays their progress, and prints two machine-readable JSON
+lines on stdout: `started` once every process is up and `summary` at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+from launch.config import AsyncRLConfig, dump_config
+
+logger = logging.getLogger(__name__)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _cmd(role: str, config_path: Path, log_level: str, extra: list[str]) -> list[str]:
+    return [sys.executable, "-m", "launch.cli", role, "--config", str(config_path),
+            "--log-level", log_level, *extra]
+
+
+def _healthy(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url.replace("/metrics", "/healthz"), timeout=1) as r:
+            return r.status == 200
+    except OSError:
+        return False
+
+
+def run_local(cfg: AsyncRLConfig, log_level: str = "INFO") -> int:
+    """Run the whole loop; returns the process exit code."""
+    out_dir = Path(cfg.learner.output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if cfg.model.path is None:
+        from launch.tiny import setup_tiny_assets
+
+        t = time.time()
+        setup_tiny_assets(cfg.tiny)  # built once here so the children only hit the cache
+        logger.info("embedded tiny model ready in %.1fs", time.time() - t)
+    n = cfg.local.generators
+    cores = os.cpu_count() or 1
+    threads = max(1, cores // (n + 1))
+    # The configured ports are for fleets; on one machine any free loopback port will do and
+    # two local runs never clash.
+    lc = cfg.learner.model_copy(update={
+        "bind_host": "127.0.0.1", "control_port": free_port(), "rollouts_port": free_port(),
+        "weights_port": free_port(), "metrics_port": free_port()})
+    run_cfg = cfg.model_copy(update={"learner": lc})
+    if not run_cfg.train.threads:
+        run_cfg = run_cfg.model_copy(update={
+            "train": run_cfg.train.model_copy(update={"threads": threads})})
+    config_path = out_dir / "config.yaml"
+    config_path.write_text(dump_config(run_cfg))
+    summary_path = out_dir / "summary.json"
+    summary_path.unlink(missing_ok=True)
+
+    learner_url = f"http://127.0.0.1:{lc.metrics_port}/metrics"
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    procs: list[subprocess.Popen] = []
+    learner = subprocess.Popen(_cmd("learner", config_path, log_level, []), env=env,
+                               stdout=subprocess.PIPE, text=True)
+    procs.append(learner)
+    gen_urls = {}
+    for k in range(n):
+        port = free_port()
+        gen_urls[f"generator-{k}"] = f"http://127.0.0.1:{port}/metrics"
+        extra = [f"generator.generator_id=generator-{k}", f"generator.metrics_port={port}",
+                 f"generator.learner=tcp://127.0.0.1:{lc.control_port}",
+                 f"generator.threads={run_cfg.generator.threads or threads}",
+                 f"generator.seed={run_cfg.generator.seed + k}"]
+        procs.append(subprocess.Popen(_cmd("generator", config_path, log_level, extra),
+                                      env=env, stdout=subprocess.DEVNULL))
+
+    def forward(signum, frame):
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+
+    events: dict[str, dict] = {}
+    ready = threading.Event()
+
+    def read_learner() -> None:
+        for line in learner.stdout:
+            line = line.strip()
+            if not line.startswith("{"):
+                continue
+            try:
+                ev = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            events[ev.get("event", "")] = ev
+            if ev.get("event") == "learner_ready":
+                ready.set()
+
+    reader = threading.Thread(target=read_learner, daemon=True)
+    reader.start()
+    code = 0
+    try:
+        while not ready.wait(0.5):
+            if learner.poll() is not None:
+                logger.error("learner exited with %s before it was ready", learner.returncode)
+                return 1
+        deadline = time.time() + 300
+        while not all(_healthy(u) for u in gen_urls.values()):
+            dead = [p for p in procs[1:] if p.poll() is not None]
+            if dead or time.time() > deadline:
+                logger.error("a generator did not come up")
+                return 1
+            time.sleep(0.5)
+        _print({"event": "started", "endpoints": events["learner_ready"]["endpoints"],
+                "metrics": {"learner": learner_url, **gen_urls}})
+        code = learner.wait()
+        reader.join(timeout=5)
+    finally:
+        forward(signal.SIGTERM, None)
+        for p in procs:
+            try:
+                p.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+    if code != 0 or not summary_path.exists():
+        logger.error("learner failed (exit code %s)", code)
+        return code or 1
+    summary = json.loads(summary_path.read_text())
+    _print(summary)
+    return 0
+
+
+def _print(event: dict) -> None:
+    sys.stdout.write(json.dumps(event) + "\n")
+    sys.stdout.flush()

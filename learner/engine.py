@@ -1,0 +1,216 @@
+"""The DeepSpeed engine and all distributed plumbing of the learner.
+
+Everything that knows about ranks lives here: process-group setup (gloo on CPU, NCCL on GPU),
+the DeepSpeed config built from ours, broadcasting each step's batch from rank 0 to the other
+ranks, the loss scaling that makes token-mean exact across micro-batches and ranks, gathering
+ZeRO-3 parameters for publishing, and checkpoints. Objectives stay pure functions.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+logger = logging.getLogger(__name__)
+
+
+def init_distributed(device: str) -> tuple[int, int]:
+    """Join (or create) the process group; returns (rank, world_size). Works under torchrun,
+    the deepspeed launcher, or as a plain single process."""
+    import deepspeed
+
+    os.environ.setdefault("RANK", "0")
+    os.environ.setdefault("WORLD_SIZE", "1")
+    os.environ.setdefault("LOCAL_RANK", "0")
+    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+    if "MASTER_PORT" not in os.environ:
+        os.environ["MASTER_PORT"] = str(_free_port())
+    backend = "nccl" if device == "cuda" else "gloo"
+    if not dist.is_initialized():
+        deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False)
+    return dist.get_rank(), dist.get_world_size()
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def resolve_device(choice: str) -> str:
+    if choice == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return choice
+
+
+@dataclass
+class Batch:
+    """One optimizer step's sequences, padded on the right.
+
+    input_ids, attention_mask, response_mask: [N, L]; behaviour_logprobs, versions: [N, L]
+    aligned with input_ids (value at t is for token input_ids[t]); advantages: [N]."""
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    response_mask: torch.Tensor
+    behaviour_logprobs: torch.Tensor
+    advantages: torch.Tensor
+
+    FIELDS = ("input_ids", "attention_mask", "response_mask", "behaviour_logprobs",
+              "advantages")
+
+    def rows(self, idx: slice | torch.Tensor) -> Batch:
+        return Batch(*(getattr(self, f)[idx] for f in self.FIELDS))
+
+    def to(self, device) -> Batch:
+        return Batch(*(getattr(self, f).to(device) for f in self.FIELDS))
+
+    def __len__(self) -> int:
+        return int(self.input_ids.shape[0])
+
+
+def broadcast_batch(batch: Batch | None, rank: int, world: int) -> Batch:
+    """Send rank 0's batch to every rank as plain tensors (shapes first, then data)."""
+    if world == 1:
+        assert batch is not None
+        return batch
+    shape = torch.zeros(2, dtype=torch.long)
+    if rank == 0:
+        shape[:] = torch.tensor(batch.input_ids.shape)
+    dist.broadcast(shape, src=0)
+    n, length = int(shape[0]), int(shape[1])
+    if rank != 0:
+        batch = Batch(
+            torch.empty(n, length, dtype=torch.long), torch.empty(n, length, dtype=torch.long),
+            torch.empty(n, length, dtype=torch.float32), torch.empty(n, length,
+                                                                     dtype=torch.float32),
+            torch.empty(n, dtype=torch.float32))
+    for f in Batch.FIELDS:
+        t = getattr(batch, f).contiguous()
+        dist.broadcast(t, src=0)
+        setattr(batch, f, t)
+    return batch
+
+
+def shard_rows(n: int, rank: int, world: int, micro_batches: int) -> list[slice]:
+    """Split rows [0, n) into `world` contiguous shards, then each shard into exactly
+    `micro_batches` pieces (some possibly empty), so every rank runs the same number of
+    backward passes (DeepSpeed's accumulation counter must agree across ranks)."""
+    per_rank = -(-n // world)
+    lo, hi = min(n, rank * per_rank), min(n, (rank + 1) * per_rank)
+    size = -(-max(hi - lo, 1) // micro_batches)
+    return [slice(min(hi, lo + i * size), min(hi, lo + (i + 1) * size))
+            for i in range(micro_batches)]
+
+
+def deepspeed_config(train_cfg, dtype: str, world: int, micro_batches: int) -> dict:
+    """Our config mapped onto DeepSpeed's; `train.deepspeed` is merged over it."""
+    cfg: dict = {
+        "train_micro_batch_size_per_gpu": train_cfg.micro_batch_size,
+        "gradient_accumulation_steps": micro_batches,
+        "train_batch_size": train_cfg.micro_batch_size * micro_batches * world,
+        "gradient_clipping": train_cfg.grad_clip,
+        "zero_optimization": {"stage": train_cfg.zero_stage},
+        "zero_allow_untested_optimizer": True,
+        "scheduler": {
+            "type": "WarmupLR",
+            "params": {"warmup_min_lr": 0.0, "warmup_max_lr": train_cfg.lr,
+                       "warmup_num_steps": max(1, train_cfg.warmup_steps),
+                       "warmup_type": "linear"},
+        },
+        "steps_per_print": 10**9,
+        "wall_clock_breakdown": False,
+    }
+    if train_cfg.zero_stage == 3:
+        cfg["zero_optimization"]["stage3_gather_16bit_weights_on_model_save"] = True
+    if dtype == "bfloat16":
+        cfg["bf16"] = {"enabled": True}
+    elif dtype == "float16":
+        cfg["fp16"] = {"enabled": True}
+    return _merge(cfg, train_cfg.deepspeed)
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+class Engine:
+    """A DeepSpeed-wrapped causal LM with the operations the trainer needs."""
+
+    def __init__(self, model_path: str, train_cfg, dtype: str, device: str, rank: int,
+                 world: int, sequences_per_step: int):
+        import deepspeed
+        from transformers import AutoModelForCausalLM
+
+        self.rank, self.world, self.device = rank, world, device
+        self.train_cfg = train_cfg
+        per_rank = -(-sequences_per_step // world)
+        self.micro_batches = max(1, -(-per_rank // train_cfg.micro_batch_size))
+        torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16,
+                       "float16": torch.float16}[dtype]
+        ds_cfg = deepspeed_config(train_cfg, dtype, world, self.micro_batches)
+        if train_cfg.zero_stage == 3:
+            with deepspeed.zero.Init(config_dict_or_path=ds_cfg):
+                model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch_dtype)
+        else:
+            model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch_dtype)
+        model.config.use_cache = False
+        # A torch optimizer avoids DeepSpeed's JIT-compiled fused Adam on machines without
+        # a compiler toolchain for it; ZeRO wraps it all the same.
+        optimizer = torch.optim.AdamW(model.parameters(), lr=train_cfg.lr,
+                                      weight_decay=train_cfg.weight_decay)
+        self.engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer,
+                                                    config=ds_cfg)
+        self.model = self.engine.module
+
+    # The scale makes DeepSpeed's two averagings (1/accumulation steps in backward, 1/world in
+    # the gradient all-reduce) cancel, so gradients are exactly sum(token losses)/normalizer.
+    @property
+    def loss_scale(self) -> float:
+        return float(self.micro_batches * self.world)
+
+    def forward_logits(self, batch: Batch) -> torch.Tensor:
+        out = self.engine(input_ids=batch.input_ids.to(self.device),
+                          attention_mask=batch.attention_mask.to(self.device))
+        return out.logits
+
+    def backward_and_step(self, loss: torch.Tensor) -> None:
+        self.engine.backward(loss * self.loss_scale)
+        self.engine.step()
+
+    def grad_norm(self) -> float:
+        norm = self.engine.get_global_grad_norm()
+        return float(norm) if norm is not None else float("nan")
+
+    def lr(self) -> float:
+        return float(self.engine.get_lr()[0])
+
+    def named_parameters_for_publish(self) -> dict[str, torch.Tensor]:
+        """Full (gathered) parameters, deduplicated as `named_parameters()` does. Collective
+        under ZeRO-3: every rank must call it; only rank 0's result is meaningful."""
+        if self.train_cfg.zero_stage == 3:
+            import deepspeed
+
+            out = {}
+            for name, p in self.model.named_parameters():
+                with deepspeed.zero.GatheredParameters([p], modifier_rank=None):
+                    if self.rank == 0:
+                        out[name] = p.detach().to("cpu").clone()
+            return out
+        return {n: p.detach() for n, p in self.model.named_parameters()}
+
+    def save_checkpoint(self, path: str, client_state: dict) -> None:
+        self.engine.save_checkpoint(path, tag="latest", client_state=client_state)
+
+    def load_checkpoint(self, path: str) -> dict:
+        _, client_state = self.engine.load_checkpoint(path, tag="latest")
+        return client_state or {}

@@ -1,0 +1,460 @@
+"""The hub on learner rank 0: leases, intake, buffer and weight serving over ZeroMQ.
+
+One background thread owns the sockets (ZeroMQ sockets are not thread-safe) and runs the poll
+loop: lease requests pass the staleness gate, returned groups are validated, rewarded,
+filtered and buffered, weight chunks are served, silent generators lose their leases. The
+training thread talks to the hub only through `wait_for_groups`, `advance_version` and
+`publish`, all under one lock.
+
+Fault tolerance is the point here, so this is where malformed input is caught: it is dropped,
+counted by reason and logged at a bounded rate; it never reaches training or stops the loop.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+import numpy as np
+import zmq
+
+from buffer.gate import StalenessGate
+from buffer.leases import LeaseRecord, LeaseTable
+from buffer.replay import BufferedGroup, Dropped, ReplayBuffer
+from learner.data import Prompt, PromptSource
+from learner.metrics import LearnerMetrics
+from learner.rewards import has_variance
+from learner.weights import WeightsStore
+from protocol.codec import DecodeLimits, ProtocolError
+from protocol.messages import (
+    Ack,
+    Heartbeat,
+    Hello,
+    Lease,
+    LeaseDenied,
+    LeaseRequest,
+    LeaseReturn,
+    RolloutGroup,
+    WeightsAnnouncement,
+    WeightsChunk,
+    WeightsRequest,
+    Welcome,
+)
+from protocol.sockets import SocketFactory, recv, send
+from protocol.validate import RolloutLimits, validate_rollout
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class GroupData:
+    """A complete, rewarded group as the trainer needs it."""
+
+    prompt: Prompt
+    responses: list[np.ndarray]  # int32 token ids per sample
+    logprobs: list[np.ndarray]  # float32 behaviour logprobs per sample
+    versions: list[np.ndarray]  # int32 per-token weights versions
+    rewards: np.ndarray  # float32 [G]
+    finish_reasons: list[str]
+    generator_id: str
+    baseline_reward: float | None = None
+    reward_metrics: dict = field(default_factory=dict)
+
+
+@dataclass
+class GeneratorInfo:
+    generator_id: str
+    backend: str
+    version: int
+    last_seen: float
+
+
+class RateLimitedLog:
+    """At most one log line per `interval` seconds per key; counts what it suppressed."""
+
+    def __init__(self, interval: float = 5.0):
+        self.interval = interval
+        self._last: dict[str, float] = {}
+        self._suppressed: dict[str, int] = {}
+
+    def warning(self, key: str, msg: str, *args) -> None:
+        now = time.monotonic()
+        if now - self._last.get(key, -1e9) >= self.interval:
+            n = self._suppressed.pop(key, 0)
+            suffix = f" ({n} similar suppressed)" if n else ""
+            logger.warning(msg + suffix, *args)
+            self._last[key] = now
+        else:
+            self._suppressed[key] = self._suppressed.get(key, 0) + 1
+
+
+class Hub:
+    """Rank 0's service thread plus the state the trainer consumes."""
+
+    def __init__(self, cfg, prompts: PromptSource, tokenizer, reward_fn,
+                 metrics: LearnerMetrics, factory: SocketFactory | None = None):
+        self.cfg = cfg
+        self.prompts = prompts
+        self.tokenizer = tokenizer
+        self.reward_fn = reward_fn
+        self.metrics = metrics
+        self.factory = factory or SocketFactory()
+        self.eos_id = tokenizer.eos_token_id
+        self.limits = RolloutLimits(vocab_size=len(tokenizer),
+                                    max_new_tokens=cfg.sampling.max_new_tokens)
+        self.decode_limits = DecodeLimits()
+        B = cfg.train.groups_per_step
+        self.gate = StalenessGate(B, cfg.buffer.max_staleness)
+        self.leases = LeaseTable()
+        self.buffer = ReplayBuffer(cfg.buffer.max_groups, cfg.buffer.max_bytes,
+                                   cfg.buffer.max_staleness, cfg.buffer.max_reuse)
+        self.weights = WeightsStore(cfg.learner.weight_chunk_bytes)
+        self.reissue: deque[int] = deque()
+        self.generators: dict[str, GeneratorInfo] = {}
+        self.lease_generators: set[str] = set()  # generators that ever returned a group
+        self.version = 0
+        self.consumed = 0
+        self.staleness_seen_max = 0
+        self._lock = threading.Condition()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._pending_announcement: WeightsAnnouncement | None = None
+        self._log = RateLimitedLog()
+        self.metrics.max_staleness.set(cfg.buffer.max_staleness)
+        self.endpoints: dict[str, str] = {}
+
+    # ---------------------------------------------------------------- lifecycle
+    def start(self) -> None:
+        lc = self.cfg.learner
+        f = self.factory
+        self.control = f.socket(zmq.ROUTER, server=True)
+        self.rollouts = f.socket(zmq.PULL, server=True)
+        self.pub = f.socket(zmq.PUB, server=True)
+        host = lc.bind_host
+        ports = []
+        for sock, port in ((self.control, lc.control_port), (self.rollouts, lc.rollouts_port),
+                           (self.pub, lc.weights_port)):
+            if port == 0:
+                ports.append(sock.bind_to_random_port(f"tcp://{host}"))
+            else:
+                sock.bind(f"tcp://{host}:{port}")
+                ports.append(port)
+        self.ports = dict(zip(("control", "rollouts", "weights"), ports))
+        shown = host if host not in ("0.0.0.0", "*") else socket.gethostname()
+        self.endpoints = {k: f"tcp://{shown}:{p}" for k, p in self.ports.items()}
+        self._thread = threading.Thread(target=self._run, name="hub", daemon=True)
+        self._thread.start()
+        logger.info("hub listening: %s", self.endpoints)
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        for s in (self.control, self.rollouts, self.pub):
+            s.close(linger=0)
+        self.reward_fn.close()
+
+    # ---------------------------------------------------------------- trainer API
+    def wait_for_groups(self, n: int, stop: threading.Event) -> list[BufferedGroup] | None:
+        """Block until `n` trainable groups exist at the current version; take them."""
+        with self._lock:
+            while not stop.is_set():
+                taken, dropped = self.buffer.sample(n, self.version)
+                self._account_dropped(dropped)
+                if taken is not None:
+                    for g in taken:
+                        s = self.version - g.version
+                        self.metrics.staleness.observe(s)
+                        self.staleness_seen_max = max(self.staleness_seen_max, s)
+                    self.consumed += sum(1 for g in taken if g.uses == 1)
+                    self._update_gauges()
+                    return taken
+                self._lock.wait(timeout=0.2)
+        return None
+
+    def advance_version(self, version: int) -> None:
+        with self._lock:
+            self.version = version
+            self.metrics.policy_version.set(version)
+            self._lock.notify_all()
+
+    def publish(self, version: int, blob: bytes) -> None:
+        pub = self.weights.put(version, blob)
+        self.metrics.weight_bytes.inc(len(blob))
+        # The hub thread owns the PUB socket: hand the announcement over.
+        with self._lock:
+            self._pending_announcement = WeightsAnnouncement(
+                pub.version, pub.digest, len(pub.blob), pub.chunks)
+
+    def state_dict(self) -> dict:
+        with self._lock:
+            return {
+                "gate": self.gate.state_dict(),
+                "consumed": self.consumed,
+                "next_lease_id": self.leases.next_id,
+                "prompts": self.prompts.state_dict(),
+                # Open leases die with the process: their prompts go out again after resume.
+                "reissue": list(self.reissue) + [r.prompt_index for r in self.leases.open.values()],
+            }
+
+    def load_state_dict(self, state: dict, waiting_restored: int = 0) -> None:
+        with self._lock:
+            self.consumed = int(state["consumed"])
+            self.gate.load_state_dict(state["gate"], waiting_restored, self.consumed)
+            self.leases.next_id = int(state["next_lease_id"])
+            self.prompts.load_state_dict(state["prompts"])
+            self.reissue = deque(int(i) for i in state["reissue"])
+
+    def healthy(self) -> tuple[bool, str]:
+        if self._thread is None or not self._thread.is_alive():
+            return False, "hub thread not running"
+        return True, f"ok version={self.version} generators={len(self.generators)}"
+
+    # ---------------------------------------------------------------- service loop
+    def _run(self) -> None:
+        poller = zmq.Poller()
+        poller.register(self.control, zmq.POLLIN)
+        poller.register(self.rollouts, zmq.POLLIN)
+        next_housekeeping = 0.0
+        while not self._stop.is_set():
+            events = dict(poller.poll(50))
+            if self.control in events:
+                for _ in range(256):
+                    if not self._handle_control():
+                        break
+            if self.rollouts in events:
+                for _ in range(64):
+                    if not self._handle_rollout():
+                        break
+            now = time.time()
+            with self._lock:
+                ann, self._pending_announcement = self._pending_announcement, None
+            if ann is not None:
+                send(self.pub, ann)
+            if now >= next_housekeeping:
+                self._housekeeping(now)
+                next_housekeeping = now + min(0.25, self.cfg.buffer.heartbeat_seconds / 4)
+
+    def _recv(self, sock, routed: bool):
+        try:
+            return recv(sock, self.decode_limits, routed=routed, flags=zmq.NOBLOCK)
+        except zmq.Again:
+            return None
+        except ProtocolError as exc:
+            self.metrics.malformed.labels(reason=exc.reason).inc()
+            self._log.warning("malformed", "dropped malformed message: %s", exc)
+            return False
+
+    def _handle_control(self) -> bool:
+        got = self._recv(self.control, routed=True)
+        if got is None:
+            return False
+        if got is False:
+            return True
+        prefix, msg = got
+        now = time.time()
+        with self._lock:
+            if isinstance(msg, LeaseRequest):
+                reply = self._on_lease_request(msg, now)
+            elif isinstance(msg, WeightsRequest):
+                reply = self._on_weights_request(msg)
+            elif isinstance(msg, Heartbeat):
+                self._touch(msg.generator_id, None, msg.version, now)
+                self.leases.extend(msg.generator_id, [int(x) for x in msg.lease_ids], now,
+                                   self.cfg.buffer.lease_seconds)
+                reply = Ack(self.version)
+            elif isinstance(msg, Hello):
+                reply = self._on_hello(msg, now)
+            elif isinstance(msg, LeaseReturn):
+                for lid in msg.lease_ids:
+                    rec = self.leases.give_back(int(lid), msg.generator_id)
+                    if rec is not None:
+                        self._release(rec)
+                reply = Ack(self.version)
+            else:
+                self.metrics.malformed.labels(reason="unexpected_type").inc()
+                self._log.warning("unexpected", "unexpected %s on control socket", msg.TYPE)
+                return True
+        if isinstance(reply, WeightsChunk) and not reply.missing:
+            self.metrics.weight_bytes_served.inc(len(reply.data))
+        send(self.control, reply, prefix=prefix)
+        return True
+
+    def _on_hello(self, msg: Hello, now: float) -> Welcome:
+        self._touch(msg.generator_id, msg.backend, msg.version, now)
+        logger.info("generator %s joined (backend %s, version %d)", msg.generator_id,
+                    msg.backend, msg.version)
+        pub = self.weights.latest
+        return Welcome(
+            learner_version=self.version,
+            weights_version=pub.version if pub else -1,
+            weights_digest=pub.digest if pub else "",
+            weights_size=len(pub.blob) if pub else 0,
+            weights_chunks=pub.chunks if pub else 0,
+            heartbeat_seconds=float(self.cfg.buffer.heartbeat_seconds),
+            vocab_size=self.limits.vocab_size,
+            rollouts_port=self.ports["rollouts"],
+            weights_port=self.ports["weights"],
+        )
+
+    def _touch(self, gid: str, backend: str | None, version: int, now: float) -> None:
+        info = self.generators.get(gid)
+        if info is None:
+            info = self.generators[gid] = GeneratorInfo(gid, backend or "?", version, now)
+        info.last_seen = now
+        info.version = version
+        if backend:
+            info.backend = backend
+
+    def _on_lease_request(self, msg: LeaseRequest, now: float):
+        self._touch(msg.generator_id, None, msg.version, now)
+        version = min(msg.version, self.version)
+        if version < 0 or not self.gate.can_issue(version):
+            reason = "version" if version < 0 else "gate"
+            self.metrics.leases_denied.labels(reason=reason).inc()
+            return LeaseDenied(reason, 0.5, self.version)
+        index = self.reissue.popleft() if self.reissue else self.prompts.next().index
+        prompt = self.prompts.prompts[index]
+        s = self.cfg.sampling
+        rec = self.leases.issue(index, msg.generator_id, version, now,
+                                self.cfg.buffer.lease_seconds, s.group_size)
+        self.gate.on_issue()
+        self.metrics.leases_issued.inc()
+        self.metrics.leases_in_flight.set(self.gate.in_flight)
+        return Lease(
+            lease_id=rec.lease_id, prompt_ids=prompt.token_ids, group_size=s.group_size,
+            temperature=s.temperature, top_p=s.top_p, top_k=s.top_k,
+            max_new_tokens=s.max_new_tokens, deadline=rec.deadline, issued_version=version,
+            greedy_baseline=self.cfg.advantage.name == "remax",
+        )
+
+    def _on_weights_request(self, msg: WeightsRequest) -> WeightsChunk:
+        pub = self.weights.get(msg.version)
+        if pub is None or not 0 <= msg.index < pub.chunks:
+            return WeightsChunk(msg.version, msg.index, np.zeros(0, np.uint8), missing=True)
+        return WeightsChunk(msg.version, msg.index, np.frombuffer(pub.chunk(msg.index), np.uint8))
+
+    # ---------------------------------------------------------------- intake
+    def _handle_rollout(self) -> bool:
+        got = self._recv(self.rollouts, routed=False)
+        if got is None:
+            return False
+        if got is False:
+            return True
+        _, msg = got
+        self.metrics.received.inc()
+        if not isinstance(msg, RolloutGroup):
+            self.metrics.malformed.labels(reason="unexpected_type").inc()
+            return True
+        with self._lock:
+            rec = self.leases.open.get(msg.lease_id)
+            if rec is not None and rec.generator_id != msg.generator_id:
+                # Someone else's lease id: drop it without disturbing the real holder's lease.
+                self._drop("invalid", f"lease {msg.lease_id} belongs to {rec.generator_id}")
+                return True
+            rec, why = self.leases.complete(msg.lease_id)
+            if rec is None:
+                self._drop(why, f"lease {msg.lease_id} from {msg.generator_id} is {why}")
+                return True
+            try:
+                validate_rollout(msg, self.limits, rec.group_size, self.version)
+            except ProtocolError as exc:
+                self._release(rec)
+                self._drop("invalid", f"group from {msg.generator_id}: {exc}")
+                return True
+            self._touch(msg.generator_id, None, int(msg.versions.max(initial=0)), time.time())
+        # Rewards run outside the lock: they may be slow and the trainer must not wait on them.
+        data = self._score(msg, rec)
+        with self._lock:
+            if self.cfg.buffer.filter_zero_variance and not has_variance(list(data.rewards)):
+                self.gate.on_lease_closed()
+                self._drop("filtered", "")
+                return True
+            nbytes = sum(a.nbytes for a in data.responses) * 3 + data.prompt.token_ids.nbytes
+            group = BufferedGroup(msg.lease_id, rec.prompt_index, msg.version, nbytes, data)
+            self.gate.on_accept()
+            self.lease_generators.add(msg.generator_id)
+            self._account_dropped(self.buffer.add(group))
+            self._update_gauges()
+            self._lock.notify_all()
+        return True
+
+    def _score(self, msg: RolloutGroup, rec: LeaseRecord) -> GroupData:
+        prompt = self.prompts.prompts[rec.prompt_index]
+        slices = msg.sample_slices()
+        responses = [np.array(msg.tokens[s]) for s in slices]
+        texts = [self._decode(r) for r in responses]
+        lengths = [int(x) for x in msg.lengths]
+        result = self.reward_fn(prompt.text, texts, prompt.row, lengths)
+        baseline = None
+        if msg.baseline_tokens is not None:
+            b = np.array(msg.baseline_tokens)
+            baseline = float(
+                self.reward_fn(prompt.text, [self._decode(b)], prompt.row, [len(b)]).rewards[0])
+        return GroupData(
+            prompt=prompt, responses=responses,
+            logprobs=[np.array(msg.logprobs[s]) for s in slices],
+            versions=[np.array(msg.versions[s]) for s in slices],
+            rewards=np.asarray(result.rewards, dtype=np.float32),
+            finish_reasons=list(msg.finish_reasons), generator_id=msg.generator_id,
+            baseline_reward=baseline, reward_metrics=dict(result.metrics))
+
+    def _decode(self, ids: np.ndarray) -> str:
+        ids = ids.tolist()
+        if self.eos_id is not None and self.eos_id in ids:
+            ids = ids[: ids.index(self.eos_id)]
+        return self.tokenizer.decode(ids, skip_special_tokens=True)
+
+    # ---------------------------------------------------------------- bookkeeping
+    def _release(self, rec: LeaseRecord) -> None:
+        """A lease ended without a group: free gate capacity, send the prompt out again."""
+        self.gate.on_lease_closed()
+        self.reissue.append(rec.prompt_index)
+
+    def _drop(self, reason: str, detail: str) -> None:
+        self.metrics.dropped.labels(reason=reason).inc()
+        if detail:
+            self._log.warning(reason, "dropped rollout (%s): %s", reason, detail)
+
+    def _account_dropped(self, dropped: list[Dropped]) -> None:
+        for d in dropped:
+            # A reused group was already consumed once; only never-trained ones free capacity.
+            if d.group.uses == 0:
+                self.gate.on_discard()
+            self._drop(d.reason, "")
+
+    def _housekeeping(self, now: float) -> None:
+        with self._lock:
+            for rec in self.leases.expire_due(now):
+                self.metrics.leases_expired.inc()
+                self._release(rec)
+            silent = [g for g in self.generators.values()
+                      if now - g.last_seen > 2 * self.cfg.buffer.heartbeat_seconds]
+            for g in silent:
+                recs = self.leases.reclaim_generator(g.generator_id)
+                for rec in recs:
+                    self.metrics.leases_expired.inc()
+                    self._release(rec)
+                del self.generators[g.generator_id]
+                logger.warning("generator %s went silent; reclaimed %d leases",
+                               g.generator_id, len(recs))
+            self._update_gauges()
+
+    def _update_gauges(self) -> None:
+        m = self.metrics
+        m.buffer_groups.set(len(self.buffer))
+        m.buffer_bytes.set(self.buffer.nbytes)
+        m.leases_in_flight.set(self.gate.in_flight)
+        m.generators_connected.set(len(self.generators))
+        latest = self.weights.latest.version if self.weights.latest else -1
+        m.generators_up_to_date.set(sum(1 for g in self.generators.values()
+                                        if g.version >= latest))
+
+
+def default_generator_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"

@@ -1,0 +1,360 @@
+"""The learner's training loop: take B groups, compute advantages and the objective, step,
+bump the policy version, publish weights, evaluate, report.
+
+Rank 0 runs the hub and builds each batch; every rank trains on its shard (see
+`learner.engine`). This module holds no socket code and no distributed calls beyond the
+engine's helpers.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from buffer.replay import BufferedGroup
+from learner.advantages import compute_advantages
+from learner.engine import Batch, Engine, broadcast_batch, init_distributed, resolve_device
+from learner.engine import shard_rows
+from learner.logprobs import token_entropy, token_logprobs
+from learner.objectives import policy_loss
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class ResolvedData:
+    model_path: str
+    train_path: str
+    eval_path: str | None
+
+
+def resolve_data(cfg) -> ResolvedData:
+    """The user's model and data, or the embedded tiny task (built once, cached)."""
+    if cfg.model.path is not None:
+        return ResolvedData(cfg.model.path, cfg.data.train_path, cfg.data.eval_path)
+    from launch.tiny import setup_tiny_assets
+
+    assets = setup_tiny_assets(cfg.tiny)
+    return ResolvedData(assets.model_path, cfg.data.train_path or assets.train_path,
+                        cfg.data.eval_path or assets.eval_path)
+
+
+def build_batch(groups: list[BufferedGroup], cfg, pad_id: int) -> tuple[Batch, dict]:
+    """Pack groups into right-padded tensors; advantages from each group's rewards."""
+    datas = [g.payload for g in groups]
+    rewards = torch.tensor(np.stack([d.rewards for d in datas]), dtype=torch.float32)
+    baseline = None
+    if all(d.baseline_reward is not None for d in datas):
+        baseline = torch.tensor([d.baseline_reward for d in datas], dtype=torch.float32)
+    adv, adv_metrics = compute_advantages(rewards, cfg.advantage, baseline_rewards=baseline)
+    seqs, behaviour, starts = [], [], []
+    for d in datas:
+        for resp, lp in zip(d.responses, d.logprobs):
+            seqs.append(np.concatenate([d.prompt.token_ids, resp]))
+            behaviour.append(lp)
+            starts.append(len(d.prompt.token_ids))
+    n, length = len(seqs), max(len(s) for s in seqs)
+    input_ids = torch.full((n, length), pad_id, dtype=torch.long)
+    attention = torch.zeros(n, length, dtype=torch.long)
+    resp_mask = torch.zeros(n, length, dtype=torch.float32)
+    mu = torch.zeros(n, length, dtype=torch.float32)
+    for i, (s, lp, st) in enumerate(zip(seqs, behaviour, starts)):
+        input_ids[i, : len(s)] = torch.from_numpy(s.astype(np.int64))
+        attention[i, : len(s)] = 1
+        resp_mask[i, st : len(s)] = 1.0
+        mu[i, st : len(s)] = torch.from_numpy(lp.astype(np.float32))
+    stats = {
+        "reward_mean": float(rewards.mean()),
+        "response_tokens": float(resp_mask.sum()),
+        **{f"adv_{k}": v for k, v in adv_metrics.items()},
+    }
+    for d in datas:
+        for k, v in d.reward_metrics.items():
+            stats[k] = stats.get(k, 0.0) + v / len(datas)
+    return Batch(input_ids, attention, resp_mask, mu, adv.reshape(-1)), stats
+
+
+def train_step(engine: Engine, batch: Batch, cfg) -> dict[str, float]:
+    """One optimizer step over this rank's shard of `batch` in micro-batches."""
+    temperature = cfg.sampling.temperature
+    # Normalizer: every valid token of the whole step across ranks (token-mean), or every
+    # sequence (seq-mean modes); identical on all ranks because all ranks see the full batch.
+    if cfg.objective.agg == "token-mean":
+        normalizer = float(batch.response_mask[:, 1:].sum().clamp(min=1))
+    else:
+        normalizer = float(max(1, len(batch)))
+    totals: dict[str, float] = {}
+    weight_sum = 0.0
+    for sl in shard_rows(len(batch), engine.rank, engine.world, engine.micro_batches):
+        mb = batch.rows(sl) if sl.stop > sl.start else _empty_rows(batch)
+        mb = mb.to(engine.device)
+        logits = engine.forward_logits(mb)[:, :-1]
+        targets = mb.input_ids[:, 1:]
+        mask = mb.response_mask[:, 1:]
+        lp = token_logprobs(logits.float(), targets, temperature=temperature)
+        with torch.no_grad():
+            ent = token_entropy(logits.float().detach(), temperature=temperature)
+        loss, m = policy_loss(lp, mb.behaviour_logprobs[:, 1:], mb.advantages, mask,
+                              cfg.objective, entropy=ent, normalizer=normalizer)
+        engine.backward_and_step(loss)
+        w = float(mask.sum())
+        weight_sum += w
+        for k, v in m.items():
+            if k == "is_weight_max":
+                totals[k] = max(totals.get(k, 0.0), float(v))
+            elif k == "loss":
+                totals[k] = totals.get(k, 0.0) + float(v)
+            else:
+                totals[k] = totals.get(k, 0.0) + float(v) * w
+    out = {k: (v if k in ("is_weight_max", "loss") else v / max(weight_sum, 1.0))
+           for k, v in totals.items()}
+    out["grad_norm"] = engine.grad_norm()
+    out["lr"] = engine.lr()
+    return out
+
+
+def _empty_rows(batch: Batch) -> Batch:
+    """One row with nothing to learn: keeps ranks' backward counts equal when a shard is
+    shorter than the others."""
+    mb = batch.rows(slice(0, 1))
+    mb.response_mask = torch.zeros_like(mb.response_mask)
+    return mb
+
+
+def evaluate(engine: Engine, tokenizer, rows, cfg) -> float | None:
+    from learner.evaluation import greedy_accuracy
+
+    if not rows:
+        return None
+    # Under ZeRO-3 every rank must run the same forwards (parameters are gathered
+    # collectively); otherwise rank 0 alone evaluates.
+    if engine.rank != 0 and cfg.train.zero_stage != 3:
+        return None
+    return greedy_accuracy(engine.model, tokenizer, rows, prompt_field=cfg.data.prompt_field,
+                           answer_field=cfg.data.answer_field,
+                           max_new_tokens=cfg.sampling.max_new_tokens)
+
+
+class Learner:
+    """Owns the engine, (on rank 0) the hub and metrics server, and the loop."""
+
+    def __init__(self, cfg):
+        self.cfg = cfg
+        self.stop = threading.Event()
+
+    def run(self) -> dict | None:
+        from transformers import AutoTokenizer
+
+        cfg = self.cfg
+        device = resolve_device(cfg.model.device)
+        rank, world = init_distributed(device)
+        if cfg.train.threads:
+            torch.set_num_threads(cfg.train.threads)
+        torch.manual_seed(cfg.train.seed + rank)
+        if rank == 0:
+            data = resolve_data(cfg)
+        if world > 1:
+            dist.barrier()  # rank 0 built the tiny assets; the rest now hit the cache
+        if rank != 0:
+            data = resolve_data(cfg)
+        tokenizer = AutoTokenizer.from_pretrained(data.model_path)
+        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        sequences = cfg.train.groups_per_step * cfg.sampling.group_size
+        engine = Engine(data.model_path, cfg.train, cfg.model.dtype, device, rank, world,
+                        sequences)
+        self.engine = engine
+        hub = None
+        eval_rows: list[dict] = []
+        if rank == 0:
+            hub, eval_rows = self._start_hub(data, tokenizer)
+        if rank == 0 or cfg.train.zero_stage == 3:
+            if data.eval_path and rank != 0:
+                eval_rows = _eval_rows(data.eval_path, cfg)
+        self._install_signals()
+
+        version = 0
+        self._publish(engine, hub, version)
+        acc_before = evaluate(engine, tokenizer, eval_rows, cfg)
+        if rank == 0:
+            if acc_before is not None:
+                hub.metrics.eval_accuracy.set(acc_before)
+            _emit({"event": "learner_ready", "endpoints": hub.endpoints,
+                   "metrics": self.metrics_url, "accuracy_before": acc_before})
+            logger.info("held-out accuracy before RL: %s", _fmt(acc_before))
+        t0 = time.time()
+        tokens_trained = 0.0
+        last_log = (t0, 0.0)
+        acc = acc_before
+        while version < cfg.train.steps:
+            stop_now = self._should_stop(t0)
+            if world > 1:
+                flag = torch.tensor([1 if stop_now else 0])
+                dist.broadcast(flag, src=0)
+                stop_now = bool(flag.item())
+            if stop_now:
+                break
+            batch, stats = None, {}
+            if rank == 0:
+                tw = time.time()
+                groups = hub.wait_for_groups(cfg.train.groups_per_step, self.stop)
+                hub.metrics.step_seconds.labels(phase="wait").observe(time.time() - tw)
+                if groups is None:
+                    batch = None
+                else:
+                    batch, stats = build_batch(groups, cfg, pad_id)
+                    stats["staleness_max"] = max(version - g.version for g in groups)
+                    stats["staleness_mean"] = float(np.mean([version - g.version
+                                                             for g in groups]))
+            if world > 1:
+                flag = torch.tensor([1 if batch is None else 0])
+                dist.broadcast(flag, src=0)
+                if flag.item():
+                    break
+            elif batch is None:
+                break
+            batch = broadcast_batch(batch, rank, world)
+            tu = time.time()
+            m = train_step(engine, batch, cfg)
+            version += 1
+            tokens_trained += float(batch.response_mask.sum())
+            if rank == 0:
+                hub.metrics.step_seconds.labels(phase="update").observe(time.time() - tu)
+                hub.advance_version(version)
+                self._record(hub, m, stats, batch)
+            if version % cfg.train.publish_every == 0 or version == cfg.train.steps:
+                self._publish(engine, hub, version)
+            if cfg.train.eval_every and version % cfg.train.eval_every == 0 \
+                    and version < cfg.train.steps:
+                te = time.time()
+                acc = evaluate(engine, tokenizer, eval_rows, cfg)
+                if rank == 0 and acc is not None:
+                    hub.metrics.eval_accuracy.set(acc)
+                    hub.metrics.step_seconds.labels(phase="eval").observe(time.time() - te)
+            if rank == 0 and (version % cfg.train.log_every == 0 or version == 1):
+                now = time.time()
+                tps = (tokens_trained - last_log[1]) / max(now - last_log[0], 1e-9)
+                last_log = (now, tokens_trained)
+                logger.info(
+                    "step %d | reward %.3f | acc %s | staleness mean %.2f max %d | loss %.4f"
+                    " | clip %.3f | trained tok/s %.0f | buffer %d", version,
+                    stats.get("reward_mean", float("nan")), _fmt(acc),
+                    stats.get("staleness_mean", 0.0), stats.get("staleness_max", 0),
+                    m.get("loss", float("nan")), _clip(m), tps, len(hub.buffer))
+        rl_seconds = time.time() - t0
+        acc_after = evaluate(engine, tokenizer, eval_rows, cfg)
+        summary = None
+        if rank == 0:
+            if acc_after is not None:
+                hub.metrics.eval_accuracy.set(acc_after)
+            summary = {
+                "event": "summary",
+                "accuracy_before": acc_before,
+                "accuracy_after": acc_after,
+                "rl_seconds": round(rl_seconds, 2),
+                "steps": version,
+                "policy_version": version,
+                "max_staleness": cfg.buffer.max_staleness,
+                "max_staleness_seen": hub.staleness_seen_max,
+                "trained_tokens_per_second": round(tokens_trained / max(rl_seconds, 1e-9), 1),
+                "generators_seen": sorted(hub.lease_generators),
+            }
+            out = Path(cfg.learner.output_dir)
+            out.mkdir(parents=True, exist_ok=True)
+            (out / "summary.json").write_text(json.dumps(summary, indent=2))
+            logger.info("held-out accuracy %s -> %s in %.0fs RL (%d steps)", _fmt(acc_before),
+                        _fmt(acc_after), rl_seconds, version)
+            hub.stop()
+        if world > 1:
+            dist.barrier()
+        return summary
+
+    # ------------------------------------------------------------------ helpers
+    def _start_hub(self, data: ResolvedData, tokenizer):
+        from launch.serve import start_metrics_server
+        from learner.data import PromptSource, load_rows
+        from learner.hub import Hub
+        from learner.metrics import LearnerMetrics
+        from learner.rewards import setup_reward
+
+        cfg = self.cfg
+        prompts = PromptSource(load_rows(data.train_path), tokenizer, cfg.data.prompt_field,
+                               seed=cfg.data.shuffle_seed)
+        metrics = LearnerMetrics()
+        hub = Hub(cfg, prompts, tokenizer, setup_reward(cfg.reward), metrics)
+        hub.start()
+        self.metrics_url, self._http = start_metrics_server(
+            cfg.learner.bind_host, cfg.learner.metrics_port, metrics.registry, hub.healthy)
+        eval_rows = _eval_rows(data.eval_path, cfg) if data.eval_path else []
+        return hub, eval_rows
+
+    def _publish(self, engine: Engine, hub, version: int) -> None:
+        from learner.weights import serialize_named_tensors
+
+        t = time.time()
+        tensors = engine.named_parameters_for_publish()
+        if hub is not None:
+            hub.publish(version, serialize_named_tensors(tensors))
+            dt = time.time() - t
+            hub.metrics.publish_seconds.observe(dt)
+            hub.metrics.step_seconds.labels(phase="publish").observe(dt)
+
+    def _record(self, hub, m: dict, stats: dict, batch: Batch) -> None:
+        hm = hub.metrics
+        hm.steps.inc()
+        hm.tokens.inc(float(batch.response_mask.sum()))
+        hm.loss.set(m.get("loss", 0.0))
+        hm.clip_fraction.set(_clip(m))
+        hm.is_weight_max.set(m.get("is_weight_max", 0.0))
+        hm.kl.set(m.get("kl", 0.0))
+        hm.entropy.set(m.get("entropy", 0.0))
+        hm.grad_norm.set(m.get("grad_norm", 0.0))
+        hm.reward_mean.set(stats.get("reward_mean", 0.0))
+
+    def _should_stop(self, t0: float) -> bool:
+        if self.stop.is_set():
+            return True
+        limit = self.cfg.train.max_seconds
+        return bool(limit and time.time() - t0 >= limit)
+
+    def _install_signals(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+
+        def handler(signum, frame):
+            logger.warning("signal %d: stopping after the current step", signum)
+            self.stop.set()
+
+        signal.signal(signal.SIGTERM, handler)
+        signal.signal(signal.SIGINT, handler)
+
+
+def _eval_rows(path: str, cfg) -> list[dict]:
+    from learner.data import load_rows
+
+    return load_rows(path)[: cfg.data.eval_size]
+
+
+def _clip(m: dict) -> float:
+    return float(m.get("clip_frac_low", 0.0) + m.get("clip_frac_high", 0.0)
+                 + m.get("clip_frac_dual", 0.0))
+
+
+def _fmt(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.3f}"
+
+
+def _emit(event: dict) -> None:
+    """Machine-readable events go to stdout as one JSON line each (the launcher reads them)."""
+    import sys
+
+    sys.stdout.write(json.dumps(event) + "\n")
+    sys.stdout.flush()
