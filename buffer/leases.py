@@ -31,10 +31,18 @@ class LeaseTable:
         self._closed: OrderedDict[int, str] = OrderedDict()
         self._remember = remember
 
-    def issue(self, prompt_index: int, generator_id: str, version: int, now: float,
-              duration: float, group_size: int) -> LeaseRecord:
-        rec = LeaseRecord(self.next_id, prompt_index, generator_id, version, now,
-                          now + duration, group_size)
+    def issue(
+        self,
+        prompt_index: int,
+        generator_id: str,
+        version: int,
+        now: float,
+        duration: float,
+        group_size: int,
+    ) -> LeaseRecord:
+        rec = LeaseRecord(
+            self.next_id, prompt_index, generator_id, version, now, now + duration, group_size
+        )
         self.next_id += 1
         self.open[rec.lease_id] = rec
         return rec
@@ -68,8 +76,7 @@ class LeaseTable:
         self._close(lease_id, "expired")
         return rec
 
-    def extend(self, generator_id: str, lease_ids: list[int], now: float,
-               duration: float) -> None:
+    def extend(self, generator_id: str, lease_ids: list[int], now: float, duration: float) -> None:
         """Heartbeats keep long generations alive: push the deadline of listed leases."""
         for lid in lease_ids:
             rec = self.open.get(lid)

@@ -18,6 +18,7 @@ def run_generator(cfg) -> int:
     from launch.serve import start_metrics_server
     from learner.hub import default_generator_id
     from learner.trainer import resolve_data
+    from protocol.sockets import setup_socket_factory
 
     if cfg.generator.threads:
         torch.set_num_threads(cfg.generator.threads)
@@ -26,11 +27,20 @@ def run_generator(cfg) -> int:
     seed = cfg.generator.seed * 1_000_003 + sum(map(ord, gid))
     backend = setup_backend(cfg, data.model_path, seed)
     metrics = GeneratorMetrics()
-    worker = GeneratorWorker(backend, gid, cfg.generator.learner, metrics,
-                             reconnect_seconds=cfg.generator.reconnect_seconds)
-    url, _ = start_metrics_server("127.0.0.1" if cfg.learner.bind_host == "127.0.0.1"
-                                  else "0.0.0.0", cfg.generator.metrics_port,
-                                  metrics.registry, worker.healthy)
+    worker = GeneratorWorker(
+        backend,
+        gid,
+        cfg.generator.learner,
+        metrics,
+        factory=setup_socket_factory(cfg.security, "client"),
+        reconnect_seconds=cfg.generator.reconnect_seconds,
+    )
+    url, _ = start_metrics_server(
+        cfg.generator.metrics_host,
+        cfg.generator.metrics_port,
+        metrics.registry,
+        worker.healthy,
+    )
     logger.info("generator %s up; metrics at %s", gid, url)
 
     def handler(signum, frame):

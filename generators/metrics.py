@@ -11,24 +11,34 @@ class GeneratorMetrics:
     def __init__(self, registry: CollectorRegistry | None = None):
         r = registry or CollectorRegistry()
         self.registry = r
-        self.tokens = Counter(
-            "asyncrl_generator_tokens", "Response tokens generated.", registry=r)
+        self.tokens = Counter("asyncrl_generator_tokens", "Response tokens generated.", registry=r)
         self.groups = Counter(
-            "asyncrl_generator_groups", "Groups generated and pushed.", registry=r)
+            "asyncrl_generator_groups", "Groups generated and pushed.", registry=r
+        )
         self.policy_version = Gauge(
-            "asyncrl_generator_policy_version", "Weights version this generator holds.",
-            registry=r)
+            "asyncrl_generator_policy_version", "Weights version this generator holds.", registry=r
+        )
         self.weight_load_seconds = Histogram(
-            "asyncrl_generator_weight_load_seconds", "Time to fetch, verify and load weights.",
-            buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60), registry=r)
+            "asyncrl_generator_weight_load_seconds",
+            "Time to fetch, verify and load weights.",
+            buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+            registry=r,
+        )
         self.gate_wait_seconds = Counter(
-            "asyncrl_generator_gate_wait_seconds", "Time spent waiting because no lease was "
-            "granted (staleness gate, version, dataset).", registry=r)
+            "asyncrl_generator_gate_wait_seconds",
+            "Time spent waiting because no lease was granted (staleness gate, version, dataset).",
+            registry=r,
+        )
         self.generate_seconds = Counter(
-            "asyncrl_generator_generate_seconds", "Time spent generating.", registry=r)
+            "asyncrl_generator_generate_seconds", "Time spent generating.", registry=r
+        )
         self.reconnects = Counter(
-            "asyncrl_generator_reconnects", "Times the connection to the learner was rebuilt.",
-            registry=r)
+            "asyncrl_generator_reconnects",
+            "Times the connection to the learner was rebuilt.",
+            registry=r,
+        )
         self.weight_errors = Counter(
-            "asyncrl_generator_weight_errors", "Weight fetches that failed verification or "
-            "went missing.", registry=r)
+            "asyncrl_generator_weight_errors",
+            "Weight fetches that failed verification or went missing.",
+            registry=r,
+        )

@@ -46,9 +46,16 @@ class LearnerGone(RuntimeError):
 class GeneratorWorker:
     """Runs until `stop` is set; survives learner restarts."""
 
-    def __init__(self, backend, generator_id: str, learner: str, metrics: GeneratorMetrics,
-                 factory: SocketFactory | None = None, reconnect_seconds: float = 10.0,
-                 fetch_window: int = 4):
+    def __init__(
+        self,
+        backend,
+        generator_id: str,
+        learner: str,
+        metrics: GeneratorMetrics,
+        factory: SocketFactory | None = None,
+        reconnect_seconds: float = 10.0,
+        fetch_window: int = 4,
+    ):
         self.backend = backend
         self.generator_id = generator_id
         self.learner = learner
@@ -92,8 +99,7 @@ class GeneratorWorker:
         self.control = self.factory.socket(zmq.DEALER, server=False)
         self.control.connect(self.learner)
         self._socks = [self.control]
-        welcome = self._request(Hello(self.generator_id, self.backend.name,
-                                      self.backend.version))
+        welcome = self._request(Hello(self.generator_id, self.backend.name, self.backend.version))
         if not isinstance(welcome, Welcome):
             raise LearnerGone(f"expected welcome, got {welcome.TYPE}")
         host = urlparse(self.learner).hostname
@@ -106,11 +112,14 @@ class GeneratorWorker:
         self.heartbeat_seconds = welcome.heartbeat_seconds
         self.connected = True
         self.last_error = ""
-        logger.info("connected to %s (learner version %d)", self.learner,
-                    welcome.learner_version)
+        logger.info("connected to %s (learner version %d)", self.learner, welcome.learner_version)
         if welcome.weights_version > self.backend.version:
-            self._pending = WeightsAnnouncement(welcome.weights_version, welcome.weights_digest,
-                                                welcome.weights_size, welcome.weights_chunks)
+            self._pending = WeightsAnnouncement(
+                welcome.weights_version,
+                welcome.weights_digest,
+                welcome.weights_size,
+                welcome.weights_chunks,
+            )
         self._hb_stop = threading.Event()
         self._hb = threading.Thread(target=self._heartbeats, name="heartbeat", daemon=True)
         self._hb.start()
@@ -142,8 +151,9 @@ class GeneratorWorker:
         with self._held_lock:
             self._held.add(lease.lease_id)
         try:
-            params = SamplingParams(lease.temperature, lease.top_p, lease.top_k,
-                                    lease.max_new_tokens)
+            params = SamplingParams(
+                lease.temperature, lease.top_p, lease.top_k, lease.max_new_tokens
+            )
             t = time.time()
             samples = self.backend.generate(lease.prompt_ids, lease.group_size, params)
             baseline = None
@@ -151,13 +161,16 @@ class GeneratorWorker:
                 baseline = self.backend.generate_greedy(lease.prompt_ids, lease.max_new_tokens)
             dt = time.time() - t
             group = RolloutGroup(
-                lease_id=lease.lease_id, generator_id=self.generator_id,
+                lease_id=lease.lease_id,
+                generator_id=self.generator_id,
                 tokens=_cat([s.tokens for s in samples], np.int32),
                 logprobs=_cat([s.logprobs for s in samples], np.float32),
                 versions=_cat([s.versions for s in samples], np.int32),
                 lengths=np.array([len(s.tokens) for s in samples], dtype=np.int32),
-                finish_reasons=[s.finish_reason for s in samples], generate_seconds=dt,
-                baseline_tokens=baseline)
+                finish_reasons=[s.finish_reason for s in samples],
+                generate_seconds=dt,
+                baseline_tokens=baseline,
+            )
             # The PUSH socket blocks at its high-water mark rather than dropping: bounded here
             # so a vanished learner cannot hang us (the lease then expires and is re-issued).
             if not self.push.poll(int(self.reconnect_seconds * 1000), zmq.POLLOUT):
@@ -175,12 +188,16 @@ class GeneratorWorker:
         t = time.time()
         if denied.learner_version > self.backend.version and self._pending is None:
             # We may have missed an announcement (PUB drops while connecting): ask again.
-            welcome = self._request(Hello(self.generator_id, self.backend.name,
-                                          self.backend.version))
+            welcome = self._request(
+                Hello(self.generator_id, self.backend.name, self.backend.version)
+            )
             if isinstance(welcome, Welcome) and welcome.weights_version > self.backend.version:
                 self._pending = WeightsAnnouncement(
-                    welcome.weights_version, welcome.weights_digest, welcome.weights_size,
-                    welcome.weights_chunks)
+                    welcome.weights_version,
+                    welcome.weights_digest,
+                    welcome.weights_size,
+                    welcome.weights_chunks,
+                )
         if self._pending is None:
             self.sub.poll(int(max(denied.retry_after, 0.01) * 1000), zmq.POLLIN)
         self.metrics.gate_wait_seconds.inc(time.time() - t)
@@ -235,8 +252,12 @@ class GeneratorWorker:
         self._pending = None
         self.metrics.policy_version.set(ann.version)
         self.metrics.weight_load_seconds.observe(time.time() - t)
-        logger.info("loaded weights version %d (%.1f MB) in %.2fs", ann.version,
-                    len(blob) / 1e6, time.time() - t)
+        logger.info(
+            "loaded weights version %d (%.1f MB) in %.2fs",
+            ann.version,
+            len(blob) / 1e6,
+            time.time() - t,
+        )
 
     def _drain_replies(self, n: int) -> None:
         for _ in range(n):

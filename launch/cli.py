@@ -19,24 +19,35 @@ def _setup_logging(role: str, level: str = "INFO") -> None:
     logging.basicConfig(
         level=getattr(logging, level.upper(), logging.INFO),
         format=f"%(asctime)s {role} %(levelname)s %(name)s: %(message)s",
-        datefmt="%H:%M:%S", stream=sys.stderr)
+        datefmt="%H:%M:%S",
+        stream=sys.stderr,
+    )
     for noisy in ("DeepSpeed", "deepspeed", "torch.distributed", "httpx", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", default=None,
-                   help="YAML file or preset name (tiny-cpu, single-gpu-hf, multi-gpu-sglang)")
-    p.add_argument("--print-config", action="store_true",
-                   help="print the resolved configuration and exit")
+    p.add_argument(
+        "--config",
+        default=None,
+        help="YAML file or preset name (tiny-cpu, single-gpu-hf, multi-gpu-sglang)",
+    )
+    p.add_argument(
+        "--print-config", action="store_true", help="print the resolved configuration and exit"
+    )
     p.add_argument("--log-level", default="INFO")
-    p.add_argument("overrides", nargs="*", metavar="section.field=value",
-                   help="dotted overrides applied after the config file")
+    p.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="section.field=value",
+        help="dotted overrides applied after the config file",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="asyncrl", description="Asynchronous off-policy RL for language models.")
+        prog="asyncrl", description="Asynchronous off-policy RL for language models."
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("learner", help="run the learner (hub on rank 0; torchrun for ranks)")
     _add_common(p)
@@ -46,6 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--learner", default=None, help="learner control address tcp://HOST:PORT")
     p = sub.add_parser("local", help="learner + N generators on this machine")
     _add_common(p)
+    p = sub.add_parser("keys", help="create CurveZMQ keys for authenticated sockets")
+    p.add_argument("--dir", required=True, help="directory to write the keys into")
+    p.add_argument("--clients", default="client", help="comma-separated client key names")
     p = sub.add_parser("config-fields", help="list every config field with its description")
     return parser
 
@@ -54,6 +68,16 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "config-fields":
         print("\n".join(describe_fields()))
+        return 0
+    if args.command == "keys":
+        from protocol.sockets import create_curve_keys
+
+        names = [n.strip() for n in args.clients.split(",") if n.strip()]
+        create_curve_keys(args.dir, names)
+        print(
+            f"wrote server and client keys ({', '.join(names)}) to {args.dir}; set "
+            f"security.curve_dir={args.dir} on the learner and every generator"
+        )
         return 0
     overrides = list(args.overrides)
     if getattr(args, "learner", None):
@@ -70,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         _setup_logging("learner", args.log_level)
         from learner.trainer import Learner
 
-        Learner(cfg).run()
+        Learner(cfg, resume=args.resume).run()
         return 0
     if args.command == "generator":
         _setup_logging(f"generator[{cfg.generator.generator_id or '-'}]", args.log_level)

@@ -28,22 +28,31 @@ class _Strict(BaseModel):
 
 class ModelConfig(_Strict):
     path: str | None = Field(
-        None, description="Hugging Face model directory (local path). Empty: build and use the "
-        "embedded tiny model (see `tiny`).")
+        None,
+        description="Hugging Face model directory (local path). Empty: build and use the "
+        "embedded tiny model (see `tiny`).",
+    )
     dtype: Literal["float32", "bfloat16", "float16"] = Field(
-        "float32", description="Parameter/compute dtype of learner and hf generators. bfloat16 "
-        "needs a GPU with bf16 support.")
+        "float32",
+        description="Parameter/compute dtype of learner and hf generators. bfloat16 "
+        "needs a GPU with bf16 support.",
+    )
     device: Literal["auto", "cpu", "cuda"] = Field(
-        "auto", description="Where learner and hf generators run; auto = cuda if available.")
+        "auto", description="Where learner and hf generators run; auto = cuda if available."
+    )
 
 
 class DataConfig(_Strict):
     train_path: str | None = Field(
-        None, description="Prompt dataset for RL: JSONL file with one object per line. Empty: "
-        "the embedded tiny task's train split.")
+        None,
+        description="Prompt dataset for RL: JSONL file with one object per line. Empty: "
+        "the embedded tiny task's train split.",
+    )
     eval_path: str | None = Field(
-        None, description="Held-out JSONL for greedy accuracy. Empty: the tiny task's split, "
-        "or no evaluation when train_path is set without eval_path.")
+        None,
+        description="Held-out JSONL for greedy accuracy. Empty: the tiny task's split, "
+        "or no evaluation when train_path is set without eval_path.",
+    )
     prompt_field: str = Field("prompt", description="Row field holding the prompt text.")
     answer_field: str = Field("answer", description="Row field holding the ground truth.")
     eval_size: int = Field(256, ge=1, description="At most this many held-out rows are scored.")
@@ -53,7 +62,8 @@ class DataConfig(_Strict):
 class SamplingConfig(_Strict):
     group_size: int = Field(8, ge=1, le=1024, description="Completions per prompt (G).")
     temperature: float = Field(
-        1.0, gt=0.0, description="Sampling temperature; the learner scores with the same value.")
+        1.0, gt=0.0, description="Sampling temperature; the learner scores with the same value."
+    )
     top_p: float = Field(1.0, gt=0.0, le=1.0, description="Nucleus truncation; 1 = off.")
     top_k: int = Field(0, ge=0, description="Top-k truncation; 0 = off.")
     max_new_tokens: int = Field(8, ge=1, description="Response length limit in tokens.")
@@ -61,10 +71,12 @@ class SamplingConfig(_Strict):
 
 class TrainConfig(_Strict):
     groups_per_step: int = Field(8, ge=1, description="Prompt groups per optimizer step (B).")
-    steps: int = Field(120, ge=1, description="Optimizer steps to run (this process's target "
-                       "policy version).")
-    max_seconds: float = Field(0.0, ge=0.0, description="Stop after this much RL wall time; "
-                               "0 = no limit.")
+    steps: int = Field(
+        120, ge=1, description="Optimizer steps to run (this process's target policy version)."
+    )
+    max_seconds: float = Field(
+        0.0, ge=0.0, description="Stop after this much RL wall time; 0 = no limit."
+    )
     lr: float = Field(2e-4, gt=0.0, description="Peak learning rate (AdamW).")
     weight_decay: float = Field(0.0, ge=0.0, description="AdamW weight decay.")
     warmup_steps: int = Field(5, ge=0, description="Linear LR warmup steps.")
@@ -72,63 +84,111 @@ class TrainConfig(_Strict):
     micro_batch_size: int = Field(64, ge=1, description="Sequences per forward/backward pass.")
     zero_stage: int = Field(0, ge=0, le=3, description="DeepSpeed ZeRO stage (0-3).")
     seed: int = Field(0, description="Seed of learner RNGs.")
-    eval_every: int = Field(20, ge=0, description="Held-out evaluation every N steps; 0 = only "
-                            "before and after.")
+    eval_every: int = Field(
+        20, ge=0, description="Held-out evaluation every N steps; 0 = only before and after."
+    )
     log_every: int = Field(5, ge=1, description="Progress line every N steps.")
     publish_every: int = Field(1, ge=1, description="Publish weights every N steps.")
-    threads: int = Field(0, ge=0, description="torch intra-op threads for the learner; 0 = "
-                         "leave torch's default.")
+    checkpoint_every: int = Field(
+        0,
+        ge=0,
+        description="Save a checkpoint every N steps (and always on SIGTERM and at the "
+        "end); 0 = only on SIGTERM and at the end.",
+    )
+    threads: int = Field(
+        0, ge=0, description="torch intra-op threads for the learner; 0 = leave torch's default."
+    )
     deepspeed: dict[str, Any] = Field(
-        default_factory=dict, description="Raw DeepSpeed config merged over the generated one, "
-        "for anything not modelled here.")
+        default_factory=dict,
+        description="Raw DeepSpeed config merged over the generated one, "
+        "for anything not modelled here.",
+    )
 
 
 class BufferConfig(_Strict):
-    max_staleness: int = Field(2, ge=0, description="η: largest allowed learner version minus "
-                               "rollout version. 0 = synchronous RL.")
+    max_staleness: int = Field(
+        2,
+        ge=0,
+        description="η: largest allowed learner version minus rollout version. 0 = synchronous RL.",
+    )
     max_groups: int = Field(1024, ge=1, description="Buffer capacity in groups.")
     max_bytes: int = Field(1 << 30, ge=1, description="Buffer capacity in bytes.")
-    max_reuse: int = Field(0, ge=0, description="Extra times a group may be trained while "
-                           "within η.")
-    filter_zero_variance: bool = Field(True, description="Dynamic sampling: drop groups whose "
-                                       "rewards are all equal (no learning signal).")
-    lease_seconds: float = Field(120.0, gt=0, description="A lease not returned (or extended "
-                                 "by heartbeats) within this time is re-issued.")
-    heartbeat_seconds: float = Field(2.0, gt=0, description="Generator heartbeat interval; a "
-                                     "generator silent for two intervals loses its leases.")
+    max_reuse: int = Field(
+        0, ge=0, description="Extra times a group may be trained while within η."
+    )
+    filter_zero_variance: bool = Field(
+        True,
+        description="Dynamic sampling: drop groups whose "
+        "rewards are all equal (no learning signal).",
+    )
+    lease_seconds: float = Field(
+        120.0,
+        gt=0,
+        description="A lease not returned (or extended "
+        "by heartbeats) within this time is re-issued.",
+    )
+    heartbeat_seconds: float = Field(
+        2.0,
+        gt=0,
+        description="Generator heartbeat interval; a "
+        "generator silent for two intervals loses its leases.",
+    )
 
 
 class LearnerConfig(_Strict):
-    bind_host: str = Field("127.0.0.1", description="Interface the learner binds (0.0.0.0 for "
-                           "a fleet on other hosts).")
-    control_port: int = Field(5555, ge=0, le=65535, description="ROUTER port: leases, "
-                              "heartbeats, weight chunks.")
+    bind_host: str = Field(
+        "127.0.0.1", description="Interface the learner binds (0.0.0.0 for a fleet on other hosts)."
+    )
+    control_port: int = Field(
+        5555, ge=0, le=65535, description="ROUTER port: leases, heartbeats, weight chunks."
+    )
     rollouts_port: int = Field(5556, ge=0, le=65535, description="PULL port: rollout groups.")
-    weights_port: int = Field(5557, ge=0, le=65535, description="PUB port: weight "
-                              "announcements.")
-    metrics_port: int = Field(9400, ge=0, le=65535, description="Prometheus /metrics port; 0 = "
-                              "any free port.")
+    weights_port: int = Field(5557, ge=0, le=65535, description="PUB port: weight announcements.")
+    metrics_port: int = Field(
+        9400, ge=0, le=65535, description="Prometheus /metrics port; 0 = any free port."
+    )
     output_dir: str = Field("runs/latest", description="Where summaries and checkpoints go.")
     weight_chunk_bytes: int = Field(4 << 20, ge=1024, description="Size of one weight chunk.")
 
 
 class GeneratorConfig(_Strict):
+    metrics_host: str = Field(
+        "0.0.0.0", description="Interface the /metrics endpoint binds (127.0.0.1 to keep it local)."
+    )
     backend: Literal["hf", "sglang"] = Field("hf", description="Inference engine.")
     learner: str = Field("tcp://127.0.0.1:5555", description="The learner's control address.")
     generator_id: str = Field("", description="Stable id (metrics label); empty = host-pid.")
-    metrics_port: int = Field(9401, ge=0, le=65535, description="Prometheus /metrics port; "
-                              "0 = any free port.")
+    metrics_port: int = Field(
+        9401, ge=0, le=65535, description="Prometheus /metrics port; 0 = any free port."
+    )
     threads: int = Field(0, ge=0, description="torch intra-op threads; 0 = torch's default.")
     seed: int = Field(0, description="Sampling seed (combined with the generator id).")
     reconnect_seconds: float = Field(
-        10.0, gt=0, description="A learner silent this long is considered gone; the "
-        "generator rebuilds its sockets with backoff.")
+        10.0,
+        gt=0,
+        description="A learner silent this long is considered gone; the "
+        "generator rebuilds its sockets with backoff.",
+    )
+
+
+class SecurityConfig(_Strict):
+    curve_dir: str | None = Field(
+        None,
+        description="CurveZMQ key directory from `asyncrl keys`; set = every socket is "
+        "encrypted and only generators holding an allowed client key may lease, push rollouts "
+        "or receive weights. Empty = no authentication (trusted networks only).",
+    )
+    client_name: str = Field(
+        "client", description="Which client key pair (NAME.key_secret) a generator uses."
+    )
 
 
 class LocalConfig(_Strict):
     generators: int = Field(2, ge=1, description="Generator processes `asyncrl local` starts.")
-    pin_cores: bool = Field(False, description="Pin the learner and each generator to "
-                            "separate CPU cores when enough exist.")
+    pin_cores: bool = Field(
+        False,
+        description="Pin the learner and each generator to separate CPU cores when enough exist.",
+    )
 
 
 class AsyncRLConfig(_Strict):
@@ -146,12 +206,15 @@ class AsyncRLConfig(_Strict):
     learner: LearnerConfig = Field(default_factory=LearnerConfig)
     generator: GeneratorConfig = Field(default_factory=GeneratorConfig)
     local: LocalConfig = Field(default_factory=LocalConfig)
+    security: SecurityConfig = Field(default_factory=SecurityConfig)
 
     @model_validator(mode="after")
     def _cross_field(self) -> AsyncRLConfig:
         if self.data.train_path is None and self.model.path is not None:
-            raise ValueError("model.path is set but data.train_path is not: the embedded tiny "
-                             "task only fits the embedded model; set data.train_path")
+            raise ValueError(
+                "model.path is set but data.train_path is not: the embedded tiny "
+                "task only fits the embedded model; set data.train_path"
+            )
         return self
 
 
@@ -223,8 +286,10 @@ def format_validation_error(exc: ValidationError, source: Path | None) -> str:
     for err in exc.errors():
         loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
         if err["type"] == "extra_forbidden":
-            lines.append(f"  {loc}: unknown key; remove it or check the spelling "
-                         "(`asyncrl learner --print-config` lists every field)")
+            lines.append(
+                f"  {loc}: unknown key; remove it or check the spelling "
+                "(`asyncrl learner --print-config` lists every field)"
+            )
         else:
             got = err.get("input")
             shown = "" if isinstance(got, dict) else f" (got {got!r})"
@@ -244,6 +309,8 @@ def describe_fields(model: type[BaseModel] = AsyncRLConfig, prefix: str = "") ->
         if isinstance(ann, type) and issubclass(ann, BaseModel):
             out.extend(describe_fields(ann, f"{prefix}{name}."))
         else:
-            out.append(f"{prefix}{name} = {f.get_default(call_default_factory=True)!r}: "
-                       f"{f.description or ''}")
+            out.append(
+                f"{prefix}{name} = {f.get_default(call_default_factory=True)!r}: "
+                f"{f.description or ''}"
+            )
     return out

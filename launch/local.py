@@ -31,8 +31,17 @@ def free_port() -> int:
 
 
 def _cmd(role: str, config_path: Path, log_level: str, extra: list[str]) -> list[str]:
-    return [sys.executable, "-m", "launch.cli", role, "--config", str(config_path),
-            "--log-level", log_level, *extra]
+    return [
+        sys.executable,
+        "-m",
+        "launch.cli",
+        role,
+        "--config",
+        str(config_path),
+        "--log-level",
+        log_level,
+        *extra,
+    ]
 
 
 def _healthy(url: str) -> bool:
@@ -58,13 +67,20 @@ def run_local(cfg: AsyncRLConfig, log_level: str = "INFO") -> int:
     threads = max(1, cores // (n + 1))
     # The configured ports are for fleets; on one machine any free loopback port will do and
     # two local runs never clash.
-    lc = cfg.learner.model_copy(update={
-        "bind_host": "127.0.0.1", "control_port": free_port(), "rollouts_port": free_port(),
-        "weights_port": free_port(), "metrics_port": free_port()})
+    lc = cfg.learner.model_copy(
+        update={
+            "bind_host": "127.0.0.1",
+            "control_port": free_port(),
+            "rollouts_port": free_port(),
+            "weights_port": free_port(),
+            "metrics_port": free_port(),
+        }
+    )
     run_cfg = cfg.model_copy(update={"learner": lc})
     if not run_cfg.train.threads:
-        run_cfg = run_cfg.model_copy(update={
-            "train": run_cfg.train.model_copy(update={"threads": threads})})
+        run_cfg = run_cfg.model_copy(
+            update={"train": run_cfg.train.model_copy(update={"threads": threads})}
+        )
     config_path = out_dir / "config.yaml"
     config_path.write_text(dump_config(run_cfg))
     summary_path = out_dir / "summary.json"
@@ -73,19 +89,27 @@ def run_local(cfg: AsyncRLConfig, log_level: str = "INFO") -> int:
     learner_url = f"http://127.0.0.1:{lc.metrics_port}/metrics"
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     procs: list[subprocess.Popen] = []
-    learner = subprocess.Popen(_cmd("learner", config_path, log_level, []), env=env,
-                               stdout=subprocess.PIPE, text=True)
+    learner = subprocess.Popen(
+        _cmd("learner", config_path, log_level, []), env=env, stdout=subprocess.PIPE, text=True
+    )
     procs.append(learner)
     gen_urls = {}
     for k in range(n):
         port = free_port()
         gen_urls[f"generator-{k}"] = f"http://127.0.0.1:{port}/metrics"
-        extra = [f"generator.generator_id=generator-{k}", f"generator.metrics_port={port}",
-                 f"generator.learner=tcp://127.0.0.1:{lc.control_port}",
-                 f"generator.threads={run_cfg.generator.threads or threads}",
-                 f"generator.seed={run_cfg.generator.seed + k}"]
-        procs.append(subprocess.Popen(_cmd("generator", config_path, log_level, extra),
-                                      env=env, stdout=subprocess.DEVNULL))
+        extra = [
+            f"generator.generator_id=generator-{k}",
+            f"generator.metrics_port={port}",
+            "generator.metrics_host=127.0.0.1",
+            f"generator.learner=tcp://127.0.0.1:{lc.control_port}",
+            f"generator.threads={run_cfg.generator.threads or threads}",
+            f"generator.seed={run_cfg.generator.seed + k}",
+        ]
+        procs.append(
+            subprocess.Popen(
+                _cmd("generator", config_path, log_level, extra), env=env, stdout=subprocess.DEVNULL
+            )
+        )
 
     def forward(signum, frame):
         for p in procs:
@@ -126,8 +150,13 @@ def run_local(cfg: AsyncRLConfig, log_level: str = "INFO") -> int:
                 logger.error("a generator did not come up")
                 return 1
             time.sleep(0.5)
-        _print({"event": "started", "endpoints": events["learner_ready"]["endpoints"],
-                "metrics": {"learner": learner_url, **gen_urls}})
+        _print(
+            {
+                "event": "started",
+                "endpoints": events["learner_ready"]["endpoints"],
+                "metrics": {"learner": learner_url, **gen_urls},
+            }
+        )
         code = learner.wait()
         reader.join(timeout=5)
     finally:

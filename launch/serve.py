@@ -15,8 +15,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 HealthFn = Callable[[], tuple[bool, str]]
 
 
-def start_metrics_server(host: str, port: int, registry: CollectorRegistry,
-                         health: HealthFn) -> tuple[str, ThreadingHTTPServer]:
+def start_metrics_server(
+    host: str, port: int, registry: CollectorRegistry, health: HealthFn
+) -> tuple[str, ThreadingHTTPServer]:
     """Serve `registry` on http://host:port/metrics and `health()` on /healthz (200 or 503)."""
 
     class Handler(BaseHTTPRequestHandler):

@@ -90,7 +90,8 @@ class TinyTaskConfig(BaseModel):
         500,
         ge=0,
         description="The last this many SFT steps use "
-        "noisy labels (see sft_noise); the steps before them are clean, "
+        "noisy labels (see sft_noise; all of them when this is >= sft_steps); the steps before "
+        "them are clean, "
         "so the model first learns the arithmetic, then the bias.",
     )
     sft_lr: float = Field(2e-3, gt=0, description="Peak SFT learning rate (AdamW, linear decay).")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -62,8 +63,7 @@ class Batch:
     behaviour_logprobs: torch.Tensor
     advantages: torch.Tensor
 
-    FIELDS = ("input_ids", "attention_mask", "response_mask", "behaviour_logprobs",
-              "advantages")
+    FIELDS = ("input_ids", "attention_mask", "response_mask", "behaviour_logprobs", "advantages")
 
     def rows(self, idx: slice | torch.Tensor) -> Batch:
         return Batch(*(getattr(self, f)[idx] for f in self.FIELDS))
@@ -87,10 +87,12 @@ def broadcast_batch(batch: Batch | None, rank: int, world: int) -> Batch:
     n, length = int(shape[0]), int(shape[1])
     if rank != 0:
         batch = Batch(
-            torch.empty(n, length, dtype=torch.long), torch.empty(n, length, dtype=torch.long),
-            torch.empty(n, length, dtype=torch.float32), torch.empty(n, length,
-                                                                     dtype=torch.float32),
-            torch.empty(n, dtype=torch.float32))
+            torch.empty(n, length, dtype=torch.long),
+            torch.empty(n, length, dtype=torch.long),
+            torch.empty(n, length, dtype=torch.float32),
+            torch.empty(n, length, dtype=torch.float32),
+            torch.empty(n, dtype=torch.float32),
+        )
     for f in Batch.FIELDS:
         t = getattr(batch, f).contiguous()
         dist.broadcast(t, src=0)
@@ -105,8 +107,9 @@ def shard_rows(n: int, rank: int, world: int, micro_batches: int) -> list[slice]
     per_rank = -(-n // world)
     lo, hi = min(n, rank * per_rank), min(n, (rank + 1) * per_rank)
     size = -(-max(hi - lo, 1) // micro_batches)
-    return [slice(min(hi, lo + i * size), min(hi, lo + (i + 1) * size))
-            for i in range(micro_batches)]
+    return [
+        slice(min(hi, lo + i * size), min(hi, lo + (i + 1) * size)) for i in range(micro_batches)
+    ]
 
 
 def deepspeed_config(train_cfg, dtype: str, world: int, micro_batches: int) -> dict:
@@ -120,9 +123,12 @@ def deepspeed_config(train_cfg, dtype: str, world: int, micro_batches: int) -> d
         "zero_allow_untested_optimizer": True,
         "scheduler": {
             "type": "WarmupLR",
-            "params": {"warmup_min_lr": 0.0, "warmup_max_lr": train_cfg.lr,
-                       "warmup_num_steps": max(1, train_cfg.warmup_steps),
-                       "warmup_type": "linear"},
+            "params": {
+                "warmup_min_lr": 0.0,
+                "warmup_max_lr": train_cfg.lr,
+                "warmup_num_steps": max(1, train_cfg.warmup_steps),
+                "warmup_type": "linear",
+            },
         },
         "steps_per_print": 10**9,
         "wall_clock_breakdown": False,
@@ -146,8 +152,16 @@ def _merge(base: dict, over: dict) -> dict:
 class Engine:
     """A DeepSpeed-wrapped causal LM with the operations the trainer needs."""
 
-    def __init__(self, model_path: str, train_cfg, dtype: str, device: str, rank: int,
-                 world: int, sequences_per_step: int):
+    def __init__(
+        self,
+        model_path: str,
+        train_cfg,
+        dtype: str,
+        device: str,
+        rank: int,
+        world: int,
+        sequences_per_step: int,
+    ):
         import deepspeed
         from transformers import AutoModelForCausalLM
 
@@ -155,8 +169,11 @@ class Engine:
         self.train_cfg = train_cfg
         per_rank = -(-sequences_per_step // world)
         self.micro_batches = max(1, -(-per_rank // train_cfg.micro_batch_size))
-        torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16,
-                       "float16": torch.float16}[dtype]
+        torch_dtype = {
+            "float32": torch.float32,
+            "bfloat16": torch.bfloat16,
+            "float16": torch.float16,
+        }[dtype]
         ds_cfg = deepspeed_config(train_cfg, dtype, world, self.micro_batches)
         if train_cfg.zero_stage == 3:
             with deepspeed.zero.Init(config_dict_or_path=ds_cfg):
@@ -166,10 +183,10 @@ class Engine:
         model.config.use_cache = False
         # A torch optimizer avoids DeepSpeed's JIT-compiled fused Adam on machines without
         # a compiler toolchain for it; ZeRO wraps it all the same.
-        optimizer = torch.optim.AdamW(model.parameters(), lr=train_cfg.lr,
-                                      weight_decay=train_cfg.weight_decay)
-        self.engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer,
-                                                    config=ds_cfg)
+        optimizer = torch.optim.AdamW(
+            model.parameters(), lr=train_cfg.lr, weight_decay=train_cfg.weight_decay
+        )
+        self.engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_cfg)
         self.model = self.engine.module
 
     # The scale makes DeepSpeed's two averagings (1/accumulation steps in backward, 1/world in
@@ -179,8 +196,10 @@ class Engine:
         return float(self.micro_batches * self.world)
 
     def forward_logits(self, batch: Batch) -> torch.Tensor:
-        out = self.engine(input_ids=batch.input_ids.to(self.device),
-                          attention_mask=batch.attention_mask.to(self.device))
+        out = self.engine(
+            input_ids=batch.input_ids.to(self.device),
+            attention_mask=batch.attention_mask.to(self.device),
+        )
         return out.logits
 
     def backward_and_step(self, loss: torch.Tensor) -> None:
@@ -208,9 +227,24 @@ class Engine:
             return out
         return {n: p.detach() for n, p in self.model.named_parameters()}
 
-    def save_checkpoint(self, path: str, client_state: dict) -> None:
-        self.engine.save_checkpoint(path, tag="latest", client_state=client_state)
+    def save_checkpoint(self, path: str, version: int, client_state: dict) -> None:
+        """Save under tag `v<version>`; DeepSpeed then points its `latest` file at it, so a
+        crash mid-save leaves the previous checkpoint the one that resumes. Older tags are
+        pruned once the new one is complete."""
+        tag = f"v{version}"
+        self.engine.save_checkpoint(path, tag=tag, client_state=client_state)
+        if self.world > 1:
+            dist.barrier()
+        if self.rank == 0:
+            import shutil
+
+            for old in Path(path).glob("v*"):
+                if old.is_dir() and old.name != tag:
+                    shutil.rmtree(old, ignore_errors=True)
 
     def load_checkpoint(self, path: str) -> dict:
-        _, client_state = self.engine.load_checkpoint(path, tag="latest")
+        """Load the checkpoint DeepSpeed's `latest` file names; returns our client state."""
+        load_path, client_state = self.engine.load_checkpoint(path)
+        if load_path is None:
+            raise FileNotFoundError(f"no loadable DeepSpeed checkpoint in {path}")
         return client_state or {}

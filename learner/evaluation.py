@@ -36,6 +36,19 @@ def _device(model) -> torch.device:
     return next(model.parameters()).device
 
 
+def _zero3_sharded(model) -> bool:
+    """True when DeepSpeed ZeRO-3 partitions the parameters across several ranks.
+
+    Every rank must then run the same number of forwards (each one gathers parameters
+    collectively), so generation has to keep stepping until all ranks are done.
+    """
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return False
+    if torch.distributed.get_world_size() < 2:
+        return False
+    return any(hasattr(p, "ds_id") for p in model.parameters())
+
+
 def _decode_new(tokenizer, new_tokens: torch.Tensor) -> list[str]:
     """Completion texts: the generated ids up to (not including) the first EOS."""
     eos = tokenizer.eos_token_id
@@ -70,6 +83,7 @@ def generate_completions(
         pad_token_id=pad,
         eos_token_id=tokenizer.eos_token_id,
         num_return_sequences=n,
+        synced_gpus=_zero3_sharded(model),
     )
     if greedy:
         gen_kwargs.update(do_sample=False)

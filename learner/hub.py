@@ -96,8 +96,15 @@ class RateLimitedLog:
 class Hub:
     """Rank 0's service thread plus the state the trainer consumes."""
 
-    def __init__(self, cfg, prompts: PromptSource, tokenizer, reward_fn,
-                 metrics: LearnerMetrics, factory: SocketFactory | None = None):
+    def __init__(
+        self,
+        cfg,
+        prompts: PromptSource,
+        tokenizer,
+        reward_fn,
+        metrics: LearnerMetrics,
+        factory: SocketFactory | None = None,
+    ):
         self.cfg = cfg
         self.prompts = prompts
         self.tokenizer = tokenizer
@@ -105,14 +112,19 @@ class Hub:
         self.metrics = metrics
         self.factory = factory or SocketFactory()
         self.eos_id = tokenizer.eos_token_id
-        self.limits = RolloutLimits(vocab_size=len(tokenizer),
-                                    max_new_tokens=cfg.sampling.max_new_tokens)
+        self.limits = RolloutLimits(
+            vocab_size=len(tokenizer), max_new_tokens=cfg.sampling.max_new_tokens
+        )
         self.decode_limits = DecodeLimits()
         B = cfg.train.groups_per_step
         self.gate = StalenessGate(B, cfg.buffer.max_staleness)
         self.leases = LeaseTable()
-        self.buffer = ReplayBuffer(cfg.buffer.max_groups, cfg.buffer.max_bytes,
-                                   cfg.buffer.max_staleness, cfg.buffer.max_reuse)
+        self.buffer = ReplayBuffer(
+            cfg.buffer.max_groups,
+            cfg.buffer.max_bytes,
+            cfg.buffer.max_staleness,
+            cfg.buffer.max_reuse,
+        )
         self.weights = WeightsStore(cfg.learner.weight_chunk_bytes)
         self.reissue: deque[int] = deque()
         self.generators: dict[str, GeneratorInfo] = {}
@@ -137,8 +149,11 @@ class Hub:
         self.pub = f.socket(zmq.PUB, server=True)
         host = lc.bind_host
         ports = []
-        for sock, port in ((self.control, lc.control_port), (self.rollouts, lc.rollouts_port),
-                           (self.pub, lc.weights_port)):
+        for sock, port in (
+            (self.control, lc.control_port),
+            (self.rollouts, lc.rollouts_port),
+            (self.pub, lc.weights_port),
+        ):
             if port == 0:
                 ports.append(sock.bind_to_random_port(f"tcp://{host}"))
             else:
@@ -189,9 +204,12 @@ class Hub:
         # The hub thread owns the PUB socket: hand the announcement over.
         with self._lock:
             self._pending_announcement = WeightsAnnouncement(
-                pub.version, pub.digest, len(pub.blob), pub.chunks)
+                pub.version, pub.digest, len(pub.blob), pub.chunks
+            )
 
     def state_dict(self) -> dict:
+        """What a checkpoint needs to resume without losing or repeating work: gate counters,
+        lease ids, the prompt cursor, prompts to re-issue, and the waiting groups (spilled)."""
         with self._lock:
             return {
                 "gate": self.gate.state_dict(),
@@ -200,15 +218,19 @@ class Hub:
                 "prompts": self.prompts.state_dict(),
                 # Open leases die with the process: their prompts go out again after resume.
                 "reissue": list(self.reissue) + [r.prompt_index for r in self.leases.open.values()],
+                "waiting": [_spill(g) for g in self.buffer.groups()],
             }
 
-    def load_state_dict(self, state: dict, waiting_restored: int = 0) -> None:
+    def load_state_dict(self, state: dict) -> None:
         with self._lock:
             self.consumed = int(state["consumed"])
-            self.gate.load_state_dict(state["gate"], waiting_restored, self.consumed)
             self.leases.next_id = int(state["next_lease_id"])
             self.prompts.load_state_dict(state["prompts"])
             self.reissue = deque(int(i) for i in state["reissue"])
+            for item in state.get("waiting", []):
+                self.buffer.add(_unspill(item, self.prompts))
+            self.gate.load_state_dict(state["gate"], len(self.buffer), self.consumed)
+            self._update_gauges()
 
     def healthy(self) -> tuple[bool, str]:
         if self._thread is None or not self._thread.is_alive():
@@ -265,8 +287,12 @@ class Hub:
                 reply = self._on_weights_request(msg)
             elif isinstance(msg, Heartbeat):
                 self._touch(msg.generator_id, None, msg.version, now)
-                self.leases.extend(msg.generator_id, [int(x) for x in msg.lease_ids], now,
-                                   self.cfg.buffer.lease_seconds)
+                self.leases.extend(
+                    msg.generator_id,
+                    [int(x) for x in msg.lease_ids],
+                    now,
+                    self.cfg.buffer.lease_seconds,
+                )
                 reply = Ack(self.version)
             elif isinstance(msg, Hello):
                 reply = self._on_hello(msg, now)
@@ -287,8 +313,12 @@ class Hub:
 
     def _on_hello(self, msg: Hello, now: float) -> Welcome:
         self._touch(msg.generator_id, msg.backend, msg.version, now)
-        logger.info("generator %s joined (backend %s, version %d)", msg.generator_id,
-                    msg.backend, msg.version)
+        logger.info(
+            "generator %s joined (backend %s, version %d)",
+            msg.generator_id,
+            msg.backend,
+            msg.version,
+        )
         pub = self.weights.latest
         return Welcome(
             learner_version=self.version,
@@ -321,15 +351,22 @@ class Hub:
         index = self.reissue.popleft() if self.reissue else self.prompts.next().index
         prompt = self.prompts.prompts[index]
         s = self.cfg.sampling
-        rec = self.leases.issue(index, msg.generator_id, version, now,
-                                self.cfg.buffer.lease_seconds, s.group_size)
+        rec = self.leases.issue(
+            index, msg.generator_id, version, now, self.cfg.buffer.lease_seconds, s.group_size
+        )
         self.gate.on_issue()
         self.metrics.leases_issued.inc()
         self.metrics.leases_in_flight.set(self.gate.in_flight)
         return Lease(
-            lease_id=rec.lease_id, prompt_ids=prompt.token_ids, group_size=s.group_size,
-            temperature=s.temperature, top_p=s.top_p, top_k=s.top_k,
-            max_new_tokens=s.max_new_tokens, deadline=rec.deadline, issued_version=version,
+            lease_id=rec.lease_id,
+            prompt_ids=prompt.token_ids,
+            group_size=s.group_size,
+            temperature=s.temperature,
+            top_p=s.top_p,
+            top_k=s.top_k,
+            max_new_tokens=s.max_new_tokens,
+            deadline=rec.deadline,
+            issued_version=version,
             greedy_baseline=self.cfg.advantage.name == "remax",
         )
 
@@ -395,14 +432,19 @@ class Hub:
         if msg.baseline_tokens is not None:
             b = np.array(msg.baseline_tokens)
             baseline = float(
-                self.reward_fn(prompt.text, [self._decode(b)], prompt.row, [len(b)]).rewards[0])
+                self.reward_fn(prompt.text, [self._decode(b)], prompt.row, [len(b)]).rewards[0]
+            )
         return GroupData(
-            prompt=prompt, responses=responses,
+            prompt=prompt,
+            responses=responses,
             logprobs=[np.array(msg.logprobs[s]) for s in slices],
             versions=[np.array(msg.versions[s]) for s in slices],
             rewards=np.asarray(result.rewards, dtype=np.float32),
-            finish_reasons=list(msg.finish_reasons), generator_id=msg.generator_id,
-            baseline_reward=baseline, reward_metrics=dict(result.metrics))
+            finish_reasons=list(msg.finish_reasons),
+            generator_id=msg.generator_id,
+            baseline_reward=baseline,
+            reward_metrics=dict(result.metrics),
+        )
 
     def _decode(self, ids: np.ndarray) -> str:
         ids = ids.tolist()
@@ -433,16 +475,20 @@ class Hub:
             for rec in self.leases.expire_due(now):
                 self.metrics.leases_expired.inc()
                 self._release(rec)
-            silent = [g for g in self.generators.values()
-                      if now - g.last_seen > 2 * self.cfg.buffer.heartbeat_seconds]
+            silent = [
+                g
+                for g in self.generators.values()
+                if now - g.last_seen > 2 * self.cfg.buffer.heartbeat_seconds
+            ]
             for g in silent:
                 recs = self.leases.reclaim_generator(g.generator_id)
                 for rec in recs:
                     self.metrics.leases_expired.inc()
                     self._release(rec)
                 del self.generators[g.generator_id]
-                logger.warning("generator %s went silent; reclaimed %d leases",
-                               g.generator_id, len(recs))
+                logger.warning(
+                    "generator %s went silent; reclaimed %d leases", g.generator_id, len(recs)
+                )
             self._update_gauges()
 
     def _update_gauges(self) -> None:
@@ -452,8 +498,48 @@ class Hub:
         m.leases_in_flight.set(self.gate.in_flight)
         m.generators_connected.set(len(self.generators))
         latest = self.weights.latest.version if self.weights.latest else -1
-        m.generators_up_to_date.set(sum(1 for g in self.generators.values()
-                                        if g.version >= latest))
+        m.generators_up_to_date.set(sum(1 for g in self.generators.values() if g.version >= latest))
+
+
+def _spill(g: BufferedGroup) -> dict:
+    d: GroupData = g.payload
+    return {
+        "lease_id": g.lease_id,
+        "prompt_index": g.prompt_index,
+        "version": g.version,
+        "nbytes": g.nbytes,
+        "uses": g.uses,
+        "responses": [a.tolist() for a in d.responses],
+        "logprobs": [a.tolist() for a in d.logprobs],
+        "versions": [a.tolist() for a in d.versions],
+        "rewards": d.rewards.tolist(),
+        "finish_reasons": d.finish_reasons,
+        "generator_id": d.generator_id,
+        "baseline_reward": d.baseline_reward,
+        "reward_metrics": d.reward_metrics,
+    }
+
+
+def _unspill(item: dict, prompts: PromptSource) -> BufferedGroup:
+    data = GroupData(
+        prompt=prompts.prompts[item["prompt_index"]],
+        responses=[np.asarray(a, np.int32) for a in item["responses"]],
+        logprobs=[np.asarray(a, np.float32) for a in item["logprobs"]],
+        versions=[np.asarray(a, np.int32) for a in item["versions"]],
+        rewards=np.asarray(item["rewards"], np.float32),
+        finish_reasons=list(item["finish_reasons"]),
+        generator_id=item["generator_id"],
+        baseline_reward=item["baseline_reward"],
+        reward_metrics=dict(item["reward_metrics"]),
+    )
+    return BufferedGroup(
+        item["lease_id"],
+        item["prompt_index"],
+        item["version"],
+        item["nbytes"],
+        data,
+        uses=item["uses"],
+    )
 
 
 def default_generator_id() -> str:

@@ -20,75 +20,103 @@ class LearnerMetrics:
         r = registry or CollectorRegistry()
         self.registry = r
         self.policy_version = Gauge(
-            "asyncrl_policy_version", "Optimizer steps completed by the learner.", registry=r)
+            "asyncrl_policy_version", "Optimizer steps completed by the learner.", registry=r
+        )
         self.steps = Counter(
-            "asyncrl_learner_steps", "Optimizer steps taken since this process started.",
-            registry=r)
+            "asyncrl_learner_steps", "Optimizer steps taken since this process started.", registry=r
+        )
         self.step_seconds = Histogram(
-            "asyncrl_learner_step_seconds", "Learner time per step by phase.", ["phase"],
-            buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120), registry=r)
-        self.tokens = Counter(
-            "asyncrl_learner_tokens", "Response tokens trained on.", registry=r)
+            "asyncrl_learner_step_seconds",
+            "Learner time per step by phase.",
+            ["phase"],
+            buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
+            registry=r,
+        )
+        self.tokens = Counter("asyncrl_learner_tokens", "Response tokens trained on.", registry=r)
         self.loss = Gauge("asyncrl_loss", "Policy loss of the last step.", registry=r)
         self.clip_fraction = Gauge(
-            "asyncrl_clip_fraction", "Fraction of tokens clipped in the last step.", registry=r)
+            "asyncrl_clip_fraction", "Fraction of tokens clipped in the last step.", registry=r
+        )
         self.is_weight_max = Gauge(
-            "asyncrl_importance_weight_max", "Largest importance weight in the last step.",
-            registry=r)
+            "asyncrl_importance_weight_max",
+            "Largest importance weight in the last step.",
+            registry=r,
+        )
         self.kl = Gauge("asyncrl_kl", "KL to the reference policy (last step).", registry=r)
         self.entropy = Gauge(
-            "asyncrl_entropy", "Mean token entropy of the policy (last step), nats.", registry=r)
+            "asyncrl_entropy", "Mean token entropy of the policy (last step), nats.", registry=r
+        )
         self.grad_norm = Gauge(
-            "asyncrl_grad_norm", "Gradient norm before clipping (last step).", registry=r)
+            "asyncrl_grad_norm", "Gradient norm before clipping (last step).", registry=r
+        )
         self.reward_mean = Gauge(
-            "asyncrl_reward_mean", "Mean reward of the groups in the last step.", registry=r)
+            "asyncrl_reward_mean", "Mean reward of the groups in the last step.", registry=r
+        )
         self.eval_accuracy = Gauge(
-            "asyncrl_eval_accuracy", "Held-out greedy accuracy at the last evaluation.",
-            registry=r)
+            "asyncrl_eval_accuracy", "Held-out greedy accuracy at the last evaluation.", registry=r
+        )
         self.publish_seconds = Histogram(
-            "asyncrl_weight_publish_seconds", "Time to gather, serialise and announce weights.",
-            buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60), registry=r)
+            "asyncrl_weight_publish_seconds",
+            "Time to gather, serialise and announce weights.",
+            buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+            registry=r,
+        )
         self.weight_bytes = Counter(
-            "asyncrl_weight_bytes", "Bytes of weights published (per version, not per fetch).",
-            registry=r)
+            "asyncrl_weight_bytes",
+            "Bytes of weights published (per version, not per fetch).",
+            registry=r,
+        )
         self.weight_bytes_served = Counter(
-            "asyncrl_weight_bytes_served", "Bytes of weight chunks sent to generators.",
-            registry=r)
+            "asyncrl_weight_bytes_served", "Bytes of weight chunks sent to generators.", registry=r
+        )
         self.generators_connected = Gauge(
-            "asyncrl_generators_connected", "Generators that sent a heartbeat recently.",
-            registry=r)
+            "asyncrl_generators_connected", "Generators that sent a heartbeat recently.", registry=r
+        )
         self.generators_up_to_date = Gauge(
             "asyncrl_generators_up_to_date",
-            "Connected generators holding the latest published weights.", registry=r)
+            "Connected generators holding the latest published weights.",
+            registry=r,
+        )
         # buffer and gate
         self.buffer_groups = Gauge(
-            "asyncrl_buffer_groups", "Groups waiting in the replay buffer.", registry=r)
+            "asyncrl_buffer_groups", "Groups waiting in the replay buffer.", registry=r
+        )
         self.buffer_bytes = Gauge(
-            "asyncrl_buffer_bytes", "Bytes held by the replay buffer.", registry=r)
+            "asyncrl_buffer_bytes", "Bytes held by the replay buffer.", registry=r
+        )
         self.received = Counter(
-            "asyncrl_rollouts_received", "Rollout groups received from generators.",
-            registry=r)
+            "asyncrl_rollouts_received", "Rollout groups received from generators.", registry=r
+        )
         self.dropped = Counter(
-            "asyncrl_rollouts_dropped", "Rollout groups dropped, by reason.", ["reason"],
-            registry=r)
+            "asyncrl_rollouts_dropped", "Rollout groups dropped, by reason.", ["reason"], registry=r
+        )
         self.staleness = Histogram(
-            "asyncrl_staleness", "Staleness (learner version minus rollout version) of "
-            "consumed groups.", buckets=STALENESS_BUCKETS, registry=r)
+            "asyncrl_staleness",
+            "Staleness (learner version minus rollout version) of consumed groups.",
+            buckets=STALENESS_BUCKETS,
+            registry=r,
+        )
         self.leases_in_flight = Gauge(
-            "asyncrl_leases_in_flight", "Leases issued and not yet returned.", registry=r)
-        self.leases_issued = Counter(
-            "asyncrl_leases_issued", "Leases issued.", registry=r)
+            "asyncrl_leases_in_flight", "Leases issued and not yet returned.", registry=r
+        )
+        self.leases_issued = Counter("asyncrl_leases_issued", "Leases issued.", registry=r)
         self.leases_expired = Counter(
-            "asyncrl_leases_expired", "Leases reclaimed after their deadline or generator "
-            "loss.", registry=r)
+            "asyncrl_leases_expired",
+            "Leases reclaimed after their deadline or generator loss.",
+            registry=r,
+        )
         self.leases_denied = Counter(
-            "asyncrl_leases_denied", "Lease requests refused, by reason.", ["reason"],
-            registry=r)
+            "asyncrl_leases_denied", "Lease requests refused, by reason.", ["reason"], registry=r
+        )
         self.max_staleness = Gauge(
-            "asyncrl_max_staleness", "Configured staleness limit (eta).", registry=r)
+            "asyncrl_max_staleness", "Configured staleness limit (eta).", registry=r
+        )
         self.malformed = Counter(
-            "asyncrl_malformed_messages", "Messages dropped before decoding completed, by "
-            "reason.", ["reason"], registry=r)
+            "asyncrl_malformed_messages",
+            "Messages dropped before decoding completed, by reason.",
+            ["reason"],
+            registry=r,
+        )
         for reason in DROP_REASONS:
             self.dropped.labels(reason=reason)
         for phase in PHASES:

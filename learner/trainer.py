@@ -22,8 +22,14 @@ import torch.distributed as dist
 
 from buffer.replay import BufferedGroup
 from learner.advantages import compute_advantages
-from learner.engine import Batch, Engine, broadcast_batch, init_distributed, resolve_device
-from learner.engine import shard_rows
+from learner.engine import (
+    Batch,
+    Engine,
+    broadcast_batch,
+    init_distributed,
+    resolve_device,
+    shard_rows,
+)
 from learner.logprobs import token_entropy, token_logprobs
 from learner.objectives import policy_loss
 
@@ -44,8 +50,11 @@ def resolve_data(cfg) -> ResolvedData:
     from launch.tiny import setup_tiny_assets
 
     assets = setup_tiny_assets(cfg.tiny)
-    return ResolvedData(assets.model_path, cfg.data.train_path or assets.train_path,
-                        cfg.data.eval_path or assets.eval_path)
+    return ResolvedData(
+        assets.model_path,
+        cfg.data.train_path or assets.train_path,
+        cfg.data.eval_path or assets.eval_path,
+    )
 
 
 def build_batch(groups: list[BufferedGroup], cfg, pad_id: int) -> tuple[Batch, dict]:
@@ -103,8 +112,15 @@ def train_step(engine: Engine, batch: Batch, cfg) -> dict[str, float]:
         lp = token_logprobs(logits.float(), targets, temperature=temperature)
         with torch.no_grad():
             ent = token_entropy(logits.float().detach(), temperature=temperature)
-        loss, m = policy_loss(lp, mb.behaviour_logprobs[:, 1:], mb.advantages, mask,
-                              cfg.objective, entropy=ent, normalizer=normalizer)
+        loss, m = policy_loss(
+            lp,
+            mb.behaviour_logprobs[:, 1:],
+            mb.advantages,
+            mask,
+            cfg.objective,
+            entropy=ent,
+            normalizer=normalizer,
+        )
         engine.backward_and_step(loss)
         w = float(mask.sum())
         weight_sum += w
@@ -115,8 +131,10 @@ def train_step(engine: Engine, batch: Batch, cfg) -> dict[str, float]:
                 totals[k] = totals.get(k, 0.0) + float(v)
             else:
                 totals[k] = totals.get(k, 0.0) + float(v) * w
-    out = {k: (v if k in ("is_weight_max", "loss") else v / max(weight_sum, 1.0))
-           for k, v in totals.items()}
+    out = {
+        k: (v if k in ("is_weight_max", "loss") else v / max(weight_sum, 1.0))
+        for k, v in totals.items()
+    }
     out["grad_norm"] = engine.grad_norm()
     out["lr"] = engine.lr()
     return out
@@ -139,17 +157,24 @@ def evaluate(engine: Engine, tokenizer, rows, cfg) -> float | None:
     # collectively); otherwise rank 0 alone evaluates.
     if engine.rank != 0 and cfg.train.zero_stage != 3:
         return None
-    return greedy_accuracy(engine.model, tokenizer, rows, prompt_field=cfg.data.prompt_field,
-                           answer_field=cfg.data.answer_field,
-                           max_new_tokens=cfg.sampling.max_new_tokens)
+    return greedy_accuracy(
+        engine.model,
+        tokenizer,
+        rows,
+        prompt_field=cfg.data.prompt_field,
+        answer_field=cfg.data.answer_field,
+        max_new_tokens=cfg.sampling.max_new_tokens,
+    )
 
 
 class Learner:
     """Owns the engine, (on rank 0) the hub and metrics server, and the loop."""
 
-    def __init__(self, cfg):
+    def __init__(self, cfg, resume: bool = False):
         self.cfg = cfg
+        self.resume = resume
         self.stop = threading.Event()
+        self.checkpoint_dir = Path(cfg.learner.output_dir) / "checkpoint"
 
     def run(self) -> dict | None:
         from transformers import AutoTokenizer
@@ -169,8 +194,7 @@ class Learner:
         tokenizer = AutoTokenizer.from_pretrained(data.model_path)
         pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         sequences = cfg.train.groups_per_step * cfg.sampling.group_size
-        engine = Engine(data.model_path, cfg.train, cfg.model.dtype, device, rank, world,
-                        sequences)
+        engine = Engine(data.model_path, cfg.train, cfg.model.dtype, device, rank, world, sequences)
         self.engine = engine
         hub = None
         eval_rows: list[dict] = []
@@ -182,13 +206,22 @@ class Learner:
         self._install_signals()
 
         version = 0
+        if self.resume:
+            version = self._restore(engine, hub)
+        start_version = version
         self._publish(engine, hub, version)
         acc_before = evaluate(engine, tokenizer, eval_rows, cfg)
         if rank == 0:
             if acc_before is not None:
                 hub.metrics.eval_accuracy.set(acc_before)
-            _emit({"event": "learner_ready", "endpoints": hub.endpoints,
-                   "metrics": self.metrics_url, "accuracy_before": acc_before})
+            _emit(
+                {
+                    "event": "learner_ready",
+                    "endpoints": hub.endpoints,
+                    "metrics": self.metrics_url,
+                    "accuracy_before": acc_before,
+                }
+            )
             logger.info("held-out accuracy before RL: %s", _fmt(acc_before))
         t0 = time.time()
         tokens_trained = 0.0
@@ -212,8 +245,7 @@ class Learner:
                 else:
                     batch, stats = build_batch(groups, cfg, pad_id)
                     stats["staleness_max"] = max(version - g.version for g in groups)
-                    stats["staleness_mean"] = float(np.mean([version - g.version
-                                                             for g in groups]))
+                    stats["staleness_mean"] = float(np.mean([version - g.version for g in groups]))
             if world > 1:
                 flag = torch.tensor([1 if batch is None else 0])
                 dist.broadcast(flag, src=0)
@@ -232,24 +264,38 @@ class Learner:
                 self._record(hub, m, stats, batch)
             if version % cfg.train.publish_every == 0 or version == cfg.train.steps:
                 self._publish(engine, hub, version)
-            if cfg.train.eval_every and version % cfg.train.eval_every == 0 \
-                    and version < cfg.train.steps:
+            if (
+                cfg.train.eval_every
+                and version % cfg.train.eval_every == 0
+                and version < cfg.train.steps
+            ):
                 te = time.time()
                 acc = evaluate(engine, tokenizer, eval_rows, cfg)
                 if rank == 0 and acc is not None:
                     hub.metrics.eval_accuracy.set(acc)
                     hub.metrics.step_seconds.labels(phase="eval").observe(time.time() - te)
+            if cfg.train.checkpoint_every and version % cfg.train.checkpoint_every == 0:
+                self._save(engine, hub, version)
             if rank == 0 and (version % cfg.train.log_every == 0 or version == 1):
                 now = time.time()
                 tps = (tokens_trained - last_log[1]) / max(now - last_log[0], 1e-9)
                 last_log = (now, tokens_trained)
                 logger.info(
                     "step %d | reward %.3f | acc %s | staleness mean %.2f max %d | loss %.4f"
-                    " | clip %.3f | trained tok/s %.0f | buffer %d", version,
-                    stats.get("reward_mean", float("nan")), _fmt(acc),
-                    stats.get("staleness_mean", 0.0), stats.get("staleness_max", 0),
-                    m.get("loss", float("nan")), _clip(m), tps, len(hub.buffer))
+                    " | clip %.3f | trained tok/s %.0f | buffer %d",
+                    version,
+                    stats.get("reward_mean", float("nan")),
+                    _fmt(acc),
+                    stats.get("staleness_mean", 0.0),
+                    stats.get("staleness_max", 0),
+                    m.get("loss", float("nan")),
+                    _clip(m),
+                    tps,
+                    len(hub.buffer),
+                )
         rl_seconds = time.time() - t0
+        self._save(engine, hub, version)
+        self._export(engine, tokenizer, version)
         acc_after = evaluate(engine, tokenizer, eval_rows, cfg)
         summary = None
         if rank == 0:
@@ -260,7 +306,7 @@ class Learner:
                 "accuracy_before": acc_before,
                 "accuracy_after": acc_after,
                 "rl_seconds": round(rl_seconds, 2),
-                "steps": version,
+                "steps": version - start_version,
                 "policy_version": version,
                 "max_staleness": cfg.buffer.max_staleness,
                 "max_staleness_seen": hub.staleness_seen_max,
@@ -270,8 +316,13 @@ class Learner:
             out = Path(cfg.learner.output_dir)
             out.mkdir(parents=True, exist_ok=True)
             (out / "summary.json").write_text(json.dumps(summary, indent=2))
-            logger.info("held-out accuracy %s -> %s in %.0fs RL (%d steps)", _fmt(acc_before),
-                        _fmt(acc_after), rl_seconds, version)
+            logger.info(
+                "held-out accuracy %s -> %s in %.0fs RL (%d steps)",
+                _fmt(acc_before),
+                _fmt(acc_after),
+                rl_seconds,
+                version,
+            )
             hub.stop()
         if world > 1:
             dist.barrier()
@@ -284,17 +335,61 @@ class Learner:
         from learner.hub import Hub
         from learner.metrics import LearnerMetrics
         from learner.rewards import setup_reward
+        from protocol.sockets import setup_socket_factory
 
         cfg = self.cfg
-        prompts = PromptSource(load_rows(data.train_path), tokenizer, cfg.data.prompt_field,
-                               seed=cfg.data.shuffle_seed)
+        prompts = PromptSource(
+            load_rows(data.train_path), tokenizer, cfg.data.prompt_field, seed=cfg.data.shuffle_seed
+        )
         metrics = LearnerMetrics()
-        hub = Hub(cfg, prompts, tokenizer, setup_reward(cfg.reward), metrics)
+        factory = setup_socket_factory(cfg.security, "server")
+        hub = Hub(cfg, prompts, tokenizer, setup_reward(cfg.reward), metrics, factory)
         hub.start()
         self.metrics_url, self._http = start_metrics_server(
-            cfg.learner.bind_host, cfg.learner.metrics_port, metrics.registry, hub.healthy)
+            cfg.learner.bind_host, cfg.learner.metrics_port, metrics.registry, hub.healthy
+        )
         eval_rows = _eval_rows(data.eval_path, cfg) if data.eval_path else []
         return hub, eval_rows
+
+    def _save(self, engine: Engine, hub, version: int) -> None:
+        """Checkpoint: DeepSpeed state plus what DeepSpeed does not hold (collective)."""
+        t = time.time()
+        client = {
+            "policy_version": version,
+            "hub": hub.state_dict() if hub is not None else None,
+            "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state()},
+        }
+        engine.save_checkpoint(str(self.checkpoint_dir), version, client)
+        if engine.rank == 0:
+            logger.info("checkpoint at version %d saved in %.1fs", version, time.time() - t)
+
+    def _restore(self, engine: Engine, hub) -> int:
+        if not (self.checkpoint_dir / "latest").exists():
+            raise FileNotFoundError(
+                f"--resume: no checkpoint in {self.checkpoint_dir}; start without --resume or "
+                "set learner.output_dir to the run's directory"
+            )
+        client = engine.load_checkpoint(str(self.checkpoint_dir))
+        version = int(client["policy_version"])
+        torch.set_rng_state(client["rng"]["torch"])
+        np.random.set_state(client["rng"]["numpy"])
+        if hub is not None:
+            hub.load_state_dict(client["hub"])
+            hub.advance_version(version)
+            logger.info("resumed at version %d with %d waiting groups", version, len(hub.buffer))
+        return version
+
+    def _export(self, engine: Engine, tokenizer, version: int) -> None:
+        """The policy in Hugging Face format (safetensors + config + tokenizer)."""
+        tensors = engine.named_parameters_for_publish()
+        if engine.rank != 0:
+            return
+        out = Path(self.cfg.learner.output_dir) / "export"
+        engine.model.save_pretrained(
+            out, state_dict={k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+        )
+        tokenizer.save_pretrained(out)
+        (out / "asyncrl_version.json").write_text(json.dumps({"policy_version": version}))
 
     def _publish(self, engine: Engine, hub, version: int) -> None:
         from learner.weights import serialize_named_tensors
@@ -344,8 +439,9 @@ def _eval_rows(path: str, cfg) -> list[dict]:
 
 
 def _clip(m: dict) -> float:
-    return float(m.get("clip_frac_low", 0.0) + m.get("clip_frac_high", 0.0)
-                 + m.get("clip_frac_dual", 0.0))
+    return float(
+        m.get("clip_frac_low", 0.0) + m.get("clip_frac_high", 0.0) + m.get("clip_frac_dual", 0.0)
+    )
 
 
 def _fmt(x: float | None) -> str:

@@ -42,6 +42,7 @@ class DecodeLimits:
     max_ndim: int = 2
 
 
+DEFAULT_LIMITS = DecodeLimits()
 _DTYPES = {"int32", "float32", "uint8"}
 
 
@@ -85,7 +86,7 @@ def _check_scalar(name: str, value, types: tuple[type, ...]) -> None:
         raise ProtocolError("field", f"{name} is not finite")
 
 
-def decode(frames: Sequence, limits: DecodeLimits = DecodeLimits()) -> Message:
+def decode(frames: Sequence, limits: DecodeLimits = DEFAULT_LIMITS) -> Message:
     """Decode multipart frames into a message, validating structure and types.
 
     Semantic checks that need context (vocab size, token counts) live in `protocol.validate`.

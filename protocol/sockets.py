@@ -13,7 +13,7 @@ from pathlib import Path
 
 import zmq
 
-from protocol.codec import DecodeLimits, decode, encode
+from protocol.codec import DEFAULT_LIMITS, DecodeLimits, decode, encode
 from protocol.messages import Message
 
 logger = logging.getLogger(__name__)
@@ -30,25 +30,52 @@ class CurveKeys:
     allowed_clients_dir: str | None = None
 
 
-def load_curve_keys(key_dir: str, role: str) -> CurveKeys:
-    """Load keys written by `asyncrl keys` from `key_dir` for role `server` or `client`."""
+def create_curve_keys(key_dir: str, clients: list[str]) -> None:
+    """Write a server key pair and one key pair per client name; the server trusts every
+    public key in `key_dir/clients/`."""
+    from zmq.auth import create_certificates
+
+    d = Path(key_dir)
+    (d / "clients").mkdir(parents=True, exist_ok=True)
+    create_certificates(d, "server")
+    for name in clients:
+        create_certificates(d, name)
+        (d / "clients" / f"{name}.key").write_bytes((d / f"{name}.key").read_bytes())
+    for secret in d.glob("*.key_secret"):
+        secret.chmod(0o600)
+
+
+def load_curve_keys(key_dir: str, role: str, client_name: str = "client") -> CurveKeys:
+    """Load keys written by `asyncrl keys`: role `server` (learner) or `client` (generator)."""
     from zmq.auth import load_certificate
 
     d = Path(key_dir)
     if role == "server":
         public, secret = load_certificate(d / "server.key_secret")
         return CurveKeys(public, secret, allowed_clients_dir=str(d / "clients"))
-    public, secret = load_certificate(d / "client.key_secret")
+    public, secret = load_certificate(d / f"{client_name}.key_secret")
     server_public, _ = load_certificate(d / "server.key")
     return CurveKeys(public, secret, server_public=server_public)
+
+
+def setup_socket_factory(security, role: str) -> SocketFactory:
+    """The factory for a role from `SecurityConfig` (plain sockets when no key dir is set)."""
+    if not security.curve_dir:
+        return SocketFactory()
+    return SocketFactory(curve=load_curve_keys(security.curve_dir, role, security.client_name))
 
 
 class SocketFactory:
     """Creates configured sockets on one context; starts the Curve authenticator once for
     server sockets when keys are given."""
 
-    def __init__(self, context: zmq.Context | None = None, curve: CurveKeys | None = None,
-                 max_message_bytes: int = 512 * 1024 * 1024, linger_ms: int = 1000):
+    def __init__(
+        self,
+        context: zmq.Context | None = None,
+        curve: CurveKeys | None = None,
+        max_message_bytes: int = 512 * 1024 * 1024,
+        linger_ms: int = 1000,
+    ):
         self.context = context or zmq.Context.instance()
         self.curve = curve
         self.max_message_bytes = max_message_bytes
@@ -97,8 +124,9 @@ def send(sock: zmq.Socket, msg: Message, prefix: list | None = None, flags: int 
     sock.send_multipart(frames, flags=flags, copy=False)
 
 
-def recv(sock: zmq.Socket, limits: DecodeLimits = DecodeLimits(), routed: bool = False,
-         flags: int = 0) -> tuple[list, Message]:
+def recv(
+    sock: zmq.Socket, limits: DecodeLimits = DEFAULT_LIMITS, routed: bool = False, flags: int = 0
+) -> tuple[list, Message]:
     """Receive and decode one message. Returns (routing frames, message); raises
     ProtocolError on malformed input (the caller counts it)."""
     frames = sock.recv_multipart(flags=flags, copy=False)

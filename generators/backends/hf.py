@@ -8,6 +8,7 @@ weights divide by.
 
 from __future__ import annotations
 
+import inspect
 import logging
 
 import numpy as np
@@ -40,12 +41,21 @@ class HFBackend:
 
     name = "hf"
 
-    def __init__(self, model_path: str, device: str = "cpu", dtype: str = "float32",
-                 seed: int = 0, eos_token_id: int | None = None):
+    def __init__(
+        self,
+        model_path: str,
+        device: str = "cpu",
+        dtype: str = "float32",
+        seed: int = 0,
+        eos_token_id: int | None = None,
+    ):
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16,
-                       "float16": torch.float16}[dtype]
+        torch_dtype = {
+            "float32": torch.float32,
+            "bfloat16": torch.bfloat16,
+            "float16": torch.float16,
+        }[dtype]
         self.device = torch.device(device)
         self.model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch_dtype)
         self.model.to(self.device).eval()
@@ -53,6 +63,9 @@ class HFBackend:
         self.eos_id = eos_token_id if eos_token_id is not None else tok.eos_token_id
         self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else self.eos_id
         self.vocab_size = int(self.model.get_input_embeddings().weight.shape[0])
+        # transformers 5 renamed the KV-cache argument and output field from past_key_values.
+        params = inspect.signature(self.model.forward).parameters
+        self._cache_arg = "cache" if "cache" in params else "past_key_values"
         self.rng = torch.Generator(device=self.device)
         self.rng.manual_seed(seed)
         # -1 until the learner's weights are loaded: the files on disk may not be what the
@@ -68,18 +81,19 @@ class HFBackend:
         params = SamplingParams(temperature=1.0, max_new_tokens=max_new_tokens)
         return self._sample(prompt_ids, 1, params, greedy=True)[0].tokens
 
-    def _sample(self, prompt_ids: np.ndarray, n: int, params: SamplingParams,
-                greedy: bool) -> list[Sample]:
+    def _sample(
+        self, prompt_ids: np.ndarray, n: int, params: SamplingParams, greedy: bool
+    ) -> list[Sample]:
         ids = torch.as_tensor(np.asarray(prompt_ids, dtype=np.int64), device=self.device)
         ids = ids.unsqueeze(0).expand(n, -1).contiguous()
         # Every row shares the prompt, so no padding and no attention mask are needed; rows
         # that finished keep decoding padding that is cut off afterwards.
         out = self.model(input_ids=ids, use_cache=True)
-        past, logits = out.past_key_values, out.logits[:, -1]
-        tokens = torch.full((n, params.max_new_tokens), self.pad_id, dtype=torch.long,
-                            device=self.device)
-        logprobs = torch.zeros(n, params.max_new_tokens, dtype=torch.float32,
-                               device=self.device)
+        past, logits = self._cache_of(out), out.logits[:, -1]
+        tokens = torch.full(
+            (n, params.max_new_tokens), self.pad_id, dtype=torch.long, device=self.device
+        )
+        logprobs = torch.zeros(n, params.max_new_tokens, dtype=torch.float32, device=self.device)
         finished = torch.zeros(n, dtype=torch.bool, device=self.device)
         lengths = torch.full((n,), params.max_new_tokens, dtype=torch.long, device=self.device)
         for t in range(params.max_new_tokens):
@@ -99,19 +113,24 @@ class HFBackend:
             finished |= hit_eos
             if bool(finished.all()) or t == params.max_new_tokens - 1:
                 break
-            out = self.model(input_ids=nxt.unsqueeze(-1), past_key_values=past, use_cache=True)
-            past, logits = out.past_key_values, out.logits[:, -1]
+            out = self.model(input_ids=nxt.unsqueeze(-1), use_cache=True, **{self._cache_arg: past})
+            past, logits = self._cache_of(out), out.logits[:, -1]
         samples = []
         tokens_np, lp_np = tokens.cpu().numpy(), logprobs.cpu().numpy()
         for i in range(n):
             L = int(lengths[i])
-            samples.append(Sample(
-                tokens=tokens_np[i, :L].astype(np.int32),
-                logprobs=lp_np[i, :L].astype(np.float32),
-                versions=np.full(L, self.version, dtype=np.int32),
-                finish_reason="stop" if bool(finished[i]) else "length",
-            ))
+            samples.append(
+                Sample(
+                    tokens=tokens_np[i, :L].astype(np.int32),
+                    logprobs=lp_np[i, :L].astype(np.float32),
+                    versions=np.full(L, self.version, dtype=np.int32),
+                    finish_reason="stop" if bool(finished[i]) else "length",
+                )
+            )
         return samples
+
+    def _cache_of(self, out):
+        return getattr(out, self._cache_arg)
 
     def load_weights(self, blob: bytes, digest: str, version: int) -> None:
         load_into_model(self.model, verify_and_decode(blob, digest))
@@ -126,8 +145,9 @@ def setup_backend(cfg, model_path: str, seed: int):
     from learner.engine import resolve_device
 
     if cfg.generator.backend == "hf":
-        return HFBackend(model_path, device=resolve_device(cfg.model.device),
-                         dtype=cfg.model.dtype, seed=seed)
+        return HFBackend(
+            model_path, device=resolve_device(cfg.model.device), dtype=cfg.model.dtype, seed=seed
+        )
     from generators.backends.sglang import SGLangBackend
 
     return SGLangBackend.from_config(cfg, model_path)

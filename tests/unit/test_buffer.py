@@ -51,8 +51,9 @@ def test_reuse_keeps_group_for_max_reuse_more_steps():
 
 def test_leases_duplicate_expired_and_reclaim():
     t = LeaseTable()
-    a = t.issue(prompt_index=5, generator_id="g0", version=0, now=100.0, duration=10.0,
-                group_size=4)
+    a = t.issue(
+        prompt_index=5, generator_id="g0", version=0, now=100.0, duration=10.0, group_size=4
+    )
     b = t.issue(6, "g1", 0, 100.0, 10.0, 4)
     assert (a.lease_id, b.lease_id) == (1, 2)
     rec, why = t.complete(1)

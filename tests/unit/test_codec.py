@@ -10,12 +10,15 @@ from protocol.messages import Lease, LeaseRequest, RolloutGroup, WeightsChunk
 
 def _group(**kw):
     base = dict(
-        lease_id=7, generator_id="g0",
+        lease_id=7,
+        generator_id="g0",
         tokens=np.array([5, 6, 2, 9, 2], np.int32),
         logprobs=np.array([-0.1, -0.2, -0.3, -1.0, -0.5], np.float32),
         versions=np.array([3, 3, 4, 4, 4], np.int32),
         lengths=np.array([3, 2], np.int32),
-        finish_reasons=["stop", "stop"], generate_seconds=0.25)
+        finish_reasons=["stop", "stop"],
+        generate_seconds=0.25,
+    )
     base.update(kw)
     return RolloutGroup(**base)
 

@@ -1,0 +1,65 @@
+"""Shared fixtures for integration tests: a small cached tiny task and a runner for the CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+# A smaller task than the default so the cold build takes seconds; RL quality is not what
+# integration tests measure.
+SMALL_TINY = [
+    "tiny.n_train=256",
+    "tiny.n_eval=32",
+    "tiny.n_sft=256",
+    "tiny.sft_steps=40",
+]
+
+
+@pytest.fixture(scope="session")
+def tiny_cache(tmp_path_factory) -> str:
+    cache = tmp_path_factory.mktemp("asyncrl-cache")
+    from launch.config import load_config
+    from launch.tiny import setup_tiny_assets
+
+    cfg = load_config(None, SMALL_TINY + [f"tiny.cache_dir={cache}"])
+    setup_tiny_assets(cfg.tiny)
+    return str(cache)
+
+
+@pytest.fixture
+def small_overrides(tiny_cache, tmp_path) -> list[str]:
+    return SMALL_TINY + [
+        f"tiny.cache_dir={tiny_cache}",
+        f"learner.output_dir={tmp_path / 'run'}",
+        "data.eval_size=32",
+        "train.eval_every=0",
+        "train.log_every=1",
+        "train.groups_per_step=4",
+        "sampling.group_size=4",
+    ]
+
+
+def run_cli(args: list[str], timeout: float = 600, env: dict | None = None):
+    """Run `python -m launch.cli ARGS`; returns (returncode, stdout JSON events, stderr)."""
+    full_env = dict(os.environ, PYTHONUNBUFFERED="1", **(env or {}))
+    proc = subprocess.run(
+        [sys.executable, "-m", "launch.cli", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=full_env,
+    )
+    events = []
+    for line in proc.stdout.splitlines():
+        line = line.strip()
+        if line.startswith("{"):
+            events.append(json.loads(line))
+    return proc.returncode, events, proc.stderr

@@ -1,0 +1,149 @@
+"""A running learner survives a flood of malformed frames and counts every one.
+
+10,000 frames of garbage, truncated headers, wrong dtypes and bogus leases go at the control
+and rollouts endpoints while `asyncrl local` trains; afterwards the learner must be alive,
+its policy version must have advanced, and the drops must show in its metrics.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import subprocess
+import sys
+import time
+import urllib.request
+
+import msgpack
+import numpy as np
+import zmq
+
+from protocol.codec import encode
+from protocol.messages import LeaseRequest, RolloutGroup
+from tests.integration.conftest import REPO
+
+N_FRAMES = 10_000
+
+
+def _scrape(url: str) -> dict[str, float]:
+    text = urllib.request.urlopen(url, timeout=5).read().decode()
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, value = line.rsplit(" ", 1)
+            out[name] = float(value)
+    return out
+
+
+def _sum(metrics: dict[str, float], prefix: str) -> float:
+    return sum(v for k, v in metrics.items() if re.match(re.escape(prefix) + r"(\{|$)", k))
+
+
+def _hostile_frames(rng: random.Random) -> list[list[bytes]]:
+    """A mix of malformed multipart messages (each a list of frames)."""
+    good = [
+        bytes(f)
+        for f in encode(
+            RolloutGroup(
+                lease_id=10**9,
+                generator_id="intruder",
+                tokens=np.array([1, 2], np.int32),
+                logprobs=np.array([-0.1, -0.2], np.float32),
+                versions=np.array([0, 0], np.int32),
+                lengths=np.array([2], np.int32),
+                finish_reasons=["stop"],
+                generate_seconds=0.1,
+            )
+        )
+    ]
+    header = msgpack.unpackb(good[0], raw=False)
+    kinds = []
+    for i in range(N_FRAMES):
+        k = i % 8
+        if k == 0:
+            kinds.append([rng.randbytes(rng.randint(0, 64))])
+        elif k == 1:
+            kinds.append([good[0][: rng.randint(0, len(good[0]) - 1)], *good[1:]])
+        elif k == 2:
+            h = dict(header, a=[[n, "float64", s] for n, _, s in header["a"]])
+            kinds.append([msgpack.packb(h), *good[1:]])
+        elif k == 3:
+            kinds.append([good[0], *good[1:-1]])  # an array frame missing
+        elif k == 4:
+            kinds.append(good)  # well formed, but a lease that was never issued
+        elif k == 5:
+            kinds.append([msgpack.packb({"v": 1, "t": "lease_request", "f": {"x": 1}, "a": []})])
+        elif k == 6:
+            kinds.append([msgpack.packb(msgpack.ExtType(1, b"\x00" * 8))])
+        else:
+            kinds.append([msgpack.packb([1] * 5000)])
+    return kinds
+
+
+def test_flood_of_malformed_frames_is_counted_and_training_continues(small_overrides):
+    steps = 40
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "launch.cli",
+            "local",
+            *small_overrides,
+            f"train.steps={steps}",
+            "local.generators=1",
+            "buffer.max_staleness=2",
+        ],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=dict(os.environ, PYTHONUNBUFFERED="1"),
+    )
+    try:
+        started = json.loads(proc.stdout.readline())
+        assert started["event"] == "started"
+        control, rollouts = started["endpoints"]["control"], started["endpoints"]["rollouts"]
+        metrics_url = started["metrics"]["learner"]
+        ctx = zmq.Context()
+        dealer = ctx.socket(zmq.DEALER)
+        dealer.connect(control)
+        push = ctx.socket(zmq.PUSH)
+        push.connect(rollouts)
+        rng = random.Random(0)
+        for i, frames in enumerate(_hostile_frames(rng)):
+            (dealer if i % 2 else push).send_multipart(frames)
+        # The control socket still answers a well-formed request from a stranger.
+        dealer.send_multipart([bytes(f) for f in encode(LeaseRequest("probe", -1))])
+        deadline = time.time() + 60
+        got_reply = False
+        while time.time() < deadline and not got_reply:
+            if dealer.poll(1000):
+                frames = dealer.recv_multipart()
+                got_reply = b"lease_denied" in frames[0] or b"lease" in frames[0]
+        assert got_reply, "control socket stopped answering"
+        # Wait until every frame was processed and counted.
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            m = _scrape(metrics_url)
+            counted = _sum(m, "asyncrl_malformed_messages_total") + _sum(
+                m, "asyncrl_rollouts_dropped_total"
+            )
+            if counted >= N_FRAMES:
+                break
+            time.sleep(0.5)
+        assert counted >= N_FRAMES, counted
+        # The well-formed bogus-lease groups are counted as duplicates, not as malformed.
+        assert m['asyncrl_rollouts_dropped_total{reason="duplicate"}'] >= N_FRAMES // 8 // 2
+        dealer.close(0)
+        push.close(0)
+        ctx.term()
+        out, err = proc.communicate(timeout=600)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err[-4000:]
+    summary = [json.loads(x) for x in out.splitlines() if x.startswith("{")][-1]
+    assert summary["event"] == "summary"
+    assert summary["policy_version"] == steps
