@@ -82,6 +82,20 @@ class TrainConfig(_Strict):
     warmup_steps: int = Field(5, ge=0, description="Linear LR warmup steps.")
     grad_clip: float = Field(1.0, ge=0.0, description="Gradient norm clip; 0 = off.")
     micro_batch_size: int = Field(64, ge=1, description="Sequences per forward/backward pass.")
+    mini_batches: int = Field(
+        1,
+        ge=1,
+        description="Optimizer steps per batch: the batch is split into this many mini-batches "
+        "(PPO-style). More than one step per batch makes the learner score π_prox first.",
+    )
+    ppo_epochs: int = Field(
+        1, ge=1, description="Passes over each batch (each pass = mini_batches optimizer steps)."
+    )
+    optimizer: Literal["adamw", "sgd"] = Field(
+        "adamw",
+        description="adamw (default) or plain sgd (makes parameter updates proportional to "
+        "gradients: used by tests that compare gradients across layouts).",
+    )
     zero_stage: int = Field(0, ge=0, le=3, description="DeepSpeed ZeRO stage (0-3).")
     seed: int = Field(0, description="Seed of learner RNGs.")
     eval_every: int = Field(
@@ -214,6 +228,20 @@ class AsyncRLConfig(_Strict):
             raise ValueError(
                 "model.path is set but data.train_path is not: the embedded tiny "
                 "task only fits the embedded model; set data.train_path"
+            )
+        sequences = self.train.groups_per_step * self.sampling.group_size
+        if self.train.mini_batches > sequences:
+            raise ValueError(
+                f"train.mini_batches ({self.train.mini_batches}) exceeds the sequences per batch "
+                f"(train.groups_per_step x sampling.group_size = {sequences}); lower it"
+            )
+        if (
+            self.reward.overlong.enabled
+            and (self.reward.overlong.max_length or 0) > self.sampling.max_new_tokens
+        ):
+            raise ValueError(
+                "reward.overlong.max_length exceeds sampling.max_new_tokens: responses are cut "
+                "before the penalty reaches -1; set it to sampling.max_new_tokens or less"
             )
         return self
 

@@ -8,6 +8,7 @@ ZeRO-3 parameters for publishing, and checkpoints. Objectives stay pure function
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 from dataclasses import dataclass
@@ -121,15 +122,6 @@ def deepspeed_config(train_cfg, dtype: str, world: int, micro_batches: int) -> d
         "gradient_clipping": train_cfg.grad_clip,
         "zero_optimization": {"stage": train_cfg.zero_stage},
         "zero_allow_untested_optimizer": True,
-        "scheduler": {
-            "type": "WarmupLR",
-            "params": {
-                "warmup_min_lr": 0.0,
-                "warmup_max_lr": train_cfg.lr,
-                "warmup_num_steps": max(1, train_cfg.warmup_steps),
-                "warmup_type": "linear",
-            },
-        },
         "steps_per_print": 10**9,
         "wall_clock_breakdown": False,
     }
@@ -176,17 +168,42 @@ class Engine:
         }[dtype]
         ds_cfg = deepspeed_config(train_cfg, dtype, world, self.micro_batches)
         if train_cfg.zero_stage == 3:
-            with deepspeed.zero.Init(config_dict_or_path=ds_cfg):
-                model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch_dtype)
+            # zero.Init patches tensor constructors; torch._dynamo (imported lazily by
+            # transformers' masking utils) checks their signatures at import and fails under
+            # the patch, so import it first.
+            importlib.import_module("torch._dynamo")
+            importlib.import_module("transformers.masking_utils")
+
+            from transformers.integrations import HfDeepSpeedConfig
+
+            # While this object lives, from_pretrained builds the model inside zero.Init and
+            # loads each shard into the partitioned parameters (a bare zero.Init context
+            # would leave transformers comparing full checkpoint shapes with empty partitions).
+            self._hf_ds_config = HfDeepSpeedConfig(ds_cfg)
+            model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch_dtype)
         else:
             model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch_dtype)
         model.config.use_cache = False
         # A torch optimizer avoids DeepSpeed's JIT-compiled fused Adam on machines without
         # a compiler toolchain for it; ZeRO wraps it all the same.
-        optimizer = torch.optim.AdamW(
-            model.parameters(), lr=train_cfg.lr, weight_decay=train_cfg.weight_decay
+        if train_cfg.optimizer == "sgd":
+            optimizer = torch.optim.SGD(model.parameters(), lr=train_cfg.lr)
+        else:
+            optimizer = torch.optim.AdamW(
+                model.parameters(), lr=train_cfg.lr, weight_decay=train_cfg.weight_decay
+            )
+        # Linear warmup that starts at lr/(warmup+1), not at 0: DeepSpeed's WarmupLR spends the
+        # first step(s) at lr 0, which wastes them (and makes warmup_steps=0 train nothing at
+        # step 1). A raw `scheduler` in train.deepspeed replaces this one.
+        scheduler = None
+        if "scheduler" not in ds_cfg:
+            warmup = train_cfg.warmup_steps
+            scheduler = torch.optim.lr_scheduler.LambdaLR(
+                optimizer, lambda step: min(1.0, (step + 1) / (warmup + 1))
+            )
+        self.engine, _, _, _ = deepspeed.initialize(
+            model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_cfg
         )
-        self.engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_cfg)
         self.model = self.engine.module
 
     # The scale makes DeepSpeed's two averagings (1/accumulation steps in backward, 1/world in

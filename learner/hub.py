@@ -312,10 +312,14 @@ class Hub:
         return True
 
     def _on_hello(self, msg: Hello, now: float) -> Welcome:
+        # Generators also say hello to re-sync a missed weights announcement; only a new
+        # (or previously expired) generator is news.
+        known = msg.generator_id in self.generators
         self._touch(msg.generator_id, msg.backend, msg.version, now)
-        logger.info(
-            "generator %s joined (backend %s, version %d)",
+        (logger.debug if known else logger.info)(
+            "generator %s %s (backend %s, version %d)",
             msg.generator_id,
+            "re-synced" if known else "joined",
             msg.backend,
             msg.version,
         )

@@ -92,52 +92,105 @@ def build_batch(groups: list[BufferedGroup], cfg, pad_id: int) -> tuple[Batch, d
     return Batch(input_ids, attention, resp_mask, mu, adv.reshape(-1)), stats
 
 
-def train_step(engine: Engine, batch: Batch, cfg) -> dict[str, float]:
-    """One optimizer step over this rank's shard of `batch` in micro-batches."""
+def train_step(engine: Engine, batch: Batch, cfg, ref_model=None) -> dict[str, float]:
+    """Optimizer steps over this rank's shard of `batch`: `train.ppo_epochs` passes over
+    `train.mini_batches` mini-batches, each accumulated over the engine's micro-batches.
+
+    With more than one optimizer step per batch, π_prox is scored once before the first step
+    (decoupled objectives need the policy the batch started from); with one step the objective
+    uses π_θ detached, which is the same value without the extra forward pass.
+    """
     temperature = cfg.sampling.temperature
-    # Normalizer: every valid token of the whole step across ranks (token-mean), or every
-    # sequence (seq-mean modes); identical on all ranks because all ranks see the full batch.
-    if cfg.objective.agg == "token-mean":
-        normalizer = float(batch.response_mask[:, 1:].sum().clamp(min=1))
-    else:
-        normalizer = float(max(1, len(batch)))
+    minis = mini_batch_rows(len(batch), cfg.train.mini_batches)
+    multi = cfg.train.ppo_epochs * len(minis) > 1
+    prox = _proximal_logprobs(engine, batch, minis, temperature) if multi else {}
+    use_ref = ref_model is not None and cfg.objective.kl_beta > 0
+    entropy_grad = cfg.objective.entropy_coef > 0
     totals: dict[str, float] = {}
     weight_sum = 0.0
-    for sl in shard_rows(len(batch), engine.rank, engine.world, engine.micro_batches):
-        mb = batch.rows(sl) if sl.stop > sl.start else _empty_rows(batch)
-        mb = mb.to(engine.device)
-        logits = engine.forward_logits(mb)[:, :-1]
-        targets = mb.input_ids[:, 1:]
-        mask = mb.response_mask[:, 1:]
-        lp = token_logprobs(logits.float(), targets, temperature=temperature)
-        with torch.no_grad():
-            ent = token_entropy(logits.float().detach(), temperature=temperature)
-        loss, m = policy_loss(
-            lp,
-            mb.behaviour_logprobs[:, 1:],
-            mb.advantages,
-            mask,
-            cfg.objective,
-            entropy=ent,
-            normalizer=normalizer,
-        )
-        engine.backward_and_step(loss)
-        w = float(mask.sum())
-        weight_sum += w
-        for k, v in m.items():
-            if k == "is_weight_max":
-                totals[k] = max(totals.get(k, 0.0), float(v))
-            elif k == "loss":
-                totals[k] = totals.get(k, 0.0) + float(v)
+    for _ in range(cfg.train.ppo_epochs):
+        for mi, rows in enumerate(minis):
+            mini = batch.rows(rows)
+            # Normalizer: every valid token of this optimizer step across ranks (token-mean)
+            # or every sequence (seq-mean modes); all ranks see the full batch, so it agrees.
+            if cfg.objective.agg == "token-mean":
+                normalizer = float(mini.response_mask[:, 1:].sum().clamp(min=1))
             else:
-                totals[k] = totals.get(k, 0.0) + float(v) * w
+                normalizer = float(max(1, len(mini)))
+            slices = shard_rows(len(mini), engine.rank, engine.world, engine.micro_batches)
+            for i, sl in enumerate(slices):
+                mb = (mini.rows(sl) if sl.stop > sl.start else _empty_rows(mini)).to(engine.device)
+                logits = engine.forward_logits(mb)[:, :-1]
+                targets = mb.input_ids[:, 1:]
+                mask = mb.response_mask[:, 1:]
+                lp = token_logprobs(logits, targets, temperature=temperature)
+                if entropy_grad:
+                    ent = token_entropy(logits, temperature=temperature)
+                else:
+                    with torch.no_grad():
+                        ent = token_entropy(logits.detach(), temperature=temperature)
+                ref_lp = _reference_logprobs(ref_model, mb, temperature) if use_ref else None
+                loss, m = policy_loss(
+                    lp,
+                    mb.behaviour_logprobs[:, 1:],
+                    mb.advantages,
+                    mask,
+                    cfg.objective,
+                    prox_logprobs=prox.get((mi, i)),
+                    ref_logprobs=ref_lp,
+                    entropy=ent,
+                    normalizer=normalizer,
+                )
+                engine.backward_and_step(loss)
+                w = float(mask.sum())
+                weight_sum += w
+                for k, v in m.items():
+                    if k == "is_weight_max":
+                        totals[k] = max(totals.get(k, 0.0), float(v))
+                    elif k == "loss":
+                        totals[k] = totals.get(k, 0.0) + float(v)
+                    else:
+                        totals[k] = totals.get(k, 0.0) + float(v) * w
+    optimizer_steps = cfg.train.ppo_epochs * len(minis)
     out = {
-        k: (v if k in ("is_weight_max", "loss") else v / max(weight_sum, 1.0))
+        k: (
+            v
+            if k == "is_weight_max"
+            else v / optimizer_steps
+            if k == "loss"
+            else v / max(weight_sum, 1.0)
+        )
         for k, v in totals.items()
     }
     out["grad_norm"] = engine.grad_norm()
     out["lr"] = engine.lr()
     return out
+
+
+def mini_batch_rows(n: int, mini_batches: int) -> list[slice]:
+    """Contiguous row ranges of the mini-batches (one optimizer step each)."""
+    size = -(-n // max(1, mini_batches))
+    return [slice(i, min(n, i + size)) for i in range(0, n, max(size, 1))]
+
+
+@torch.no_grad()
+def _proximal_logprobs(engine: Engine, batch: Batch, minis, temperature) -> dict:
+    """π_prox for every micro-batch this rank will train on, before any update."""
+    out = {}
+    for mi, rows in enumerate(minis):
+        mini = batch.rows(rows)
+        slices = shard_rows(len(mini), engine.rank, engine.world, engine.micro_batches)
+        for i, sl in enumerate(slices):
+            mb = (mini.rows(sl) if sl.stop > sl.start else _empty_rows(mini)).to(engine.device)
+            logits = engine.forward_logits(mb)[:, :-1]
+            out[(mi, i)] = token_logprobs(logits, mb.input_ids[:, 1:], temperature=temperature)
+    return out
+
+
+@torch.no_grad()
+def _reference_logprobs(ref_model, mb: Batch, temperature: float) -> torch.Tensor:
+    logits = ref_model(input_ids=mb.input_ids, attention_mask=mb.attention_mask).logits[:, :-1]
+    return token_logprobs(logits, mb.input_ids[:, 1:], temperature=temperature)
 
 
 def _empty_rows(batch: Batch) -> Batch:
@@ -146,6 +199,16 @@ def _empty_rows(batch: Batch) -> Batch:
     mb = batch.rows(slice(0, 1))
     mb.response_mask = torch.zeros_like(mb.response_mask)
     return mb
+
+
+def load_reference(model_path: str, dtype: str, device: str):
+    """The frozen initial policy for the KL term: weights only, no optimizer state, no
+    gradients (replicated on every rank, also under ZeRO-3)."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=getattr(torch, dtype))
+    model.requires_grad_(False)
+    return model.eval().to(device)
 
 
 def evaluate(engine: Engine, tokenizer, rows, cfg) -> float | None:
@@ -194,8 +257,12 @@ class Learner:
         tokenizer = AutoTokenizer.from_pretrained(data.model_path)
         pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         sequences = cfg.train.groups_per_step * cfg.sampling.group_size
-        engine = Engine(data.model_path, cfg.train, cfg.model.dtype, device, rank, world, sequences)
+        per_step = -(-sequences // cfg.train.mini_batches)
+        engine = Engine(data.model_path, cfg.train, cfg.model.dtype, device, rank, world, per_step)
         self.engine = engine
+        ref_model = None
+        if cfg.objective.kl_beta > 0:
+            ref_model = load_reference(data.model_path, cfg.model.dtype, device)
         hub = None
         eval_rows: list[dict] = []
         if rank == 0:
@@ -255,7 +322,7 @@ class Learner:
                 break
             batch = broadcast_batch(batch, rank, world)
             tu = time.time()
-            m = train_step(engine, batch, cfg)
+            m = train_step(engine, batch, cfg, ref_model)
             version += 1
             tokens_trained += float(batch.response_mask.sum())
             if rank == 0:

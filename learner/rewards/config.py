@@ -98,13 +98,13 @@ class RewardConfig(BaseModel):
     timeout_seconds: float = Field(
         5.0,
         gt=0.0,
-        description="Bound on answer verification for one group (math, ttrl); checks still "
+        description="Bound on answer verification for one group (math); checks still "
         "running then give reward 0 and count in reward_errors.",
     )
     verify_workers: int = Field(
         2,
         ge=1,
-        description="Worker processes running math-verify (math, ttrl). Started on first use; "
+        description="Worker processes running math-verify (math). Started on first use; "
         "plain-number answers are compared in-process without them.",
     )
 

@@ -1,0 +1,69 @@
+"""Run by torchrun from test_distributed.py: two training steps of the real Engine and
+`train_step` on a fixed batch, then rank 0 saves the resulting parameters.
+
+Every layout (1 rank whole, 1 rank in micro-batches, 2 ranks, 2 ranks ZeRO-3) sees the same
+batch; with plain SGD the update is lr x gradient, so equal parameters mean equal gradients.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import torch
+
+
+def fixed_batch(vocab: int, seed: int = 0):
+    from learner.engine import Batch
+
+    g = torch.Generator().manual_seed(seed)
+    n, length, prompt = 8, 12, 4
+    input_ids = torch.randint(4, vocab, (n, length), generator=g)
+    lengths = torch.randint(prompt + 1, length + 1, (n,), generator=g)
+    attention = (torch.arange(length)[None] < lengths[:, None]).long()
+    response = attention.float().clone()
+    response[:, :prompt] = 0
+    input_ids = input_ids * attention  # pad id 0 beyond each length
+    behaviour = -torch.rand(n, length, generator=g) * 3 * response
+    advantages = torch.randn(n, generator=g)
+    return Batch(input_ids, attention, response, behaviour, advantages)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser()
+    p.add_argument("--model", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("overrides", nargs="*")
+    args = p.parse_args()
+
+    from launch.config import load_config
+    from learner.engine import Engine, broadcast_batch, init_distributed
+    from learner.trainer import train_step
+
+    cfg = load_config(
+        None,
+        [
+            "train.optimizer=sgd",
+            "train.lr=0.5",
+            "train.warmup_steps=0",
+            "train.grad_clip=0",
+            "sampling.temperature=0.8",
+            *args.overrides,
+        ],
+    )
+    torch.manual_seed(0)
+    rank, world = init_distributed("cpu")
+    engine = Engine(args.model, cfg.train, "float32", "cpu", rank, world, sequences_per_step=8)
+    vocab = engine.model.config.vocab_size
+    batch = broadcast_batch(fixed_batch(vocab) if rank == 0 else None, rank, world)
+    for _ in range(2):
+        train_step(engine, batch, cfg)
+    params = engine.named_parameters_for_publish()
+    if rank == 0:
+        torch.save({k: v.detach().cpu().clone() for k, v in params.items()}, args.out)
+    torch.distributed.barrier()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
