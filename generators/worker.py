@@ -39,6 +39,10 @@ from protocol.sockets import SocketFactory, recv, send
 logger = logging.getLogger(__name__)
 
 
+class Stopping(Exception):
+    """Raised inside the loop when a shutdown makes waiting for the learner pointless."""
+
+
 class LearnerGone(RuntimeError):
     """No reply from the learner within the reconnect timeout."""
 
@@ -85,6 +89,8 @@ class GeneratorWorker:
                 self._connect()
                 backoff = 0.5
                 self._serve()
+            except Stopping:
+                break
             except LearnerGone as exc:
                 self.last_error = str(exc)
                 logger.warning("learner unreachable (%s); reconnecting in %.1fs", exc, backoff)
@@ -96,8 +102,7 @@ class GeneratorWorker:
                 backoff = min(backoff * 2, 10.0)
 
     def _connect(self) -> None:
-        self.control = self.factory.socket(zmq.DEALER, server=False)
-        self.control.connect(self.learner)
+        self.control = self._dealer()
         self._socks = [self.control]
         welcome = self._request(Hello(self.generator_id, self.backend.name, self.backend.version))
         if not isinstance(welcome, Welcome):
@@ -224,7 +229,7 @@ class GeneratorWorker:
         deadline = time.time() + self.reconnect_seconds
         while len(parts) < ann.chunks:
             while outstanding < self.fetch_window and next_index < ann.chunks:
-                send(self.control, WeightsRequest(ann.version, next_index))
+                self._send(WeightsRequest(ann.version, next_index))
                 next_index += 1
                 outstanding += 1
             if not self.control.poll(int(max(deadline - time.time(), 0) * 1000)):
@@ -259,6 +264,12 @@ class GeneratorWorker:
             time.time() - t,
         )
 
+    def _send(self, msg: Message) -> None:
+        try:
+            send(self.control, msg)
+        except zmq.Again:
+            raise LearnerGone(f"could not send {msg.TYPE}: no learner connected") from None
+
     def _drain_replies(self, n: int) -> None:
         for _ in range(n):
             if self.control.poll(int(self.reconnect_seconds * 1000)):
@@ -266,20 +277,36 @@ class GeneratorWorker:
 
     # ---------------------------------------------------------------- plumbing
     def _request(self, msg: Message) -> Message:
-        send(self.control, msg)
-        if not self.control.poll(int(self.reconnect_seconds * 1000)):
-            raise LearnerGone(f"no reply to {msg.TYPE} within {self.reconnect_seconds}s")
+        self._send(msg)
+        deadline = time.time() + self.reconnect_seconds
+        while not self.control.poll(200):
+            if time.time() >= deadline:
+                raise LearnerGone(f"no reply to {msg.TYPE} within {self.reconnect_seconds}s")
+            if self.stop.is_set() and isinstance(msg, (Hello, LeaseRequest)):
+                # Shutting down: no new work is wanted, so do not wait out a silent learner.
+                raise Stopping()
         _, reply = recv(self.control)
         return reply
 
-    def _heartbeats(self) -> None:
+    def _dealer(self) -> zmq.Socket:
+        """A control-socket connection. With IMMEDIATE set a DEALER send blocks while no
+        learner is connected, so sends are bounded: a vanished learner must surface as
+        LearnerGone (reconnect) and never hang the generator or its shutdown."""
         sock = self.factory.socket(zmq.DEALER, server=False)
+        sock.setsockopt(zmq.SNDTIMEO, int(self.reconnect_seconds * 1000))
         sock.connect(self.learner)
+        return sock
+
+    def _heartbeats(self) -> None:
+        sock = self._dealer()
         try:
             while not self._hb_stop.wait(self.heartbeat_seconds):
                 with self._held_lock:
                     held = sorted(self._held)
-                send(sock, Heartbeat(self.generator_id, self.backend.version, held))
+                try:
+                    send(sock, Heartbeat(self.generator_id, self.backend.version, held))
+                except zmq.Again:
+                    continue  # the main loop notices the learner is gone and reconnects
                 if sock.poll(int(self.heartbeat_seconds * 1000)):
                     sock.recv_multipart()
         finally:

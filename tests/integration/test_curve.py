@@ -1,0 +1,140 @@
+"""CurveZMQ on: an authorised generator trains, an unauthorised peer gets nothing through.
+
+The intruder knows the server's public key (it is public) and has a well-formed key pair of
+its own that the learner never listed; a plaintext peer has no keys at all. Neither receives a
+welcome, a lease or a weights announcement, and neither's rollouts are counted.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+
+import numpy as np
+import zmq
+
+from protocol.codec import decode, encode
+from protocol.messages import Hello, RolloutGroup
+from protocol.sockets import SocketFactory, create_curve_keys, load_curve_keys
+from tests.integration.conftest import REPO
+
+
+def _received(metrics_url: str) -> float:
+    text = urllib.request.urlopen(metrics_url, timeout=5).read().decode()
+    for line in text.splitlines():
+        if line.startswith("asyncrl_rollouts_received_total "):
+            return float(line.split()[1])
+    return 0.0
+
+
+def _bogus_group() -> list[bytes]:
+    group = RolloutGroup(
+        lease_id=1,
+        generator_id="intruder",
+        tokens=np.array([1, 2], np.int32),
+        logprobs=np.array([-0.1, -0.2], np.float32),
+        versions=np.array([0, 0], np.int32),
+        lengths=np.array([2], np.int32),
+        finish_reasons=["stop"],
+        generate_seconds=0.1,
+    )
+    return [bytes(f) for f in encode(group)]
+
+
+def _probe(factory_or_ctx, endpoints: dict) -> dict[str, int]:
+    """Try every endpoint for a few seconds; count what came back."""
+    if isinstance(factory_or_ctx, SocketFactory):
+        dealer = factory_or_ctx.socket(zmq.DEALER, server=False)
+        push = factory_or_ctx.socket(zmq.PUSH, server=False)
+        sub = factory_or_ctx.socket(zmq.SUB, server=False)
+    else:
+        dealer = factory_or_ctx.socket(zmq.DEALER)
+        push = factory_or_ctx.socket(zmq.PUSH)
+        sub = factory_or_ctx.socket(zmq.SUB)
+    for s in (dealer, push, sub):
+        s.setsockopt(zmq.LINGER, 0)
+    sub.setsockopt(zmq.SUBSCRIBE, b"")
+    dealer.connect(endpoints["control"])
+    push.connect(endpoints["rollouts"])
+    sub.connect(endpoints["weights"])
+    got = {"replies": 0, "announcements": 0}
+    for _ in range(20):
+        # With IMMEDIATE (the factory's default) a send without a completed handshake fails
+        # at once: that is the expected outcome for a rejected peer, not an error.
+        for sock, frames in (
+            (dealer, [bytes(f) for f in encode(Hello("intruder", "hf", 0))]),
+            (push, _bogus_group()),
+        ):
+            try:
+                sock.send_multipart(frames, zmq.NOBLOCK)
+            except zmq.Again:
+                pass
+        if dealer.poll(100):
+            decode(dealer.recv_multipart())
+            got["replies"] += 1
+        if sub.poll(100):
+            sub.recv_multipart()
+            got["announcements"] += 1
+    for s in (dealer, push, sub):
+        s.close(0)
+    return got
+
+
+def test_authorised_generator_trains_and_intruders_get_nothing(small_overrides, tmp_path):
+    keys, rogue = tmp_path / "keys", tmp_path / "rogue"
+    create_curve_keys(str(keys), ["gen"])
+    create_curve_keys(str(rogue), ["intruder"])
+    # The intruder holds the real server's public key and a valid (unlisted) key pair.
+    (rogue / "server.key").write_bytes((keys / "server.key").read_bytes())
+    steps = 12
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "launch.cli",
+            "local",
+            *small_overrides,
+            f"train.steps={steps}",
+            "local.generators=1",
+            f"security.curve_dir={keys}",
+            "security.client_name=gen",
+        ],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=dict(os.environ, PYTHONUNBUFFERED="1"),
+    )
+    try:
+        started = json.loads(proc.stdout.readline())
+        assert started["event"] == "started"
+        before = _received(started["metrics"]["learner"])
+        ctx = zmq.Context()
+        intruder = SocketFactory(
+            context=ctx, curve=load_curve_keys(str(rogue), "client", "intruder")
+        )
+        assert _probe(intruder, started["endpoints"]) == {"replies": 0, "announcements": 0}
+        assert _probe(ctx, started["endpoints"]) == {"replies": 0, "announcements": 0}
+        # Rollouts received grew only by what the authorised generator sent: the bogus
+        # groups (generator_id "intruder") never reached intake, so no duplicate drops.
+        text = urllib.request.urlopen(started["metrics"]["learner"], timeout=5).read().decode()
+        assert 'asyncrl_rollouts_dropped_total{reason="duplicate"} 0.0' in text or (
+            'reason="duplicate"' not in text
+        )
+        assert _received(started["metrics"]["learner"]) >= before
+        ctx.term()
+        out, err = proc.communicate(timeout=600)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err[-4000:]
+    summary = json.loads(out.strip().splitlines()[-1])
+    assert summary["event"] == "summary"
+    assert summary["policy_version"] == steps
+    assert summary["generators_seen"] == ["generator-0"]
+    deadline = time.time()
+    assert deadline  # the run finished within communicate's timeout
