@@ -118,7 +118,9 @@ class GeneratorWorker:
         self.connected = True
         self.last_error = ""
         logger.info("connected to %s (learner version %d)", self.learner, welcome.learner_version)
-        if welcome.weights_version > self.backend.version:
+        # Not `>`: a learner resumed from a checkpoint may be behind the weights we hold,
+        # and its version is the truth (rollouts tagged with a future version are invalid).
+        if welcome.weights_version >= 0 and welcome.weights_version != self.backend.version:
             self._pending = WeightsAnnouncement(
                 welcome.weights_version,
                 welcome.weights_digest,
@@ -142,7 +144,7 @@ class GeneratorWorker:
     def _serve(self) -> None:
         while not self.stop.is_set():
             self._drain_announcements()
-            if self._pending is not None and self._pending.version > self.backend.version:
+            if self._pending is not None and self._pending.version != self.backend.version:
                 self._fetch_weights(self._pending)
             reply = self._request(LeaseRequest(self.generator_id, self.backend.version))
             if isinstance(reply, Lease):
@@ -191,12 +193,15 @@ class GeneratorWorker:
     def _wait_denied(self, denied: LeaseDenied) -> None:
         """Sleep on the weights socket (a new version is what usually unblocks the gate)."""
         t = time.time()
-        if denied.learner_version > self.backend.version and self._pending is None:
+        if denied.learner_version != self.backend.version and self._pending is None:
             # We may have missed an announcement (PUB drops while connecting): ask again.
             welcome = self._request(
                 Hello(self.generator_id, self.backend.name, self.backend.version)
             )
-            if isinstance(welcome, Welcome) and welcome.weights_version > self.backend.version:
+            if isinstance(welcome, Welcome) and welcome.weights_version not in (
+                -1,
+                self.backend.version,
+            ):
                 self._pending = WeightsAnnouncement(
                     welcome.weights_version,
                     welcome.weights_digest,

@@ -347,9 +347,11 @@ class Hub:
 
     def _on_lease_request(self, msg: LeaseRequest, now: float):
         self._touch(msg.generator_id, None, msg.version, now)
-        version = min(msg.version, self.version)
-        if version < 0 or not self.gate.can_issue(version):
-            reason = "version" if version < 0 else "gate"
+        version = msg.version
+        # A generator without learner weights (-1), or holding weights from the future (the
+        # learner resumed from an older checkpoint), must load the current weights first.
+        if version < 0 or version > self.version or not self.gate.can_issue(version):
+            reason = "gate" if 0 <= version <= self.version else "version"
             self.metrics.leases_denied.labels(reason=reason).inc()
             return LeaseDenied(reason, 0.5, self.version)
         index = self.reissue.popleft() if self.reissue else self.prompts.next().index

@@ -287,6 +287,14 @@ class Learner:
                     "endpoints": hub.endpoints,
                     "metrics": self.metrics_url,
                     "accuracy_before": acc_before,
+                    "policy_version": version,
+                    "resumed": self.resume,
+                    "gate": {
+                        "accepted": hub.gate.accepted,
+                        "in_flight": hub.gate.in_flight,
+                        "waiting": len(hub.buffer),
+                        "consumed": hub.consumed,
+                    },
                 }
             )
             logger.info("held-out accuracy before RL: %s", _fmt(acc_before))
