@@ -6,11 +6,9 @@ without holding more than a few chunks in flight.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 
 import torch
-from safetensors.torch import load
 
 logger = logging.getLogger(__name__)
 
@@ -19,11 +17,85 @@ class WeightsError(RuntimeError):
     """The fetched weights are incomplete, corrupt or do not fit the model."""
 
 
-def verify_and_decode(blob: bytes, digest: str) -> dict[str, torch.Tensor]:
-    got = hashlib.blake2b(blob, digest_size=16).hexdigest()
+_DTYPES = {
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
+    "BOOL": torch.bool,
+}
+
+
+def assemble(chunks: list, size: int) -> bytearray:
+    """Concatenate received chunks (buffers of zmq frames) with one copy, into a writable
+    buffer that tensors can view without copying again."""
+    out = bytearray(size)
+    view, offset = memoryview(out), 0
+    for c in chunks:
+        n = memoryview(c).nbytes
+        if offset + n > size:
+            raise WeightsError(f"chunks exceed the announced size {size}")
+        view[offset : offset + n] = memoryview(c).cast("B")
+        offset += n
+    if offset != size:
+        raise WeightsError(f"got {offset} bytes, announced {size}")
+    return out
+
+
+def verify_and_decode(blob: bytes | bytearray, digest: str) -> dict[str, torch.Tensor]:
+    """Check the digest, then view the safetensors payload as tensors without copying
+    (the caller copies them into the model; a second copy here would double load time)."""
+    from learner.weights import digest_of
+
+    got = digest_of(blob)
     if got != digest:
         raise WeightsError(f"digest mismatch: got {got}, announced {digest}")
-    return load(blob)
+    return decode_safetensors(blob)
+
+
+def decode_safetensors(blob: bytes | bytearray) -> dict[str, torch.Tensor]:
+    """Tensors viewing `blob` (safetensors layout: u64 header length, JSON header, data)."""
+    import json
+    import struct
+    import warnings
+
+    if len(blob) < 8:
+        raise WeightsError("weights blob shorter than a safetensors header")
+    (n,) = struct.unpack_from("<Q", blob, 0)
+    if 8 + n > len(blob):
+        raise WeightsError("safetensors header length exceeds the blob")
+    header = json.loads(bytes(blob[8 : 8 + n]))
+    base = 8 + n
+    out = {}
+    with warnings.catch_warnings():
+        # Read-only `bytes` input is fine: the tensors are only read (copied into the model).
+        warnings.simplefilter("ignore", UserWarning)
+        for name, meta in header.items():
+            if name == "__metadata__":
+                continue
+            dtype = _DTYPES.get(meta["dtype"])
+            if dtype is None:
+                raise WeightsError(f"{name}: unsupported dtype {meta['dtype']}")
+            begin, end = meta["data_offsets"]
+            shape = meta["shape"]
+            count = (end - begin) // torch.empty(0, dtype=dtype).element_size()
+            if base + end > len(blob) or count != _numel(shape):
+                raise WeightsError(f"{name}: data offsets do not match its shape")
+            t = torch.frombuffer(blob, dtype=dtype, count=count, offset=base + begin)
+            out[name] = t.reshape(shape)
+    return out
+
+
+def _numel(shape: list[int]) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n
 
 
 def load_into_model(model: torch.nn.Module, tensors: dict[str, torch.Tensor]) -> None:

@@ -19,6 +19,7 @@ import zmq
 
 from generators.backends.base import SamplingParams
 from generators.metrics import GeneratorMetrics
+from generators.weights import assemble
 from protocol.codec import ProtocolError
 from protocol.messages import (
     Heartbeat,
@@ -250,9 +251,9 @@ class GeneratorWorker:
                 self.metrics.weight_errors.inc()
                 self._pending = None
                 return
-            parts[msg.index] = msg.data.tobytes()
-        blob = b"".join(parts[i] for i in range(ann.chunks))
+            parts[msg.index] = msg.data  # a view of the received frame: no copy yet
         try:
+            blob = assemble([parts[i] for i in range(ann.chunks)], ann.size)
             self.backend.load_weights(blob, ann.digest, ann.version)
         except Exception as exc:  # a corrupt fetch must not kill the generator; count it
             self.metrics.weight_errors.inc()

@@ -7,6 +7,7 @@ Configuration: `--config FILE_OR_PRESET` plus dotted overrides (`train.steps=50`
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 
@@ -61,6 +62,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dir", required=True, help="directory to write the keys into")
     p.add_argument("--clients", default="client", help="comma-separated client key names")
     p = sub.add_parser("config-fields", help="list every config field with its description")
+    p = sub.add_parser("bench", help="measure efficiency ratios on this machine")
+    p.add_argument("--quick", action="store_true", help="smaller sizes, about 3 minutes")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument(
+        "--only",
+        default="",
+        help="comma-separated sections: transport, weights, objective, pipeline",
+    )
+    p.add_argument("--log-level", default="INFO")
     return parser
 
 
@@ -78,6 +88,14 @@ def main(argv: list[str] | None = None) -> int:
             f"wrote server and client keys ({', '.join(names)}) to {args.dir}; set "
             f"security.curve_dir={args.dir} on the learner and every generator"
         )
+        return 0
+    if args.command == "bench":
+        _setup_logging("bench", args.log_level)
+        from launch.bench import format_table, run_bench
+
+        only = [x.strip() for x in args.only.split(",") if x.strip()] or None
+        results = run_bench(quick=args.quick, only=only)
+        print(json.dumps(results) if args.json else format_table(results))
         return 0
     overrides = list(args.overrides)
     if getattr(args, "learner", None):

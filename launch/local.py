@@ -65,6 +65,13 @@ def run_local(cfg: AsyncRLConfig, log_level: str = "INFO") -> int:
     n = cfg.local.generators
     cores = os.cpu_count() or 1
     threads = max(1, cores // (n + 1))
+    learner_cpus, generator_cpus = _core_split(cores, n) if cfg.local.pin_cores else (None, None)
+    if learner_cpus:
+        # Pinned: the learner's threads fill its cores; generators share the rest.
+        threads = max(1, len(generator_cpus) // n)
+        learner_threads = len(learner_cpus)
+    else:
+        learner_threads = threads
     # The configured ports are for fleets; on one machine any free loopback port will do and
     # two local runs never clash.
     lc = cfg.learner.model_copy(
@@ -79,7 +86,7 @@ def run_local(cfg: AsyncRLConfig, log_level: str = "INFO") -> int:
     run_cfg = cfg.model_copy(update={"learner": lc})
     if not run_cfg.train.threads:
         run_cfg = run_cfg.model_copy(
-            update={"train": run_cfg.train.model_copy(update={"threads": threads})}
+            update={"train": run_cfg.train.model_copy(update={"threads": learner_threads})}
         )
     config_path = out_dir / "config.yaml"
     config_path.write_text(dump_config(run_cfg))
@@ -90,7 +97,11 @@ def run_local(cfg: AsyncRLConfig, log_level: str = "INFO") -> int:
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     procs: list[subprocess.Popen] = []
     learner = subprocess.Popen(
-        _cmd("learner", config_path, log_level, []), env=env, stdout=subprocess.PIPE, text=True
+        _cmd("learner", config_path, log_level, []),
+        env=env,
+        stdout=subprocess.PIPE,
+        text=True,
+        preexec_fn=_pin(learner_cpus),
     )
     procs.append(learner)
     gen_urls = {}
@@ -107,7 +118,10 @@ def run_local(cfg: AsyncRLConfig, log_level: str = "INFO") -> int:
         ]
         procs.append(
             subprocess.Popen(
-                _cmd("generator", config_path, log_level, extra), env=env, stdout=subprocess.DEVNULL
+                _cmd("generator", config_path, log_level, extra),
+                env=env,
+                stdout=subprocess.DEVNULL,
+                preexec_fn=_pin(generator_cpus),
             )
         )
 
@@ -172,6 +186,23 @@ def run_local(cfg: AsyncRLConfig, log_level: str = "INFO") -> int:
     summary = json.loads(summary_path.read_text())
     _print(summary)
     return 0
+
+
+def _core_split(cores: int, generators: int) -> tuple[set[int] | None, set[int] | None]:
+    """Learner on the first half of the cores, generators on the rest (at least one each);
+    None when there are not two cores to split."""
+    available = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    if len(available) < 2:
+        logger.warning("local.pin_cores needs at least 2 cores; running unpinned")
+        return None, None
+    half = max(1, len(available) // 2)
+    return set(available[:half]), set(available[half:])
+
+
+def _pin(cpus: set[int] | None):
+    if not cpus:
+        return None
+    return lambda: os.sched_setaffinity(0, cpus)
 
 
 def _print(event: dict) -> None:

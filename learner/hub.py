@@ -17,7 +17,7 @@ import os
 import socket
 import threading
 import time
-from collections import deque
+from collections import Counter, defaultdict, deque
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -132,6 +132,10 @@ class Hub:
         self.version = 0
         self.consumed = 0
         self.staleness_seen_max = 0
+        self.staleness_counts: Counter[int] = Counter()
+        # Per generator: (response tokens, seconds spent generating) of valid groups, for the
+        # generation capacity that `asyncrl bench` compares the loop's throughput with.
+        self.generation_work: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0])
         self._lock = threading.Condition()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -186,11 +190,18 @@ class Hub:
                         s = self.version - g.version
                         self.metrics.staleness.observe(s)
                         self.staleness_seen_max = max(self.staleness_seen_max, s)
+                        self.staleness_counts[s] += 1
                     self.consumed += sum(1 for g in taken if g.uses == 1)
                     self._update_gauges()
                     return taken
                 self._lock.wait(timeout=0.2)
         return None
+
+    def generation_capacity(self) -> float:
+        """Response tokens per second the generators produce while generating (not while
+        waiting on the gate), summed over generators: the loop's generation-only rate."""
+        with self._lock:
+            return sum(t / s for t, s in self.generation_work.values() if s > 0)
 
     def advance_version(self, version: int) -> None:
         with self._lock:
@@ -411,6 +422,9 @@ class Hub:
                 self._drop("invalid", f"group from {msg.generator_id}: {exc}")
                 return True
             self._touch(msg.generator_id, None, int(msg.versions.max(initial=0)), time.time())
+            work = self.generation_work[msg.generator_id]
+            work[0] += float(msg.lengths.sum())
+            work[1] += float(msg.generate_seconds)
         # Rewards run outside the lock: they may be slow and the trainer must not wait on them.
         data = self._score(msg, rec)
         with self._lock:

@@ -300,6 +300,7 @@ class Learner:
             logger.info("held-out accuracy before RL: %s", _fmt(acc_before))
         t0 = time.time()
         tokens_trained = 0.0
+        busy_seconds = 0.0  # update + publish: the learner's time when it never waits
         last_log = (t0, 0.0)
         acc = acc_before
         while version < cfg.train.steps:
@@ -332,13 +333,16 @@ class Learner:
             tu = time.time()
             m = train_step(engine, batch, cfg, ref_model)
             version += 1
+            busy_seconds += time.time() - tu
             tokens_trained += float(batch.response_mask.sum())
             if rank == 0:
                 hub.metrics.step_seconds.labels(phase="update").observe(time.time() - tu)
                 hub.advance_version(version)
                 self._record(hub, m, stats, batch)
             if version % cfg.train.publish_every == 0 or version == cfg.train.steps:
+                tp = time.time()
                 self._publish(engine, hub, version)
+                busy_seconds += time.time() - tp
             if (
                 cfg.train.eval_every
                 and version % cfg.train.eval_every == 0
@@ -387,6 +391,9 @@ class Learner:
                 "max_staleness_seen": hub.staleness_seen_max,
                 "trained_tokens_per_second": round(tokens_trained / max(rl_seconds, 1e-9), 1),
                 "generators_seen": sorted(hub.lease_generators),
+                "training_tokens_per_second": round(tokens_trained / max(busy_seconds, 1e-9), 1),
+                "generation_tokens_per_second": round(hub.generation_capacity(), 1),
+                "staleness_counts": {str(k): v for k, v in sorted(hub.staleness_counts.items())},
             }
             out = Path(cfg.learner.output_dir)
             out.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,392 @@
+"""`asyncrl bench`: where the time goes, as ratios measured side by side in one run.
+
+Every figure compares two things measured in the same process tree, alternating trials so
+that load from other jobs on a shared machine hits both sides alike; nothing is compared
+across runs. Figures:
+
+- `transport_ratio`: rollout groups (G = 8, 1,000-token responses) through our codec and
+  sockets (encode + send + receive + decode) vs the same bytes as raw ZeroMQ frames.
+- `weights_ratio`: publishing a state (serialise + digest + chunked fetch by 2 generators +
+  verify + deserialise) vs fetching the same bytes as raw chunks over the same sockets.
+- `objective_overhead`: objective + advantage time as a fraction of a learner step.
+- `pipeline_efficiency_async`, `async_over_sync`, `staleness`: `asyncrl local` on the tiny
+  task with learner and generators pinned to separate cores, at η = 4 and η = 0; efficiency
+  is trained tokens/s over min(generation-only, training-only) tokens/s, the latter two being
+  the generators' and the learner's busy-time rates measured inside the same loop.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import statistics
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import zmq
+
+from protocol.codec import encode
+from protocol.messages import RolloutGroup, WeightsChunk, WeightsRequest
+from protocol.sockets import SocketFactory, recv, send
+
+logger = logging.getLogger(__name__)
+
+TARGETS = {
+    "pipeline_efficiency_async": (">=", 0.85),
+    "async_over_sync": (">=", 1.5),
+    "transport_ratio": (">=", 0.8),
+    "weights_ratio": (">=", 0.5),
+    "objective_overhead": ("<=", 0.03),
+}
+
+
+def _pair(ctx: zmq.Context, a: int, b: int) -> tuple[zmq.Socket, zmq.Socket]:
+    factory = SocketFactory(context=ctx)
+    server = factory.socket(a, server=True)
+    port = server.bind_to_random_port("tcp://127.0.0.1")
+    client = factory.socket(b, server=False)
+    client.connect(f"tcp://127.0.0.1:{port}")
+    return server, client
+
+
+def _rollout_group(g: int = 8, t: int = 1000, seed: int = 0) -> RolloutGroup:
+    rng = np.random.default_rng(seed)
+    n = g * t
+    return RolloutGroup(
+        lease_id=1,
+        generator_id="bench",
+        tokens=rng.integers(0, 150_000, n, dtype=np.int32),
+        logprobs=-rng.random(n, dtype=np.float32) * 5,
+        versions=np.full(n, 3, np.int32),
+        lengths=np.full(g, t, np.int32),
+        finish_reasons=["length"] * g,
+        generate_seconds=1.0,
+    )
+
+
+def _in_processes(target, args_list: list[tuple]) -> float:
+    """Run `target(*args, go)` in forked processes (generators and the learner are separate
+    processes in production: threads would serialise their Python work on one GIL). Each
+    child connects, reports ready, and starts on `go`; returns seconds from go to the last
+    child's exit."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("fork")
+    ready, go = ctx.Barrier(len(args_list) + 1), ctx.Event()
+    procs = [ctx.Process(target=target, args=(*a, ready, go)) for a in args_list]
+    for p in procs:
+        p.start()
+    ready.wait()
+    t = time.perf_counter()
+    go.set()
+    for p in procs:
+        p.join()
+        if p.exitcode != 0:
+            raise RuntimeError(f"bench child failed with exit code {p.exitcode}")
+    return time.perf_counter() - t
+
+
+def _push_messages(endpoint: str, n: int, codec: bool, ready, go) -> None:
+    ctx = zmq.Context()
+    push = SocketFactory(context=ctx).socket(zmq.PUSH, server=False)
+    push.connect(endpoint)
+    group = _rollout_group()
+    raw = [bytes(f) for f in encode(group)]
+    ready.wait()
+    go.wait()
+    for _ in range(n):
+        if codec:
+            send(push, group)
+        else:
+            push.send_multipart(raw, copy=False)
+    push.close(linger=-1)
+    ctx.term()
+
+
+def bench_transport(quick: bool) -> dict:
+    """A generator process pushes n groups; this process receives them (and decodes them in
+    codec mode). Time = first send to last receive, alternating codec and raw trials."""
+    nbytes = sum(len(bytes(f)) for f in encode(_rollout_group()))
+    n = 300 if quick else 1000
+    ctx = zmq.Context()
+    pull = SocketFactory(context=ctx).socket(zmq.PULL, server=True)
+    endpoint = f"tcp://127.0.0.1:{pull.bind_to_random_port('tcp://127.0.0.1')}"
+    codec, plain = [], []
+    for _ in range(3 if quick else 5):
+        for use_codec, times in ((True, codec), (False, plain)):
+            receiver = threading.Thread(
+                target=lambda c=use_codec: [
+                    recv(pull) if c else pull.recv_multipart(copy=False) for _ in range(n)
+                ]
+            )
+            receiver.start()
+            sent = _in_processes(_push_messages, [(endpoint, n, use_codec)])
+            receiver.join()
+            times.append(sent)
+    pull.close(0)
+    ctx.term()
+    best_codec, best_plain = min(codec), min(plain)
+    return {
+        "transport_ratio": round(best_plain / best_codec, 3),
+        "transport_codec_mb_per_s": round(n * nbytes / best_codec / 1e6, 1),
+        "transport_raw_mb_per_s": round(n * nbytes / best_plain / 1e6, 1),
+        "transport_message_bytes": nbytes,
+    }
+
+
+def _serve_chunks(router: zmq.Socket, chunks: list, stop: threading.Event, wrapped: bool):
+    """Answer chunk requests like the hub does (wrapped) or with bare bytes (raw)."""
+    while not stop.is_set():
+        if not router.poll(50):
+            continue
+        if wrapped:
+            prefix, msg = recv(router, routed=True)
+            data = np.frombuffer(chunks[msg.index], np.uint8)
+            send(router, WeightsChunk(msg.version, msg.index, data), prefix=prefix)
+        else:
+            ident, index = router.recv_multipart()
+            router.send_multipart([ident, chunks[int(index)]], copy=False)
+
+
+def _fetch(dealer: zmq.Socket, n_chunks: int, wrapped: bool, size: int, window: int = 4):
+    """The generator side: keep `window` requests outstanding, assemble in order (the same
+    steps as `GeneratorWorker._fetch_weights`; raw mode skips the message wrapper)."""
+    from generators.weights import assemble
+
+    parts: dict[int, object] = {}
+    next_index = outstanding = 0
+    while len(parts) < n_chunks:
+        while outstanding < window and next_index < n_chunks:
+            if wrapped:
+                send(dealer, WeightsRequest(1, next_index))
+            else:
+                dealer.send(str(next_index).encode())
+            next_index += 1
+            outstanding += 1
+        if wrapped:
+            _, msg = recv(dealer)
+            parts[msg.index] = msg.data
+        else:
+            parts[len(parts)] = dealer.recv(copy=False).buffer
+        outstanding -= 1
+    if not wrapped:
+        return parts  # raw bandwidth: the bytes arrived, nothing more
+    return assemble([parts[i] for i in range(n_chunks)], size)
+
+
+def _fetch_process(
+    endpoint: str, n_chunks: int, wrapped: bool, size: int, digest: str, ready, go
+) -> None:
+    from generators.weights import verify_and_decode
+
+    ctx = zmq.Context()
+    dealer = SocketFactory(context=ctx).socket(zmq.DEALER, server=False)
+    dealer.connect(endpoint)
+    ready.wait()
+    go.wait()
+    got = _fetch(dealer, n_chunks, wrapped, size)
+    if wrapped:
+        verify_and_decode(got, digest)
+    dealer.close(0)
+    ctx.term()
+
+
+def _weights_trial(ctx, tensors, blob: bytes | None, generators: int) -> tuple[float, bytes]:
+    """One publish to `generators` fetcher processes. With `blob` None: the real path
+    (serialise, digest, chunk store, WeightsChunk messages, assemble, verify, decode);
+    otherwise raw chunks of the given bytes over the same sockets and window."""
+    from learner.weights import WeightsStore, digest_of, serialize_named_tensors
+
+    chunk_bytes = 4 << 20
+    wrapped = blob is None
+    t = time.perf_counter()
+    if wrapped:
+        blob = serialize_named_tensors(tensors)
+        digest = digest_of(blob)
+        pub = WeightsStore(chunk_bytes).put(1, blob)
+        chunks = [pub.chunk(i) for i in range(pub.chunks)]
+    else:
+        digest = ""
+        chunks = [memoryview(blob)[i : i + chunk_bytes] for i in range(0, len(blob), chunk_bytes)]
+    prepare = time.perf_counter() - t
+    factory = SocketFactory(context=ctx)
+    routers = [factory.socket(zmq.ROUTER, server=True) for _ in range(generators)]
+    endpoints = [f"tcp://127.0.0.1:{r.bind_to_random_port('tcp://127.0.0.1')}" for r in routers]
+    stop = threading.Event()
+    servers = [
+        threading.Thread(target=_serve_chunks, args=(r, chunks, stop, wrapped)) for r in routers
+    ]
+    for th in servers:
+        th.start()
+    fetch = _in_processes(
+        _fetch_process, [(e, len(chunks), wrapped, len(blob), digest) for e in endpoints]
+    )
+    stop.set()
+    for th in servers:
+        th.join()
+    for r in routers:
+        r.close(0)
+    return prepare + fetch, blob
+
+
+def bench_weights(quick: bool, generators: int = 2) -> dict:
+    import torch
+
+    size_mb = 100 if quick else 500
+    per = 4 << 20  # 4 MiB fp32 tensors
+    tensors = {f"layer{i}.weight": torch.randn(per // 4) for i in range(size_mb * (1 << 20) // per)}
+    ctx = zmq.Context()
+    published, raw = [], []
+    blob = None
+    for _ in range(2 if quick else 3):
+        dt, blob = _weights_trial(ctx, tensors, None, generators)
+        published.append(dt)
+        raw.append(_weights_trial(ctx, tensors, blob, generators)[0])
+    ctx.term()
+    total = len(blob) * generators
+    return {
+        "weights_ratio": round(min(raw) / min(published), 3),
+        "weights_state_mb": round(len(blob) / 1e6, 1),
+        "weights_publish_load_mb_per_s": round(total / min(published) / 1e6, 1),
+        "weights_raw_mb_per_s": round(total / min(raw) / 1e6, 1),
+    }
+
+
+def bench_objective(quick: bool) -> dict:
+    """Time a learner step on the tiny model and, on the same tensors, the objective and
+    advantage computations alone."""
+    import torch
+
+    from launch.config import load_config
+    from launch.tiny import setup_tiny_assets
+    from learner.advantages import compute_advantages
+    from learner.engine import Batch, Engine, init_distributed
+    from learner.objectives import policy_loss
+    from learner.trainer import train_step
+
+    cfg = load_config("tiny-cpu", [])
+    assets = setup_tiny_assets(cfg.tiny)
+    init_distributed("cpu")
+    n_groups, g = cfg.train.groups_per_step, cfg.sampling.group_size
+    n = n_groups * g
+    engine = Engine(assets.model_path, cfg.train, "float32", "cpu", 0, 1, n)
+    gen = torch.Generator().manual_seed(0)
+    length = 16
+    vocab = engine.model.config.vocab_size
+    ids = torch.randint(4, vocab, (n, length), generator=gen)
+    resp = torch.zeros(n, length)
+    resp[:, 8:] = 1
+    mu = -torch.rand(n, length, generator=gen) * resp
+    rewards = torch.randint(0, 2, (n_groups, g), generator=gen).float()
+    adv, _ = compute_advantages(rewards, cfg.advantage)
+    batch = Batch(ids, torch.ones_like(ids), resp, mu, adv.reshape(-1))
+    reps = 5 if quick else 20
+    train_step(engine, batch, cfg)  # warm up
+    step, obj = [], []
+    lp = (-torch.rand(n, length - 1, generator=gen)).requires_grad_(True)
+    for _ in range(reps):
+        t = time.perf_counter()
+        train_step(engine, batch, cfg)
+        step.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        compute_advantages(rewards, cfg.advantage)
+        loss, _ = policy_loss(lp, mu[:, 1:], batch.advantages, resp[:, 1:], cfg.objective)
+        loss.backward()
+        obj.append(time.perf_counter() - t)
+    return {
+        "objective_overhead": round(statistics.median(obj) / statistics.median(step), 4),
+        "learner_step_seconds": round(statistics.median(step), 4),
+        "objective_seconds": round(statistics.median(obj), 5),
+    }
+
+
+def bench_pipeline(quick: bool, workdir: Path) -> dict:
+    """`asyncrl local` at η = 4 and η = 0 with the same layout, alternating."""
+    import subprocess
+    import sys
+
+    steps = 40 if quick else 120
+    common = [
+        f"train.steps={steps}",
+        "train.eval_every=0",
+        "data.eval_size=16",
+        "buffer.filter_zero_variance=false",  # every generated group is trained
+        "local.pin_cores=true",
+        "local.generators=1",
+    ]
+    out: dict = {"staleness": {}}
+    runs: dict[int, list[dict]] = {4: [], 0: []}
+    for rep in range(1 if quick else 2):
+        for eta in (4, 0):
+            run_dir = workdir / f"eta{eta}-{rep}"
+            cmd = [
+                sys.executable,
+                "-m",
+                "launch.cli",
+                "local",
+                *common,
+                f"buffer.max_staleness={eta}",
+                f"learner.output_dir={run_dir}",
+                "--log-level",
+                "WARNING",
+            ]
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+            if proc.returncode != 0:
+                raise RuntimeError(f"bench loop at eta={eta} failed:\n{proc.stderr[-3000:]}")
+            runs[eta].append(json.loads((run_dir / "summary.json").read_text()))
+    best = {eta: max(r, key=lambda s: s["trained_tokens_per_second"]) for eta, r in runs.items()}
+    a, s = best[4], best[0]
+    capacity = min(a["generation_tokens_per_second"], a["training_tokens_per_second"])
+    out["pipeline_efficiency_async"] = round(a["trained_tokens_per_second"] / capacity, 3)
+    out["async_over_sync"] = round(
+        a["trained_tokens_per_second"] / s["trained_tokens_per_second"], 3
+    )
+    out["async_trained_tokens_per_second"] = a["trained_tokens_per_second"]
+    out["sync_trained_tokens_per_second"] = s["trained_tokens_per_second"]
+    out["generation_only_tokens_per_second"] = a["generation_tokens_per_second"]
+    out["training_only_tokens_per_second"] = a["training_tokens_per_second"]
+    out["staleness"] = {f"eta={eta}": best[eta]["staleness_counts"] for eta in best}
+    return out
+
+
+def run_bench(quick: bool = False, only: list[str] | None = None) -> dict:
+    sections = {
+        "transport": bench_transport,
+        "weights": bench_weights,
+        "objective": bench_objective,
+    }
+    results: dict = {"quick": quick}
+    t0 = time.time()
+    for name, fn in sections.items():
+        if only and name not in only:
+            continue
+        t = time.time()
+        results.update(fn(quick))
+        logger.info("bench %s done in %.0fs", name, time.time() - t)
+    if not only or "pipeline" in only:
+        t = time.time()
+        with tempfile.TemporaryDirectory(prefix="asyncrl-bench-") as d:
+            results.update(bench_pipeline(quick, Path(d)))
+        logger.info("bench pipeline done in %.0fs", time.time() - t)
+    results["bench_seconds"] = round(time.time() - t0, 1)
+    return results
+
+
+def format_table(results: dict) -> str:
+    lines = [f"{'figure':<34}{'value':>14}  target"]
+    for key, value in results.items():
+        if key == "staleness":
+            continue
+        target = TARGETS.get(key)
+        mark = ""
+        if target and isinstance(value, (int, float)):
+            op, bound = target
+            ok = value >= bound if op == ">=" else value <= bound
+            mark = f"{op} {bound}  {'ok' if ok else 'MISSED'}"
+        lines.append(f"{key:<34}{value!s:>14}  {mark}")
+    for eta, counts in results.get("staleness", {}).items():
+        lines.append(f"staleness {eta:<24}{json.dumps(counts):>14}")
+    return "\n".join(lines)
