@@ -26,6 +26,8 @@ def run_generator(cfg) -> int:
     data = resolve_data(cfg)
     seed = cfg.generator.seed * 1_000_003 + sum(map(ord, gid))
     backend = setup_backend(cfg, data.model_path, seed)
+    if hasattr(backend, "check_every"):
+        backend.check_every = cfg.generator.inflight_check_tokens
     metrics = GeneratorMetrics()
     worker = GeneratorWorker(
         backend,
@@ -34,6 +36,7 @@ def run_generator(cfg) -> int:
         metrics,
         factory=setup_socket_factory(cfg.security, "client"),
         reconnect_seconds=cfg.generator.reconnect_seconds,
+        inflight_updates=cfg.generator.inflight_updates,
     )
     url, _ = start_metrics_server(
         cfg.generator.metrics_host,

@@ -37,6 +37,11 @@ class GeneratorMetrics:
             "Times the connection to the learner was rebuilt.",
             registry=r,
         )
+        self.inflight_updates = Counter(
+            "asyncrl_generator_inflight_updates",
+            "Weight versions loaded in the middle of a generation (later tokens carry them).",
+            registry=r,
+        )
         self.weight_errors = Counter(
             "asyncrl_generator_weight_errors",
             "Weight fetches that failed verification or went missing.",

@@ -60,6 +60,7 @@ class GeneratorWorker:
         factory: SocketFactory | None = None,
         reconnect_seconds: float = 10.0,
         fetch_window: int = 4,
+        inflight_updates: str = "off",
     ):
         self.backend = backend
         self.generator_id = generator_id
@@ -75,6 +76,9 @@ class GeneratorWorker:
         self._held_lock = threading.Lock()
         self._pending: WeightsAnnouncement | None = None
         self._socks: list[zmq.Socket] = []
+        if inflight_updates != "off" and hasattr(backend, "between_tokens"):
+            backend.between_tokens = self._between_tokens
+            backend.inflight_mode = inflight_updates
 
     # ---------------------------------------------------------------- health
     def healthy(self) -> tuple[bool, str]:
@@ -214,6 +218,20 @@ class GeneratorWorker:
         self.metrics.gate_wait_seconds.inc(time.time() - t)
 
     # ---------------------------------------------------------------- weights
+    def _between_tokens(self) -> None:
+        """Called by the backend between decode steps: load a newer version if one was
+        announced, so a long generation does not finish on stale weights."""
+        if not self.connected:
+            return
+        self._drain_announcements()
+        if self._pending is None or self._pending.version <= self.backend.version:
+            return
+        try:
+            self._fetch_weights(self._pending)
+        except LearnerGone:
+            return  # the main loop finds out on its next request and reconnects
+        self.metrics.inflight_updates.inc()
+
     def _drain_announcements(self) -> None:
         while True:
             try:

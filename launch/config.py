@@ -177,6 +177,16 @@ class GeneratorConfig(_Strict):
     )
     threads: int = Field(0, ge=0, description="torch intra-op threads; 0 = torch's default.")
     seed: int = Field(0, description="Sampling seed (combined with the generator id).")
+    inflight_updates: Literal["off", "continue", "reprefill"] = Field(
+        "continue",
+        description="Load newly published weights in the middle of a generation (hf backend): "
+        "continue = keep the KV cache of earlier tokens, reprefill = recompute it with the new "
+        "weights; tokens carry the version that sampled them either way. off = only between "
+        "groups.",
+    )
+    inflight_check_tokens: int = Field(
+        8, ge=1, description="Decode steps between checks for new weights (in-flight updates)."
+    )
     reconnect_seconds: float = Field(
         10.0,
         gt=0,

@@ -94,7 +94,15 @@ def run_local(cfg: AsyncRLConfig, log_level: str = "INFO") -> int:
     summary_path.unlink(missing_ok=True)
 
     learner_url = f"http://127.0.0.1:{lc.metrics_port}/metrics"
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    # The children are a fresh single-rank world: rendezvous variables inherited from a
+    # caller that initialised torch.distributed itself (e.g. `asyncrl bench`) would make the
+    # learner bind a port its parent holds.
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK")
+    }
+    env["PYTHONUNBUFFERED"] = "1"
     procs: list[subprocess.Popen] = []
     learner = subprocess.Popen(
         _cmd("learner", config_path, log_level, []),

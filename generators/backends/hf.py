@@ -71,6 +71,13 @@ class HFBackend:
         # -1 until the learner's weights are loaded: the files on disk may not be what the
         # learner trains (it may have resumed), so we never claim a version we did not load.
         self.version = -1
+        # In-flight weight updates: the worker sets `between_tokens` to a callable that loads
+        # newer weights if any were announced; it runs every `check_every` decode steps.
+        # "continue" keeps the KV cache of earlier tokens (PipelineRL-style), "reprefill"
+        # recomputes it with the new weights over the prompt and the tokens so far.
+        self.between_tokens = None
+        self.check_every = 8
+        self.inflight_mode = "continue"
 
     @torch.no_grad()
     def generate(self, prompt_ids: np.ndarray, n: int, params: SamplingParams) -> list[Sample]:
@@ -96,7 +103,9 @@ class HFBackend:
         logprobs = torch.zeros(n, params.max_new_tokens, dtype=torch.float32, device=self.device)
         finished = torch.zeros(n, dtype=torch.bool, device=self.device)
         lengths = torch.full((n,), params.max_new_tokens, dtype=torch.long, device=self.device)
+        versions = torch.full((n, params.max_new_tokens), self.version, dtype=torch.int32)
         for t in range(params.max_new_tokens):
+            versions[:, t] = self.version
             logp = torch.log_softmax(logits.float() / params.temperature, dim=-1)
             if greedy:
                 nxt = logp.argmax(-1, keepdim=True)
@@ -113,6 +122,16 @@ class HFBackend:
             finished |= hit_eos
             if bool(finished.all()) or t == params.max_new_tokens - 1:
                 break
+            if self.between_tokens is not None and (t + 1) % self.check_every == 0:
+                before = self.version
+                self.between_tokens()
+                if self.version != before and self.inflight_mode == "reprefill":
+                    # Re-prefill: the next token is drawn from the new weights over the whole
+                    # prefix, with no KV state left from the old weights.
+                    prefix = torch.cat([ids, tokens[:, : t + 1]], dim=1)
+                    out = self.model(input_ids=prefix, use_cache=True)
+                    past, logits = self._cache_of(out), out.logits[:, -1]
+                    continue
             out = self.model(input_ids=nxt.unsqueeze(-1), use_cache=True, **{self._cache_arg: past})
             past, logits = self._cache_of(out), out.logits[:, -1]
         samples = []
@@ -123,7 +142,7 @@ class HFBackend:
                 Sample(
                     tokens=tokens_np[i, :L].astype(np.int32),
                     logprobs=lp_np[i, :L].astype(np.float32),
-                    versions=np.full(L, self.version, dtype=np.int32),
+                    versions=versions[i, :L].numpy().astype(np.int32),
                     finish_reason="stop" if bool(finished[i]) else "length",
                 )
             )
