@@ -31,6 +31,54 @@ _DTYPES = {
 }
 
 
+class VerifiedBlob(bytearray):
+    """A fetched blob whose digest was already checked while it arrived (no second pass)."""
+
+    digest: str = ""
+
+
+class ChunkAssembler:
+    """Copies chunks into one buffer and hashes them as they arrive, in order, so both
+    overlap with the transfer of the chunks still in flight (ZeroMQ receives on its own I/O
+    thread). Out-of-order chunks wait until their predecessors came."""
+
+    def __init__(self, size: int, chunks: int):
+        import hashlib
+
+        self.buf = VerifiedBlob(size)
+        self.view = memoryview(self.buf)
+        self.size, self.chunks = size, chunks
+        self.hasher = hashlib.sha256()
+        self.offset = 0
+        self.next = 0
+        self.waiting: dict[int, object] = {}
+
+    def add(self, index: int, data) -> None:
+        self.waiting[index] = data
+        while self.next in self.waiting:
+            chunk = memoryview(self.waiting.pop(self.next)).cast("B")
+            n = chunk.nbytes
+            if self.offset + n > self.size:
+                raise WeightsError(f"chunks exceed the announced size {self.size}")
+            self.view[self.offset : self.offset + n] = chunk
+            self.hasher.update(chunk)
+            self.offset += n
+            self.next += 1
+
+    @property
+    def complete(self) -> bool:
+        return self.next == self.chunks
+
+    def finish(self, digest: str) -> VerifiedBlob:
+        if not self.complete or self.offset != self.size:
+            raise WeightsError(f"got {self.offset} bytes, announced {self.size}")
+        got = self.hasher.hexdigest()
+        if got != digest:
+            raise WeightsError(f"digest mismatch: got {got}, announced {digest}")
+        self.buf.digest = digest
+        return self.buf
+
+
 def assemble(chunks: list, size: int) -> bytearray:
     """Concatenate received chunks (buffers of zmq frames) with one copy, into a writable
     buffer that tensors can view without copying again."""
@@ -52,6 +100,8 @@ def verify_and_decode(blob: bytes | bytearray, digest: str) -> dict[str, torch.T
     (the caller copies them into the model; a second copy here would double load time)."""
     from learner.weights import digest_of
 
+    if isinstance(blob, VerifiedBlob) and blob.digest == digest:
+        return decode_safetensors(blob)
     got = digest_of(blob)
     if got != digest:
         raise WeightsError(f"digest mismatch: got {got}, announced {digest}")
@@ -86,6 +136,9 @@ def decode_safetensors(blob: bytes | bytearray) -> dict[str, torch.Tensor]:
             count = (end - begin) // torch.empty(0, dtype=dtype).element_size()
             if base + end > len(blob) or count != _numel(shape):
                 raise WeightsError(f"{name}: data offsets do not match its shape")
+            if count == 0:
+                out[name] = torch.empty(shape, dtype=dtype)
+                continue
             t = torch.frombuffer(blob, dtype=dtype, count=count, offset=base + begin)
             out[name] = t.reshape(shape)
     return out

@@ -19,7 +19,7 @@ import zmq
 
 from generators.backends.base import SamplingParams
 from generators.metrics import GeneratorMetrics
-from generators.weights import assemble
+from generators.weights import ChunkAssembler, WeightsError
 from protocol.codec import ProtocolError
 from protocol.messages import (
     Heartbeat,
@@ -247,33 +247,37 @@ class GeneratorWorker:
 
     def _fetch_weights(self, ann: WeightsAnnouncement) -> None:
         t = time.time()
-        parts: dict[int, bytes] = {}
+        assembler = ChunkAssembler(ann.size, ann.chunks)
         next_index = 0
         outstanding = 0
         deadline = time.time() + self.reconnect_seconds
-        while len(parts) < ann.chunks:
-            while outstanding < self.fetch_window and next_index < ann.chunks:
-                self._send(WeightsRequest(ann.version, next_index))
-                next_index += 1
-                outstanding += 1
-            if not self.control.poll(int(max(deadline - time.time(), 0) * 1000)):
-                raise LearnerGone("no weight chunk within the timeout")
-            _, msg = recv(self.control)
-            outstanding -= 1
-            deadline = time.time() + self.reconnect_seconds
-            if not isinstance(msg, WeightsChunk) or msg.version != ann.version:
-                continue
-            if msg.missing:
-                # Superseded while we fetched: drop it and wait for the newer announcement.
-                self._drain_replies(outstanding)
-                self.metrics.weight_errors.inc()
-                self._pending = None
-                return
-            parts[msg.index] = msg.data  # a view of the received frame: no copy yet
         try:
-            blob = assemble([parts[i] for i in range(ann.chunks)], ann.size)
-            self.backend.load_weights(blob, ann.digest, ann.version)
+            while not assembler.complete:
+                while outstanding < self.fetch_window and next_index < ann.chunks:
+                    self._send(WeightsRequest(ann.version, next_index))
+                    next_index += 1
+                    outstanding += 1
+                if not self.control.poll(int(max(deadline - time.time(), 0) * 1000)):
+                    raise LearnerGone("no weight chunk within the timeout")
+                _, msg = recv(self.control)
+                outstanding -= 1
+                deadline = time.time() + self.reconnect_seconds
+                if not isinstance(msg, WeightsChunk) or msg.version != ann.version:
+                    continue
+                if msg.missing:
+                    # Superseded while we fetched: drop it and wait for the newer announcement.
+                    self._drain_replies(outstanding)
+                    self.metrics.weight_errors.inc()
+                    self._pending = None
+                    return
+                if not 0 <= msg.index < ann.chunks:
+                    raise WeightsError(f"chunk index {msg.index} outside 0..{ann.chunks - 1}")
+                assembler.add(msg.index, msg.data)  # copied and hashed while more arrive
+            self.backend.load_weights(assembler.finish(ann.digest), ann.digest, ann.version)
+        except LearnerGone:
+            raise
         except Exception as exc:  # a corrupt fetch must not kill the generator; count it
+            self._drain_replies(outstanding)
             self.metrics.weight_errors.inc()
             logger.error("weights version %d rejected: %s", ann.version, exc)
             self._pending = None
@@ -284,7 +288,7 @@ class GeneratorWorker:
         logger.info(
             "loaded weights version %d (%.1f MB) in %.2fs",
             ann.version,
-            len(blob) / 1e6,
+            ann.size / 1e6,
             time.time() - t,
         )
 

@@ -151,15 +151,16 @@ def _serve_chunks(router: zmq.Socket, chunks: list, stop: threading.Event, wrapp
             router.send_multipart([ident, chunks[int(index)]], copy=False)
 
 
-def _fetch(dealer: zmq.Socket, n_chunks: int, wrapped: bool, size: int, window: int = 4):
-    """The generator side: keep `window` requests outstanding, assemble in order (the same
-    steps as `GeneratorWorker._fetch_weights`; raw mode skips the message wrapper)."""
-    from generators.weights import assemble
+def _fetch(dealer: zmq.Socket, n_chunks: int, wrapped: bool, size: int, digest: str = ""):
+    """The generator side: keep 4 requests outstanding; in wrapped mode copy and hash each
+    chunk on arrival (the steps of `GeneratorWorker._fetch_weights`), in raw mode only
+    receive."""
+    from generators.weights import ChunkAssembler
 
-    parts: dict[int, object] = {}
-    next_index = outstanding = 0
-    while len(parts) < n_chunks:
-        while outstanding < window and next_index < n_chunks:
+    assembler = ChunkAssembler(size, n_chunks) if wrapped else None
+    received = next_index = outstanding = 0
+    while received < n_chunks:
+        while outstanding < 4 and next_index < n_chunks:
             if wrapped:
                 send(dealer, WeightsRequest(1, next_index))
             else:
@@ -168,13 +169,12 @@ def _fetch(dealer: zmq.Socket, n_chunks: int, wrapped: bool, size: int, window: 
             outstanding += 1
         if wrapped:
             _, msg = recv(dealer)
-            parts[msg.index] = msg.data
+            assembler.add(msg.index, msg.data)
         else:
-            parts[len(parts)] = dealer.recv(copy=False).buffer
+            dealer.recv(copy=False)
+        received += 1
         outstanding -= 1
-    if not wrapped:
-        return parts  # raw bandwidth: the bytes arrived, nothing more
-    return assemble([parts[i] for i in range(n_chunks)], size)
+    return assembler.finish(digest) if wrapped else None
 
 
 def _fetch_process(
@@ -187,9 +187,9 @@ def _fetch_process(
     dealer.connect(endpoint)
     ready.wait()
     go.wait()
-    got = _fetch(dealer, n_chunks, wrapped, size)
+    got = _fetch(dealer, n_chunks, wrapped, size, digest)
     if wrapped:
-        verify_and_decode(got, digest)
+        verify_and_decode(got, digest)  # the digest was checked on arrival: decode only
     dealer.close(0)
     ctx.term()
 

@@ -101,7 +101,8 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "learner", None):
         overrides.append(f"generator.learner={args.learner}")
     try:
-        cfg = load_config(args.config, overrides)
+        # No --config: the embedded default, exactly the tiny-cpu preset.
+        cfg = load_config(args.config or "tiny-cpu", overrides)
     except ConfigError as exc:
         print(f"asyncrl: {exc}", file=sys.stderr)
         return 2

@@ -14,6 +14,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from generators.backends.sglang import SGLangConfig
 from launch.tiny import TinyTaskConfig
 from learner.advantages import AdvantageConfig
 from learner.objectives import ObjectiveConfig
@@ -170,6 +171,10 @@ class GeneratorConfig(_Strict):
         "0.0.0.0", description="Interface the /metrics endpoint binds (127.0.0.1 to keep it local)."
     )
     backend: Literal["hf", "sglang"] = Field("hf", description="Inference engine.")
+    sglang: SGLangConfig = Field(
+        default_factory=SGLangConfig,
+        description="SGLang server settings (backend sglang): attach by URL or launch one.",
+    )
     learner: str = Field("tcp://127.0.0.1:5555", description="The learner's control address.")
     generator_id: str = Field("", description="Stable id (metrics label); empty = host-pid.")
     metrics_port: int = Field(

@@ -109,7 +109,7 @@ def run_local(cfg: AsyncRLConfig, log_level: str = "INFO") -> int:
         env=env,
         stdout=subprocess.PIPE,
         text=True,
-        preexec_fn=_pin(learner_cpus),
+        preexec_fn=_child_setup(learner_cpus),
     )
     procs.append(learner)
     gen_urls = {}
@@ -129,7 +129,7 @@ def run_local(cfg: AsyncRLConfig, log_level: str = "INFO") -> int:
                 _cmd("generator", config_path, log_level, extra),
                 env=env,
                 stdout=subprocess.DEVNULL,
-                preexec_fn=_pin(generator_cpus),
+                preexec_fn=_child_setup(generator_cpus),
             )
         )
 
@@ -207,10 +207,20 @@ def _core_split(cores: int, generators: int) -> tuple[set[int] | None, set[int] 
     return set(available[:half]), set(available[half:])
 
 
-def _pin(cpus: set[int] | None):
-    if not cpus:
-        return None
-    return lambda: os.sched_setaffinity(0, cpus)
+def _child_setup(cpus: set[int] | None):
+    """Runs in each child before exec: optional core pinning, and on Linux a SIGTERM when
+    this launcher dies, so a killed `asyncrl local` never leaves orphans behind."""
+
+    def setup() -> None:
+        if cpus:
+            os.sched_setaffinity(0, cpus)
+        if sys.platform.startswith("linux"):
+            import ctypes
+
+            pr_set_pdeathsig = 1
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+    return setup
 
 
 def _print(event: dict) -> None:

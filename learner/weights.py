@@ -9,23 +9,88 @@ the generator verify what it loads.
 from __future__ import annotations
 
 import hashlib
+import json
+import queue
+import struct
 import threading
 from dataclasses import dataclass
 
 import torch
-from safetensors.torch import save
+
+
+class Serialized(bytearray):
+    """A serialised state whose digest was computed while it was written."""
+
+    digest: str = ""
 
 
 def digest_of(blob: bytes | bytearray | memoryview) -> str:
     # sha256 runs on the CPU's SHA extensions (~1.5 GB/s here vs ~0.6 for blake2b); the
     # digest is computed once per publish and once per load, on the critical path of both.
+    if isinstance(blob, Serialized) and blob.digest:
+        return blob.digest
     return hashlib.sha256(blob).hexdigest()
 
 
-def serialize_named_tensors(tensors: dict[str, torch.Tensor]) -> bytes:
-    """safetensors bytes of `tensors` (moved to CPU, contiguous)."""
-    cpu = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
-    return save(cpu)
+_ST_DTYPES = {
+    torch.float64: "F64",
+    torch.float32: "F32",
+    torch.float16: "F16",
+    torch.bfloat16: "BF16",
+    torch.int64: "I64",
+    torch.int32: "I32",
+    torch.int16: "I16",
+    torch.int8: "I8",
+    torch.uint8: "U8",
+    torch.bool: "BOOL",
+}
+
+
+def serialize_named_tensors(tensors: dict[str, torch.Tensor]) -> bytearray:
+    """The safetensors encoding of `tensors`, written with one copy per tensor straight into
+    the output buffer (this is also the snapshot that lets training go on while generators
+    fetch). `safetensors.torch.save` copies twice, which dominated publish time."""
+    header: dict = {}
+    offset = 0
+    for name, t in tensors.items():
+        nbytes = t.numel() * t.element_size()
+        header[name] = {
+            "dtype": _ST_DTYPES[t.dtype],
+            "shape": list(t.shape),
+            "data_offsets": [offset, offset + nbytes],
+        }
+        offset += nbytes
+    head = json.dumps(header, separators=(",", ":")).encode()
+    head += b" " * (-len(head) % 8)  # the data section starts 8-byte aligned
+    out = Serialized(8 + len(head) + offset)
+    out[:8] = struct.pack("<Q", len(head))
+    out[8 : 8 + len(head)] = head
+    base = 8 + len(head)
+    # Hash each written range on a second thread while the next tensor is copied (hashlib
+    # releases the GIL): publish time becomes max(copy, hash) instead of their sum.
+    view = memoryview(out)
+    ranges: queue.Queue = queue.Queue()
+    hasher = hashlib.sha256()
+
+    def hash_ranges() -> None:
+        while (r := ranges.get()) is not None:
+            hasher.update(view[r[0] : r[1]])
+
+    worker = threading.Thread(target=hash_ranges, name="weights-digest")
+    worker.start()
+    ranges.put((0, base))
+    for name, t in tensors.items():
+        if t.numel() == 0:
+            continue
+        begin = base + header[name]["data_offsets"][0]
+        dst = torch.frombuffer(out, dtype=t.dtype, count=t.numel(), offset=begin)
+        dst.copy_(t.detach().reshape(-1))
+        ranges.put((begin, begin + t.numel() * t.element_size()))
+    ranges.put(None)
+    worker.join()
+    view.release()
+    out.digest = hasher.hexdigest()
+    return out
 
 
 @dataclass

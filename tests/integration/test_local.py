@@ -29,3 +29,37 @@ def test_local_run_advances_versions_within_staleness(small_overrides):
     # Rollouts arrived from every generator.
     assert summary["generators_seen"] == ["generator-0", "generator-1"]
     assert summary["accuracy_before"] is not None and summary["accuracy_after"] is not None
+    # Every consumed group is in the staleness counts, none beyond η.
+    counts = {int(k): v for k, v in summary["staleness_counts"].items()}
+    assert sum(counts.values()) >= 6 * 4 and max(counts) <= eta
+
+
+def test_export_loads_with_from_pretrained_and_generates(small_overrides, tmp_path):
+    import json
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    code, _, stderr = run_cli(["local", *small_overrides, "train.steps=2"], timeout=600)
+    assert code == 0, stderr[-4000:]
+    run_dir = next(a.split("=", 1)[1] for a in small_overrides if a.startswith("learner.output"))
+    export = f"{run_dir}/export"
+    assert json.load(open(f"{export}/asyncrl_version.json"))["policy_version"] == 2
+    model = AutoModelForCausalLM.from_pretrained(export)
+    tok = AutoTokenizer.from_pretrained(export)
+    ids = tok("12+7=", return_tensors="pt").input_ids
+    out = model.generate(ids, max_new_tokens=4, do_sample=False, pad_token_id=tok.pad_token_id)
+    assert out.shape[1] > ids.shape[1]
+    # The export holds the trained weights, not the warm-start model's.
+    from launch.config import load_config
+    from launch.tiny import setup_tiny_assets
+
+    start = AutoModelForCausalLM.from_pretrained(
+        setup_tiny_assets(load_config(None, small_overrides).tiny).model_path
+    )
+    moved = max(
+        float((a - b).abs().max())
+        for a, b in zip(model.state_dict().values(), start.state_dict().values())
+    )
+    assert moved > 0
+    assert isinstance(model, torch.nn.Module)

@@ -1,0 +1,344 @@
+"""The SGLang backend: drive an SGLang HTTP server (launched here or attached to by URL).
+
+Only the standard library talks to the server, so this module imports without SGLang; the
+`sglang` package is needed only to launch a server (`pip install asyncrl[sglang]`). Payload
+shapes follow SGLang's RL guide (`docs/advanced_features/sglang_for_rl.md`) and
+`python/sglang/srt/managers/io_struct.py` (GenerateReqInput, UpdateWeightFromDiskReqInput,
+InitWeightsUpdateGroupReqInput, UpdateWeightsFromDistributedReqInput, PauseGenerationReqInput):
+
+- `/generate` takes `input_ids` (token ids: no re-tokenisation drift) and `sampling_params`;
+  with `return_logprob` each result's `meta_info.output_token_logprobs` lists
+  `[logprob, token_id, text|null]` per sampled token, computed as log softmax(logits / T)
+  and not renormalised after top-p/top-k (so keep top_p = 1 and top_k off for exact
+  behaviour logprobs, as the default sampling does); `meta_info.finish_reason.type` is
+  `stop`, `length` or `abort`; `meta_info.weight_version` echoes the last update's label.
+- `/update_weights_from_disk` takes `model_path` and `weight_version`; the RL guide's flow is
+  `/pause_generation` (mode abort|retract|in_place) -> update -> `/continue_generation`.
+- `/init_weights_update_group` blocks until every rank joined; `/update_weights_from_distributed`
+  takes names, dtypes, shapes, group_name, flush_cache, weight_version (and `load_format:
+  "flattened_bucket"` for one bucketed broadcast). The learner-side NCCL publisher is not
+  built yet; the request builders are here and tested.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from generators.backends.base import Sample, SamplingParams
+
+logger = logging.getLogger(__name__)
+
+FINISH = {"stop": "stop", "length": "length", "abort": "abort"}
+
+
+class SGLangConfig(BaseModel):
+    """The `generator.sglang` section: how to reach (or start) the SGLang server."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    url: str | None = Field(
+        None,
+        description="Attach to a running server (http://HOST:PORT). Empty: launch "
+        "`python -m sglang.launch_server` for model.path on `port`.",
+    )
+    port: int = Field(30000, ge=1, le=65535, description="Port of a server launched here.")
+    extra_args: list[str] = Field(
+        default_factory=list,
+        description="More launch_server arguments, e.g. ['--tp', '2', '--mem-fraction-static', "
+        "'0.8'].",
+    )
+    startup_timeout: float = Field(900.0, gt=0, description="Seconds to wait for /health.")
+    request_timeout: float = Field(1800.0, gt=0, description="Seconds one /generate may take.")
+    pause_mode: Literal["abort", "retract", "in_place"] = Field(
+        "retract",
+        description="How /pause_generation treats running requests during a weight update.",
+    )
+    weights_dir: str = Field(
+        "/tmp/asyncrl-sglang-weights",
+        description="Where weights received over ZeroMQ are written for "
+        "/update_weights_from_disk (must be readable by the server).",
+    )
+    check_model_path: bool = Field(
+        True, description="Refuse a server whose /get_model_info model_path differs."
+    )
+
+
+class SGLangError(RuntimeError):
+    """The server answered with an error or not at all."""
+
+
+# ------------------------------------------------------------------ pure request/response
+
+
+def build_generate_request(
+    prompt_ids: np.ndarray, n: int, params: SamplingParams, greedy: bool = False
+) -> dict:
+    """`n` copies of one prompt in a batch (SGLang's radix cache shares the prefix)."""
+    sampling = {
+        "temperature": 0.0 if greedy else float(params.temperature),
+        "top_p": float(params.top_p),
+        "top_k": int(params.top_k) if params.top_k > 0 else -1,
+        "max_new_tokens": int(params.max_new_tokens),
+    }
+    ids = [int(x) for x in np.asarray(prompt_ids).tolist()]
+    return {
+        "input_ids": [ids for _ in range(n)],
+        "sampling_params": sampling,
+        "return_logprob": True,
+        # -1: logprobs of the generated tokens only, none for the prompt.
+        "logprob_start_len": -1,
+    }
+
+
+def parse_generate_response(payload, fallback_version: int) -> list[Sample]:
+    """SGLang's /generate result (a list for batched input) -> our samples."""
+    items = payload if isinstance(payload, list) else [payload]
+    samples = []
+    for item in items:
+        meta = item.get("meta_info") or {}
+        entries = meta.get("output_token_logprobs") or []
+        tokens = np.array([int(e[1]) for e in entries], dtype=np.int32)
+        logprobs = np.array([float(e[0]) for e in entries], dtype=np.float32)
+        reason = meta.get("finish_reason") or {}
+        kind = reason.get("type") if isinstance(reason, dict) else str(reason)
+        version = _version_label(meta.get("weight_version"), fallback_version)
+        samples.append(
+            Sample(
+                tokens=tokens,
+                logprobs=logprobs,
+                versions=np.full(len(tokens), version, dtype=np.int32),
+                finish_reason=FINISH.get(kind or "", "abort"),
+            )
+        )
+    return samples
+
+
+def _version_label(label, fallback: int) -> int:
+    try:
+        return int(label)
+    except (TypeError, ValueError):
+        return fallback
+
+
+def build_update_from_disk_request(model_path: str, version: int) -> dict:
+    return {"model_path": model_path, "weight_version": str(version), "flush_cache": True}
+
+
+def build_init_weights_group_request(
+    master_address: str,
+    master_port: int,
+    rank_offset: int,
+    world_size: int,
+    group_name: str = "weight_update_group",
+    backend: str = "nccl",
+) -> dict:
+    return {
+        "master_address": master_address,
+        "master_port": int(master_port),
+        "rank_offset": int(rank_offset),
+        "world_size": int(world_size),
+        "group_name": group_name,
+        "backend": backend,
+    }
+
+
+def build_update_from_distributed_request(
+    names: list[str],
+    dtypes: list[str],
+    shapes: list[list[int]],
+    version: int,
+    group_name: str = "weight_update_group",
+    bucketed: bool = False,
+) -> dict:
+    if not len(names) == len(dtypes) == len(shapes):
+        raise ValueError("names, dtypes and shapes must have one entry per parameter")
+    req = {
+        "names": list(names),
+        "dtypes": list(dtypes),
+        "shapes": [list(map(int, s)) for s in shapes],
+        "group_name": group_name,
+        "flush_cache": True,
+        "weight_version": str(version),
+    }
+    if bucketed:
+        req["load_format"] = "flattened_bucket"
+    return req
+
+
+# ------------------------------------------------------------------ backend
+
+
+class SGLangBackend:
+    """The `Backend` interface over an SGLang server."""
+
+    name = "sglang"
+
+    def __init__(self, model_path: str, cfg: SGLangConfig):
+        self.model_path = model_path
+        self.cfg = cfg
+        self.version = -1  # until the learner's weights are loaded, as in the hf backend
+        self.process: subprocess.Popen | None = None
+        self.url = cfg.url.rstrip("/") if cfg.url else self._launch()
+        self._wait_healthy()
+        config = json.loads((Path(model_path) / "config.json").read_text())
+        self.vocab_size = int(config["vocab_size"])
+
+    @classmethod
+    def from_config(cls, cfg, model_path: str) -> SGLangBackend:
+        return cls(model_path, cfg.generator.sglang)
+
+    # -------------------------------------------------------------- server
+    def _launch(self) -> str:
+        try:
+            import sglang  # noqa: F401
+        except ImportError as exc:
+            raise SGLangError(
+                "generator.backend is 'sglang' with no generator.sglang.url, but SGLang is not "
+                "installed: pip install 'asyncrl[sglang]' or attach to a server by URL"
+            ) from exc
+        cmd = [
+            sys.executable,
+            "-m",
+            "sglang.launch_server",
+            "--model-path",
+            self.model_path,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.cfg.port),
+            *self.cfg.extra_args,
+        ]
+        logger.info("launching SGLang: %s", " ".join(cmd))
+        self.process = subprocess.Popen(cmd)
+        return f"http://127.0.0.1:{self.cfg.port}"
+
+    def _wait_healthy(self) -> None:
+        deadline = time.time() + self.cfg.startup_timeout
+        while True:
+            if self.process is not None and self.process.poll() is not None:
+                raise SGLangError(f"SGLang server exited with code {self.process.returncode}")
+            try:
+                self._get("/health", timeout=5)
+                break
+            except SGLangError:
+                if time.time() > deadline:
+                    raise SGLangError(f"no healthy SGLang server at {self.url}") from None
+                time.sleep(2)
+        info = self._get("/get_model_info", timeout=30)
+        served = str(info.get("model_path", ""))
+        if self.cfg.check_model_path and served and served != self.model_path:
+            raise SGLangError(
+                f"the server at {self.url} serves {served!r}, not {self.model_path!r}; "
+                "point generator.sglang.url at the right server or set "
+                "generator.sglang.check_model_path=false"
+            )
+
+    def _request(self, method: str, path: str, payload: dict | None, timeout: float):
+        data = None if payload is None else json.dumps(payload).encode()
+        req = urllib.request.Request(
+            self.url + path, data=data, method=method, headers={"Content-Type": "application/json"}
+        )
+        try:
+            with urllib.request.urlopen(req, timeout=timeout) as resp:
+                body = resp.read()
+        except urllib.error.HTTPError as exc:
+            detail = exc.read()[:500].decode(errors="replace")
+            raise SGLangError(f"{path}: HTTP {exc.code}: {detail}") from None
+        except (urllib.error.URLError, OSError) as exc:
+            raise SGLangError(f"{path}: {exc}") from None
+        return json.loads(body) if body.strip() else {}
+
+    def _get(self, path: str, timeout: float):
+        return self._request("GET", path, None, timeout)
+
+    def _post(self, path: str, payload: dict, timeout: float | None = None):
+        return self._request("POST", path, payload, timeout or self.cfg.request_timeout)
+
+    # -------------------------------------------------------------- Backend
+    def generate(self, prompt_ids: np.ndarray, n: int, params: SamplingParams) -> list[Sample]:
+        payload = self._post("/generate", build_generate_request(prompt_ids, n, params))
+        samples = parse_generate_response(payload, self.version)
+        if len(samples) != n:
+            raise SGLangError(f"/generate returned {len(samples)} results for {n} prompts")
+        return samples
+
+    def generate_greedy(self, prompt_ids: np.ndarray, max_new_tokens: int) -> np.ndarray:
+        params = SamplingParams(max_new_tokens=max_new_tokens)
+        payload = self._post("/generate", build_generate_request(prompt_ids, 1, params, True))
+        return parse_generate_response(payload, self.version)[0].tokens
+
+    def load_weights(self, blob, digest: str, version: int) -> None:
+        """Verify, write atomically as a model directory, and have the server load it."""
+        from generators.weights import WeightsError, verify_and_decode
+
+        verify_and_decode(blob, digest)  # raises on a bad digest before the server is touched
+        path = self.write_weights(blob, version)
+        self.update_from_disk(str(path), version)
+        for old in Path(self.cfg.weights_dir).glob("v*"):
+            if old != path:
+                shutil.rmtree(old, ignore_errors=True)
+        if self.version != version:
+            raise WeightsError(f"server did not report version {version}")
+
+    def write_weights(self, blob, version: int) -> Path:
+        """`weights_dir/v<version>/` with the base model's config and the new safetensors;
+        built under a temporary name and renamed, so the server never sees half a write."""
+        root = Path(self.cfg.weights_dir)
+        root.mkdir(parents=True, exist_ok=True)
+        final = root / f"v{version}"
+        tmp = root / f".v{version}.{os.getpid()}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        for name in ("config.json", "generation_config.json"):
+            src = Path(self.model_path) / name
+            if src.exists():
+                shutil.copy(src, tmp / name)
+        with open(tmp / "model.safetensors", "wb") as f:
+            f.write(blob)
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+        return final
+
+    def update_from_disk(self, path: str, version: int) -> None:
+        """The disk publisher's path: pause, load `path` labelled `version`, continue."""
+        self._post("/pause_generation", {"mode": self.cfg.pause_mode}, timeout=600)
+        try:
+            result = self._post(
+                "/update_weights_from_disk", build_update_from_disk_request(path, version)
+            )
+        finally:
+            self._post("/continue_generation", {}, timeout=600)
+        if not result.get("success", False):
+            raise SGLangError(f"update_weights_from_disk failed: {result.get('message')}")
+        self.version = version
+
+    def init_weights_update_group(self, **kw) -> None:
+        self._post("/init_weights_update_group", build_init_weights_group_request(**kw))
+
+    def update_from_distributed(self, names, dtypes, shapes, version: int, **kw) -> None:
+        req = build_update_from_distributed_request(names, dtypes, shapes, version, **kw)
+        result = self._post("/update_weights_from_distributed", req)
+        if not result.get("success", False):
+            raise SGLangError(f"update_weights_from_distributed failed: {result.get('message')}")
+        self.version = version
+
+    def close(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.process.kill()

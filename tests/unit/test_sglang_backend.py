@@ -1,0 +1,211 @@
+"""SGLang backend without SGLang: request building and response parsing against payloads
+shaped like SGLang's documented ones, and the backend's calls against a fake server."""
+
+from __future__ import annotations
+
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import numpy as np
+import pytest
+import torch
+
+from generators.backends.base import SamplingParams
+from generators.backends.sglang import (
+    SGLangBackend,
+    SGLangConfig,
+    SGLangError,
+    build_generate_request,
+    build_init_weights_group_request,
+    build_update_from_distributed_request,
+    parse_generate_response,
+)
+from generators.weights import WeightsError
+from learner.weights import digest_of, serialize_named_tensors
+
+
+def test_generate_request_uses_token_ids_and_logprobs():
+    req = build_generate_request(np.array([5, 6, 7], np.int32), 2, SamplingParams(0.7, 1.0, 0, 16))
+    assert req == {
+        "input_ids": [[5, 6, 7], [5, 6, 7]],
+        "sampling_params": {"temperature": 0.7, "top_p": 1.0, "top_k": -1, "max_new_tokens": 16},
+        "return_logprob": True,
+        "logprob_start_len": -1,
+    }
+    greedy = build_generate_request(np.array([1]), 1, SamplingParams(top_k=5), greedy=True)
+    assert greedy["sampling_params"]["temperature"] == 0.0
+    assert greedy["sampling_params"]["top_k"] == 5
+
+
+# Shaped like SGLang's /generate output for a batch of two (meta_info fields per io_struct).
+FIXTURE = [
+    {
+        "text": "12",
+        "meta_info": {
+            "id": "a",
+            "finish_reason": {"type": "stop", "matched": 2},
+            "prompt_tokens": 3,
+            "completion_tokens": 3,
+            "weight_version": "7",
+            "output_token_logprobs": [[-0.5, 12, "1"], [-0.25, 13, None], [-0.01, 2, None]],
+        },
+    },
+    {
+        "text": "999",
+        "meta_info": {
+            "id": "b",
+            "finish_reason": {"type": "length", "length": 2},
+            "prompt_tokens": 3,
+            "completion_tokens": 2,
+            "weight_version": "default",
+            "output_token_logprobs": [[-1.5, 9, None], [-2.0, 9, None]],
+        },
+    },
+]
+
+
+def test_parse_generate_response():
+    a, b = parse_generate_response(FIXTURE, fallback_version=4)
+    assert a.tokens.tolist() == [12, 13, 2] and a.tokens.dtype == np.int32
+    assert np.allclose(a.logprobs, [-0.5, -0.25, -0.01]) and a.logprobs.dtype == np.float32
+    assert a.finish_reason == "stop" and a.versions.tolist() == [7, 7, 7]
+    # A label that is not a version number falls back to the version the backend loaded.
+    assert b.finish_reason == "length" and b.versions.tolist() == [4, 4]
+
+
+def test_parse_abort_and_single_result():
+    (s,) = parse_generate_response(
+        {"meta_info": {"finish_reason": {"type": "abort"}, "output_token_logprobs": []}}, 1
+    )
+    assert s.finish_reason == "abort" and len(s.tokens) == 0
+
+
+def test_weight_group_and_distributed_requests():
+    assert build_init_weights_group_request("10.0.0.1", 29500, 1, 9) == {
+        "master_address": "10.0.0.1",
+        "master_port": 29500,
+        "rank_offset": 1,
+        "world_size": 9,
+        "group_name": "weight_update_group",
+        "backend": "nccl",
+    }
+    req = build_update_from_distributed_request(["w"], ["bfloat16"], [(4, 2)], 12, bucketed=True)
+    assert req["shapes"] == [[4, 2]] and req["weight_version"] == "12"
+    assert req["load_format"] == "flattened_bucket" and req["flush_cache"] is True
+    with pytest.raises(ValueError):
+        build_update_from_distributed_request(["a", "b"], ["f32"], [[1]], 1)
+
+
+class FakeSGLang(BaseHTTPRequestHandler):
+    """Records every call; answers like an SGLang server."""
+
+    calls: list = []
+    model_path = ""
+    version = "default"
+
+    def log_message(self, *args):
+        pass
+
+    def _reply(self, body, code=200):
+        data = json.dumps(body).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_GET(self):
+        self.calls.append((self.path, None))
+        if self.path == "/health":
+            self._reply({})
+        elif self.path == "/get_model_info":
+            self._reply({"model_path": self.model_path, "is_generation": True})
+        else:
+            self._reply({"error": "no"}, 404)
+
+    def do_POST(self):
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])) or b"{}")
+        self.calls.append((self.path, body))
+        if self.path == "/generate":
+            n = len(body["input_ids"])
+            out = []
+            for _ in range(n):
+                out.append(
+                    {
+                        "meta_info": {
+                            "finish_reason": {"type": "length"},
+                            "weight_version": type(self).version,
+                            "output_token_logprobs": [[-0.1, 5, None], [-0.2, 6, None]],
+                        }
+                    }
+                )
+            self._reply(out)
+        elif self.path == "/update_weights_from_disk":
+            type(self).version = body["weight_version"]
+            self._reply({"success": True, "message": "ok", "num_paused_requests": 0})
+        elif self.path in ("/pause_generation", "/continue_generation"):
+            self._reply({})
+        else:
+            self._reply({"error": "no"}, 404)
+
+
+@pytest.fixture
+def server(tmp_path):
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text(json.dumps({"vocab_size": 50}))
+    FakeSGLang.calls = []
+    FakeSGLang.model_path = str(model)
+    FakeSGLang.version = "default"
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), FakeSGLang)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{httpd.server_port}", str(model), tmp_path
+    httpd.shutdown()
+
+
+def test_backend_against_fake_server(server):
+    url, model, tmp = server
+    cfg = SGLangConfig(url=url, weights_dir=str(tmp / "w"), startup_timeout=10)
+    backend = SGLangBackend(model, cfg)
+    assert backend.vocab_size == 50 and backend.version == -1
+    samples = backend.generate(np.array([1, 2], np.int32), 3, SamplingParams(max_new_tokens=2))
+    assert len(samples) == 3 and samples[0].tokens.tolist() == [5, 6]
+    # Before any update the server's label is "default": tokens carry our version (-1).
+    assert samples[0].versions.tolist() == [-1, -1]
+
+    blob = serialize_named_tensors({"w": torch.ones(3)})
+    backend.load_weights(blob, digest_of(blob), 4)
+    paths = [p for p, _ in FakeSGLang.calls]
+    i = paths.index("/update_weights_from_disk")
+    # Pause, update, continue, in that order (the RL guide's flow).
+    assert paths[i - 1 : i + 2] == [
+        "/pause_generation",
+        "/update_weights_from_disk",
+        "/continue_generation",
+    ]
+    update = FakeSGLang.calls[i][1]
+    assert update["weight_version"] == "4" and update["model_path"].endswith("/v4")
+    written = tmp / "w" / "v4"
+    assert (written / "config.json").exists()
+    assert (written / "model.safetensors").read_bytes() == bytes(blob)
+    assert backend.version == 4
+    assert backend.generate(np.array([1]), 1, SamplingParams())[0].versions.tolist() == [4, 4]
+
+
+def test_bad_digest_never_reaches_the_server(server):
+    url, model, tmp = server
+    backend = SGLangBackend(model, SGLangConfig(url=url, weights_dir=str(tmp / "w")))
+    blob = serialize_named_tensors({"w": torch.ones(3)})
+    with pytest.raises(WeightsError):
+        backend.load_weights(blob, "0" * 64, 1)
+    assert "/update_weights_from_disk" not in [p for p, _ in FakeSGLang.calls]
+
+
+def test_wrong_model_is_refused(server):
+    url, _, tmp = server
+    other = tmp / "other"
+    other.mkdir()
+    (other / "config.json").write_text(json.dumps({"vocab_size": 3}))
+    with pytest.raises(SGLangError, match="serves"):
+        SGLangBackend(str(other), SGLangConfig(url=url))
