@@ -114,16 +114,28 @@ def parse_generate_response(payload, fallback_version: int) -> list[Sample]:
         logprobs = np.array([float(e[0]) for e in entries], dtype=np.float32)
         reason = meta.get("finish_reason") or {}
         kind = reason.get("type") if isinstance(reason, dict) else str(reason)
-        version = _version_label(meta.get("weight_version"), fallback_version)
         samples.append(
             Sample(
                 tokens=tokens,
                 logprobs=logprobs,
-                versions=np.full(len(tokens), version, dtype=np.int32),
+                versions=_token_versions(meta, len(tokens), fallback_version),
                 finish_reason=FINISH.get(kind or "", "abort"),
             )
         )
     return samples
+
+
+def _token_versions(meta: dict, n: int, fallback: int) -> np.ndarray:
+    """Per-token versions. Recent SGLang reports `meta_info.weight_versions`, spans
+    `{"version", "start", "end"}` over output tokens, when an update landed while the request
+    ran (python/sglang/srt/utils/weight_versions.py, add_weight_versions_to_meta_info);
+    older servers report only `weight_version`, the label current when the request finished
+    (tokenizer_manager: `meta_info["weight_version"] = server_args.weight_version`)."""
+    versions = np.full(n, _version_label(meta.get("weight_version"), fallback), dtype=np.int32)
+    for span in meta.get("weight_versions") or []:
+        start, end = max(int(span["start"]), 0), min(int(span["end"]), n)
+        versions[start:end] = _version_label(span.get("version"), fallback)
+    return versions
 
 
 def _version_label(label, fallback: int) -> int:
@@ -191,6 +203,7 @@ class SGLangBackend:
         self.cfg = cfg
         self.version = -1  # until the learner's weights are loaded, as in the hf backend
         self.process: subprocess.Popen | None = None
+        self._warned_truncation = False
         self.url = cfg.url.rstrip("/") if cfg.url else self._launch()
         self._wait_healthy()
         config = json.loads((Path(model_path) / "config.json").read_text())
@@ -239,12 +252,28 @@ class SGLangBackend:
                 time.sleep(2)
         info = self._get("/get_model_info", timeout=30)
         served = str(info.get("model_path", ""))
-        if self.cfg.check_model_path and served and served != self.model_path:
+        if self.cfg.check_model_path and served and not self._is_ours(served):
             raise SGLangError(
                 f"the server at {self.url} serves {served!r}, not {self.model_path!r}; "
                 "point generator.sglang.url at the right server or set "
                 "generator.sglang.check_model_path=false"
             )
+
+    def _is_ours(self, served: str) -> bool:
+        """The configured model, or weights we wrote: after a successful
+        /update_weights_from_disk the server reports the update's path as its model_path
+        (tokenizer_manager._wait_for_model_update_from_disk), so a generator restarted against
+        a server that already took updates must accept `weights_dir/v<N>`."""
+        if served == self.model_path:
+            return True
+        try:
+            served_p = Path(served).resolve()
+        except OSError:
+            return False
+        return (
+            served_p == Path(self.model_path).resolve()
+            or served_p.parent == Path(self.cfg.weights_dir).resolve()
+        )
 
     def _request(self, method: str, path: str, payload: dict | None, timeout: float):
         data = None if payload is None else json.dumps(payload).encode()
@@ -269,6 +298,16 @@ class SGLangBackend:
 
     # -------------------------------------------------------------- Backend
     def generate(self, prompt_ids: np.ndarray, n: int, params: SamplingParams) -> list[Sample]:
+        if (params.top_p < 1.0 or params.top_k > 0) and not self._warned_truncation:
+            # SGLang's logprobs are of softmax(logits / T) before top-k/top-p, not of the
+            # truncated distribution the token was drawn from (the hf backend renormalises):
+            # importance weights computed from them are biased.
+            logger.warning(
+                "top_p=%s top_k=%s: SGLang logprobs are not renormalised after truncation",
+                params.top_p,
+                params.top_k,
+            )
+            self._warned_truncation = True
         payload = self._post("/generate", build_generate_request(prompt_ids, n, params))
         samples = parse_generate_response(payload, self.version)
         if len(samples) != n:

@@ -63,3 +63,27 @@ def run_cli(args: list[str], timeout: float = 600, env: dict | None = None):
         if line.startswith("{"):
             events.append(json.loads(line))
     return proc.returncode, events, proc.stderr
+
+
+def start_cli(args: list[str], log: Path) -> subprocess.Popen:
+    """Start `python -m launch.cli ARGS` in the background. stderr (the logs) goes to `log`:
+    an unread pipe fills up and blocks the process."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "launch.cli", *args],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=log.open("w"),
+        text=True,
+        env=dict(os.environ, PYTHONUNBUFFERED="1"),
+    )
+
+
+def next_event(proc: subprocess.Popen, kind: str) -> dict:
+    """The next JSON event on the process's stdout (libraries may print other lines)."""
+    while True:
+        line = proc.stdout.readline()
+        assert line, f"process exited before its {kind!r} event (see its log)"
+        if line.startswith("{"):
+            event = json.loads(line)
+            assert event["event"] == kind, event
+            return event

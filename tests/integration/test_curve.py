@@ -8,9 +8,6 @@ welcome, a lease or a weights announcement, and neither's rollouts are counted.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import urllib.request
 
 import numpy as np
@@ -19,7 +16,7 @@ import zmq
 from protocol.codec import decode, encode
 from protocol.messages import Hello, RolloutGroup
 from protocol.sockets import SocketFactory, create_curve_keys, load_curve_keys
-from tests.integration.conftest import REPO
+from tests.integration.conftest import next_event, start_cli
 
 
 def _received(metrics_url: str) -> float:
@@ -90,11 +87,8 @@ def test_authorised_generator_trains_and_intruders_get_nothing(small_overrides, 
     # The intruder holds the real server's public key and a valid (unlisted) key pair.
     (rogue / "server.key").write_bytes((keys / "server.key").read_bytes())
     steps = 12
-    proc = subprocess.Popen(
+    proc = start_cli(
         [
-            sys.executable,
-            "-m",
-            "launch.cli",
             "local",
             *small_overrides,
             f"train.steps={steps}",
@@ -102,15 +96,10 @@ def test_authorised_generator_trains_and_intruders_get_nothing(small_overrides, 
             f"security.curve_dir={keys}",
             "security.client_name=gen",
         ],
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=(tmp_path / "local.log").open("w"),  # a file: an unread pipe would block it
-        text=True,
-        env=dict(os.environ, PYTHONUNBUFFERED="1"),
+        tmp_path / "local.log",
     )
     try:
-        started = json.loads(proc.stdout.readline())
-        assert started["event"] == "started"
+        started = next_event(proc, "started")
         before = _received(started["metrics"]["learner"])
         ctx = zmq.Context()
         intruder = SocketFactory(

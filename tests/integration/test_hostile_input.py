@@ -8,11 +8,8 @@ its policy version must have advanced, and the drops must show in its metrics.
 from __future__ import annotations
 
 import json
-import os
 import random
 import re
-import subprocess
-import sys
 import time
 import urllib.request
 
@@ -22,7 +19,7 @@ import zmq
 
 from protocol.codec import encode
 from protocol.messages import LeaseRequest, RolloutGroup
-from tests.integration.conftest import REPO
+from tests.integration.conftest import next_event, start_cli
 
 N_FRAMES = 10_000
 
@@ -84,26 +81,18 @@ def _hostile_frames(rng: random.Random) -> list[list[bytes]]:
 
 def test_flood_of_malformed_frames_is_counted_and_training_continues(small_overrides, tmp_path):
     steps = 40
-    proc = subprocess.Popen(
+    proc = start_cli(
         [
-            sys.executable,
-            "-m",
-            "launch.cli",
             "local",
             *small_overrides,
             f"train.steps={steps}",
             "local.generators=1",
             "buffer.max_staleness=2",
         ],
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=(tmp_path / "local.log").open("w"),  # a file: an unread pipe would block it
-        text=True,
-        env=dict(os.environ, PYTHONUNBUFFERED="1"),
+        tmp_path / "local.log",
     )
     try:
-        started = json.loads(proc.stdout.readline())
-        assert started["event"] == "started"
+        started = next_event(proc, "started")
         control, rollouts = started["endpoints"]["control"], started["endpoints"]["rollouts"]
         metrics_url = started["metrics"]["learner"]
         ctx = zmq.Context()

@@ -4,44 +4,33 @@ accepts every role's live exposition."""
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import shutil
 import subprocess
-import sys
 import urllib.request
 from urllib.parse import urlparse
 
 import pytest
 
-from tests.integration.conftest import REPO
+from tests.integration.conftest import next_event, start_cli
 from tests.integration.prom import PROMETHEUS, Prometheus
 
 pytestmark = pytest.mark.skipif(PROMETHEUS is None, reason="prometheus is not installed")
 
 
 def test_prometheus_scrapes_every_role(small_overrides, tmp_path):
-    proc = subprocess.Popen(
+    proc = start_cli(
         [
-            sys.executable,
-            "-m",
-            "launch.cli",
             "local",
             *small_overrides,
             "train.steps=400",
             "local.generators=2",
         ],
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=(tmp_path / "local.log").open("w"),
-        text=True,
-        env=dict(os.environ, PYTHONUNBUFFERED="1"),
+        tmp_path / "local.log",
     )
     prom = None
     try:
-        started = json.loads(proc.stdout.readline())
-        assert started["event"] == "started"
+        started = next_event(proc, "started")
         urls = started["metrics"]
         hosts = {role: urlparse(u).netloc for role, u in urls.items()}
         prom = Prometheus(

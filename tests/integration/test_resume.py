@@ -10,16 +10,14 @@ itself and training runs to the end.
 from __future__ import annotations
 
 import json
-import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 import urllib.request
 from pathlib import Path
 
-from tests.integration.conftest import REPO
+from tests.integration.conftest import next_event, start_cli
 
 STEPS, ETA, B = 30, 2, 4
 
@@ -32,29 +30,6 @@ def _free_ports(n: int) -> list[int]:
     for s in socks:
         s.close()
     return ports
-
-
-def _start(args: list[str], log: Path) -> subprocess.Popen:
-    # stderr (logs) goes to a file: an unread pipe fills up and blocks the process.
-    return subprocess.Popen(
-        [sys.executable, "-m", "launch.cli", *args],
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=log.open("w"),
-        text=True,
-        env=dict(os.environ, PYTHONUNBUFFERED="1"),
-    )
-
-
-def _ready(proc: subprocess.Popen) -> dict:
-    """The learner's first JSON event (libraries may print other lines to stdout first)."""
-    while True:
-        line = proc.stdout.readline()
-        assert line, "learner exited before it was ready (see its log)"
-        if line.startswith("{"):
-            event = json.loads(line)
-            assert event["event"] == "learner_ready"
-            return event
 
 
 def _version(metrics_url: str) -> float:
@@ -82,12 +57,12 @@ def test_sigkill_then_resume(small_overrides, tmp_path):
         "train.checkpoint_every=3",
     ]
     output_dir = Path(next(a.split("=", 1)[1] for a in common if a.startswith("learner.output")))
-    learner = _start(["learner", *common], tmp_path / "learner-1.log")
+    learner = start_cli(["learner", *common], tmp_path / "learner-1.log")
     generator = None
     try:
-        first = _ready(learner)
+        first = next_event(learner, "learner_ready")
         assert first["policy_version"] == 0 and not first["resumed"]
-        generator = _start(
+        generator = start_cli(
             [
                 "generator",
                 *common,
@@ -109,8 +84,8 @@ def test_sigkill_then_resume(small_overrides, tmp_path):
         saved = int(tag.lstrip("v"))
         assert saved >= 6 and saved % 3 == 0
 
-        learner = _start(["learner", *common, "--resume"], tmp_path / "learner-2.log")
-        again = _ready(learner)
+        learner = start_cli(["learner", *common, "--resume"], tmp_path / "learner-2.log")
+        again = next_event(learner, "learner_ready")
         # The version sequence continues from the checkpoint, never from 0.
         assert again["resumed"] and again["policy_version"] == saved
         gate = again["gate"]

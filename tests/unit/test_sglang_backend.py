@@ -209,3 +209,29 @@ def test_wrong_model_is_refused(server):
     (other / "config.json").write_text(json.dumps({"vocab_size": 3}))
     with pytest.raises(SGLangError, match="serves"):
         SGLangBackend(str(other), SGLangConfig(url=url))
+
+
+def test_parse_weight_version_spans():
+    # Recent SGLang: an update landed after 2 of 3 tokens (weight_versions.py spans).
+    meta = {
+        "finish_reason": {"type": "stop", "matched": 2},
+        "weight_version": "8",
+        "weight_versions": [
+            {"version": "7", "start": 0, "end": 2},
+            {"version": "8", "start": 2, "end": 3},
+        ],
+        "output_token_logprobs": [[-0.5, 12, None], [-0.25, 13, None], [-0.01, 2, None]],
+    }
+    (s,) = parse_generate_response({"meta_info": meta}, 1)
+    assert s.versions.tolist() == [7, 7, 8] and s.versions.dtype == np.int32
+    # No label at all: the backend's version.
+    meta = {"finish_reason": {"type": "length"}, "output_token_logprobs": [[-1.0, 3, None]]}
+    assert parse_generate_response({"meta_info": meta}, 5)[0].versions.tolist() == [5]
+
+
+def test_server_already_on_our_weights_is_accepted(server):
+    # After /update_weights_from_disk the server reports the update's path as model_path.
+    url, model, tmp = server
+    FakeSGLang.model_path = str(tmp / "w" / "v3")
+    backend = SGLangBackend(model, SGLangConfig(url=url, weights_dir=str(tmp / "w")))
+    assert backend.version == -1
