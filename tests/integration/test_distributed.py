@@ -18,28 +18,9 @@ from tests.integration.conftest import REPO
 WORKER = Path(__file__).with_name("dist_worker.py")
 
 
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory) -> str:
-    from transformers import Qwen2Config, Qwen2ForCausalLM
-
-    from launch.tiny import build_tokenizer
-
-    out = tmp_path_factory.mktemp("model")
-    tok = build_tokenizer()
-    torch.manual_seed(0)
-    cfg = Qwen2Config(
-        vocab_size=len(tok),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-        tie_word_embeddings=True,
-    )
-    Qwen2ForCausalLM(cfg).save_pretrained(out)
-    tok.save_pretrained(out)
-    return str(out)
+@pytest.fixture
+def tiny_model(tiny_causal_lm) -> str:
+    return tiny_causal_lm
 
 
 def free_port() -> int:

@@ -22,28 +22,9 @@ from protocol.messages import RolloutGroup
 from protocol.validate import RolloutLimits, validate_rollout
 
 
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory) -> str:
-    from transformers import Qwen2Config, Qwen2ForCausalLM
-
-    from launch.tiny import build_tokenizer
-
-    out = tmp_path_factory.mktemp("inflight-model")
-    tok = build_tokenizer()
-    torch.manual_seed(0)
-    cfg = Qwen2Config(
-        vocab_size=len(tok),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-        tie_word_embeddings=True,
-    )
-    Qwen2ForCausalLM(cfg).save_pretrained(out)
-    tok.save_pretrained(out)
-    return str(out)
+@pytest.fixture
+def model_dir(tiny_causal_lm) -> str:
+    return tiny_causal_lm
 
 
 def publish(model: torch.nn.Module, scale: float = 0.0) -> tuple[bytes, str]:
