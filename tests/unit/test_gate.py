@@ -3,6 +3,7 @@
 import pytest
 
 from buffer.gate import StalenessGate
+from buffer.leases import LeaseTable
 
 
 def test_synchronous_eta0_issues_one_step_of_work():
@@ -68,3 +69,31 @@ def test_invalid_use_raises():
         g.on_accept()
     with pytest.raises(ValueError):
         g.on_discard()
+
+
+def test_generators_joining_and_leaving_with_a_fake_clock():
+    # B = 2, η = 1 at version 0: limit (0 + 1 + 1)·2 = 4 leases.
+    gate, leases = StalenessGate(groups_per_step=2, max_staleness=1), LeaseTable()
+    clock = 0.0
+    held = []
+    for _ in range(4):
+        assert gate.can_issue(0)
+        held.append(leases.issue(len(held), "g0", 0, clock, 60.0, 4))
+        gate.on_issue()
+    assert not gate.can_issue(0)
+    # g0 falls silent; two heartbeat intervals later the hub reclaims its leases, which frees
+    # the capacity for a generator that joins now.
+    clock += 4.0
+    for _ in leases.reclaim_generator("g0"):
+        gate.on_lease_closed()
+    assert gate.in_flight == 0 and gate.can_issue(0)
+    late = leases.issue(0, "g1", 0, clock, 60.0, 4)
+    gate.on_issue()
+    # g0's late return is refused by lease id (never trained), g1's completes.
+    assert leases.complete(held[0].lease_id) == (None, "expired")
+    rec, why = leases.complete(late.lease_id)
+    assert rec is not None and why == ""
+    gate.on_accept()
+    assert (gate.accepted, gate.in_flight) == (1, 0)
+    # Capacity left at version 0: 4 - 1 accepted = 3.
+    assert gate.capacity(0) == 3
