@@ -275,6 +275,17 @@ class Learner:
         version = 0
         if self.resume:
             version = self._restore(engine, hub)
+        restored = None
+        if hub is not None:
+            restored = {
+                "accepted": hub.gate.accepted,
+                "in_flight": hub.gate.in_flight,
+                "waiting": len(hub.buffer),
+                "consumed": hub.consumed,
+            }
+            # Serve only now: a lease issued before the checkpoint's gate counters and
+            # version are restored would be counted against the wrong state.
+            hub.start()
         start_version = version
         self._publish(engine, hub, version)
         acc_before = evaluate(engine, tokenizer, eval_rows, cfg)
@@ -289,12 +300,7 @@ class Learner:
                     "accuracy_before": acc_before,
                     "policy_version": version,
                     "resumed": self.resume,
-                    "gate": {
-                        "accepted": hub.gate.accepted,
-                        "in_flight": hub.gate.in_flight,
-                        "waiting": len(hub.buffer),
-                        "consumed": hub.consumed,
-                    },
+                    "gate": restored,  # as restored, before any lease of this lifetime
                 }
             )
             logger.info("held-out accuracy before RL: %s", _fmt(acc_before))
@@ -426,7 +432,6 @@ class Learner:
         metrics = LearnerMetrics()
         factory = setup_socket_factory(cfg.security, "server")
         hub = Hub(cfg, prompts, tokenizer, setup_reward(cfg.reward), metrics, factory)
-        hub.start()
         self.metrics_url, self._http = start_metrics_server(
             cfg.learner.bind_host, cfg.learner.metrics_port, metrics.registry, hub.healthy
         )
