@@ -352,11 +352,55 @@ def bench_pipeline(quick: bool, workdir: Path) -> dict:
     return out
 
 
+_MEMORY_PROBE = """
+import resource, sys, torch
+from learner.logprobs import token_logprobs
+n, t, v, mode = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+torch.manual_seed(0)
+logits = torch.randn(n, t, v, requires_grad=True)
+tokens = torch.randint(0, v, (n, t))
+base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+if mode == "naive":
+    lp = torch.log_softmax(logits, -1).gather(-1, tokens[..., None]).squeeze(-1)
+else:
+    lp = token_logprobs(logits, tokens, chunk_size=1024)
+lp.sum().backward()
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print((peak - base) * 1024)
+"""
+
+
+def bench_memory(quick: bool) -> dict:
+    """Peak memory of scoring tokens (forward + backward) above the logits themselves:
+    a whole-batch log_softmax vs the learner's chunked logsumexp, each in a fresh process."""
+    import subprocess
+    import sys
+
+    n, t, v = (4, 512, 32000) if quick else (8, 1024, 32000)
+    out = {}
+    for mode in ("naive", "chunked"):
+        proc = subprocess.run(
+            [sys.executable, "-c", _MEMORY_PROBE, str(n), str(t), str(v), mode],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        out[mode] = int(proc.stdout.strip().splitlines()[-1])
+    logits_bytes = n * t * v * 4
+    return {
+        "logprob_peak_extra_mb_naive": round(out["naive"] / 1e6, 1),
+        "logprob_peak_extra_mb_chunked": round(out["chunked"] / 1e6, 1),
+        "logprob_logits_mb": round(logits_bytes / 1e6, 1),
+        "logprob_memory_ratio": round(out["chunked"] / max(out["naive"], 1), 3),
+    }
+
+
 def run_bench(quick: bool = False, only: list[str] | None = None) -> dict:
     sections = {
         "transport": bench_transport,
         "weights": bench_weights,
         "objective": bench_objective,
+        "memory": bench_memory,
     }
     results: dict = {"quick": quick}
     t0 = time.time()

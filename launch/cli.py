@@ -68,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--only",
         default="",
-        help="comma-separated sections: transport, weights, objective, pipeline",
+        help="comma-separated sections: transport, weights, objective, memory, pipeline",
     )
     p.add_argument("--log-level", default="INFO")
     return parser

@@ -83,6 +83,12 @@ class TrainConfig(_Strict):
     warmup_steps: int = Field(5, ge=0, description="Linear LR warmup steps.")
     grad_clip: float = Field(1.0, ge=0.0, description="Gradient norm clip; 0 = off.")
     micro_batch_size: int = Field(64, ge=1, description="Sequences per forward/backward pass.")
+    token_balanced: bool = Field(
+        True,
+        description="Pack micro-batches by token count (longest rows first into the "
+        "lightest micro-batch) instead of consecutive rows; each is trimmed to its own longest "
+        "row. Same gradient either way (token-mean); less padding and a flatter memory peak.",
+    )
     mini_batches: int = Field(
         1,
         ge=1,

@@ -75,6 +75,18 @@ class Batch:
     def __len__(self) -> int:
         return int(self.input_ids.shape[0])
 
+    def trimmed(self) -> Batch:
+        """Drop padding columns beyond the longest row: a micro-batch of short sequences
+        must not pay for the longest sequence of the whole step."""
+        width = int(self.attention_mask.sum(1).max()) if len(self) else 1
+        width = max(width, 1)
+        return Batch(
+            *(
+                getattr(self, f)[:, :width] if getattr(self, f).dim() == 2 else getattr(self, f)
+                for f in self.FIELDS
+            )
+        )
+
 
 def broadcast_batch(batch: Batch | None, rank: int, world: int) -> Batch:
     """Send rank 0's batch to every rank as plain tensors (shapes first, then data)."""
@@ -99,6 +111,25 @@ def broadcast_batch(batch: Batch | None, rank: int, world: int) -> Batch:
         dist.broadcast(t, src=0)
         setattr(batch, f, t)
     return batch
+
+
+def balance_rows(
+    lengths: list[int], rank: int, world: int, micro_batches: int
+) -> list[torch.Tensor]:
+    """Token-balanced micro-batches: rows go, longest first, to whichever of the
+    `world x micro_batches` bins holds the fewest tokens (LPT scheduling), so every forward
+    pass carries about the same number of tokens instead of the same number of rows. Every
+    rank gets exactly `micro_batches` index tensors (possibly empty), as DeepSpeed's
+    accumulation counter requires. Deterministic: every rank computes the same plan."""
+    bins = world * micro_batches
+    load = [0] * bins
+    members: list[list[int]] = [[] for _ in range(bins)]
+    for i in sorted(range(len(lengths)), key=lambda i: (-lengths[i], i)):
+        b = min(range(bins), key=lambda k: (load[k], k))
+        members[b].append(i)
+        load[b] += lengths[i]
+    mine = members[rank * micro_batches : (rank + 1) * micro_batches]
+    return [torch.tensor(sorted(m), dtype=torch.long) for m in mine]
 
 
 def shard_rows(n: int, rank: int, world: int, micro_batches: int) -> list[slice]:

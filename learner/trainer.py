@@ -25,6 +25,7 @@ from learner.advantages import compute_advantages
 from learner.engine import (
     Batch,
     Engine,
+    balance_rows,
     broadcast_batch,
     init_distributed,
     resolve_device,
@@ -103,7 +104,7 @@ def train_step(engine: Engine, batch: Batch, cfg, ref_model=None) -> dict[str, f
     temperature = cfg.sampling.temperature
     minis = mini_batch_rows(len(batch), cfg.train.mini_batches)
     multi = cfg.train.ppo_epochs * len(minis) > 1
-    prox = _proximal_logprobs(engine, batch, minis, temperature) if multi else {}
+    prox = _proximal_logprobs(engine, batch, minis, cfg) if multi else {}
     use_ref = ref_model is not None and cfg.objective.kl_beta > 0
     entropy_grad = cfg.objective.entropy_coef > 0
     totals: dict[str, float] = {}
@@ -117,9 +118,7 @@ def train_step(engine: Engine, batch: Batch, cfg, ref_model=None) -> dict[str, f
                 normalizer = float(mini.response_mask[:, 1:].sum().clamp(min=1))
             else:
                 normalizer = float(max(1, len(mini)))
-            slices = shard_rows(len(mini), engine.rank, engine.world, engine.micro_batches)
-            for i, sl in enumerate(slices):
-                mb = (mini.rows(sl) if sl.stop > sl.start else _empty_rows(mini)).to(engine.device)
+            for i, mb in enumerate(_micro_batches(engine, mini, cfg)):
                 logits = engine.forward_logits(mb)[:, :-1]
                 targets = mb.input_ids[:, 1:]
                 mask = mb.response_mask[:, 1:]
@@ -167,6 +166,19 @@ def train_step(engine: Engine, batch: Batch, cfg, ref_model=None) -> dict[str, f
     return out
 
 
+def _micro_batches(engine: Engine, mini: Batch, cfg) -> list[Batch]:
+    """This rank's micro-batches of a mini-batch, token-balanced (default) or contiguous
+    row slices; each trimmed to its own longest row and moved to the device."""
+    if cfg.train.token_balanced:
+        lengths = [int(x) for x in mini.attention_mask.sum(1)]
+        parts = balance_rows(lengths, engine.rank, engine.world, engine.micro_batches)
+        picked = [mini.rows(ix) if len(ix) else _empty_rows(mini) for ix in parts]
+    else:
+        slices = shard_rows(len(mini), engine.rank, engine.world, engine.micro_batches)
+        picked = [mini.rows(sl) if sl.stop > sl.start else _empty_rows(mini) for sl in slices]
+    return [mb.trimmed().to(engine.device) for mb in picked]
+
+
 def mini_batch_rows(n: int, mini_batches: int) -> list[slice]:
     """Contiguous row ranges of the mini-batches (one optimizer step each)."""
     size = -(-n // max(1, mini_batches))
@@ -174,14 +186,13 @@ def mini_batch_rows(n: int, mini_batches: int) -> list[slice]:
 
 
 @torch.no_grad()
-def _proximal_logprobs(engine: Engine, batch: Batch, minis, temperature) -> dict:
+def _proximal_logprobs(engine: Engine, batch: Batch, minis, cfg) -> dict:
     """π_prox for every micro-batch this rank will train on, before any update."""
+    temperature = cfg.sampling.temperature
     out = {}
     for mi, rows in enumerate(minis):
         mini = batch.rows(rows)
-        slices = shard_rows(len(mini), engine.rank, engine.world, engine.micro_batches)
-        for i, sl in enumerate(slices):
-            mb = (mini.rows(sl) if sl.stop > sl.start else _empty_rows(mini)).to(engine.device)
+        for i, mb in enumerate(_micro_batches(engine, mini, cfg)):
             logits = engine.forward_logits(mb)[:, :-1]
             out[(mi, i)] = token_logprobs(logits, mb.input_ids[:, 1:], temperature=temperature)
     return out
