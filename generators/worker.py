@@ -131,6 +131,7 @@ class GeneratorWorker:
                 welcome.weights_digest,
                 welcome.weights_size,
                 welcome.weights_chunks,
+                welcome.weights_path,
             )
         self._hb_stop = threading.Event()
         self._hb = threading.Thread(target=self._heartbeats, name="heartbeat", daemon=True)
@@ -212,6 +213,7 @@ class GeneratorWorker:
                     welcome.weights_digest,
                     welcome.weights_size,
                     welcome.weights_chunks,
+                    welcome.weights_path,
                 )
         if self._pending is None:
             self.sub.poll(int(max(denied.retry_after, 0.01) * 1000), zmq.POLLIN)
@@ -245,7 +247,38 @@ class GeneratorWorker:
                 if self._pending is None or msg.version > self._pending.version:
                     self._pending = msg
 
+    def _load_from_disk(self, ann: WeightsAnnouncement) -> bool:
+        """Disk transport: load the version from shared storage; False (fetch chunks
+        instead) when the path is not visible here or the load fails."""
+        from pathlib import Path
+
+        from learner.weights import digest_of
+
+        file = Path(ann.path) / "model.safetensors"
+        if not ann.path or not file.exists():
+            return False
+        t = time.time()
+        try:
+            blob = file.read_bytes()
+            if digest_of(blob) != ann.digest:
+                raise WeightsError(f"{file} does not match the announced digest")
+            if hasattr(self.backend, "update_from_disk"):
+                self.backend.update_from_disk(ann.path, ann.version)  # the server reads it
+            else:
+                self.backend.load_weights(blob, ann.digest, ann.version)
+        except Exception as exc:  # fall back to the chunked fetch; count it
+            self.metrics.weight_errors.inc()
+            logger.warning("version %d from disk failed (%s); fetching chunks", ann.version, exc)
+            return False
+        self._pending = None
+        self.metrics.policy_version.set(ann.version)
+        self.metrics.weight_load_seconds.observe(time.time() - t)
+        logger.info("loaded weights version %d from disk in %.2fs", ann.version, time.time() - t)
+        return True
+
     def _fetch_weights(self, ann: WeightsAnnouncement) -> None:
+        if self._load_from_disk(ann):
+            return
         t = time.time()
         assembler = ChunkAssembler(ann.size, ann.chunks)
         next_index = 0

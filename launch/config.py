@@ -170,6 +170,16 @@ class LearnerConfig(_Strict):
     )
     output_dir: str = Field("runs/latest", description="Where summaries and checkpoints go.")
     weight_chunk_bytes: int = Field(4 << 20, ge=1024, description="Size of one weight chunk.")
+    weights_transport: Literal["zmq", "disk"] = Field(
+        "zmq",
+        description="zmq: generators fetch chunks over the control socket. disk: each version is "
+        "also written to learner.weights_dir (shared storage) and generators load it from "
+        "there (SGLang: /update_weights_from_disk); chunks stay available as a fallback.",
+    )
+    weights_dir: str | None = Field(
+        None,
+        description="Shared directory for the disk transport (same path on every host).",
+    )
 
 
 class GeneratorConfig(_Strict):
@@ -249,6 +259,11 @@ class AsyncRLConfig(_Strict):
             raise ValueError(
                 "model.path is set but data.train_path is not: the embedded tiny "
                 "task only fits the embedded model; set data.train_path"
+            )
+        if self.learner.weights_transport == "disk" and not self.learner.weights_dir:
+            raise ValueError(
+                "learner.weights_transport is 'disk': set learner.weights_dir to a directory "
+                "every generator can read"
             )
         sequences = self.train.groups_per_step * self.sampling.group_size
         if self.train.mini_batches > sequences:

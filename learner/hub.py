@@ -143,6 +143,7 @@ class Hub:
         self._log = RateLimitedLog()
         self.metrics.max_staleness.set(cfg.buffer.max_staleness)
         self.endpoints: dict[str, str] = {}
+        self.weights_path = ""
 
     # ---------------------------------------------------------------- lifecycle
     def start(self) -> None:
@@ -209,13 +210,14 @@ class Hub:
             self.metrics.policy_version.set(version)
             self._lock.notify_all()
 
-    def publish(self, version: int, blob: bytes) -> None:
+    def publish(self, version: int, blob: bytes, path: str = "") -> None:
         pub = self.weights.put(version, blob)
+        self.weights_path = path
         self.metrics.weight_bytes.inc(len(blob))
         # The hub thread owns the PUB socket: hand the announcement over.
         with self._lock:
             self._pending_announcement = WeightsAnnouncement(
-                pub.version, pub.digest, len(pub.blob), pub.chunks
+                pub.version, pub.digest, len(pub.blob), pub.chunks, path
             )
 
     def state_dict(self) -> dict:
@@ -345,6 +347,7 @@ class Hub:
             vocab_size=self.limits.vocab_size,
             rollouts_port=self.ports["rollouts"],
             weights_port=self.ports["weights"],
+            weights_path=self.weights_path if pub else "",
         )
 
     def _touch(self, gid: str, backend: str | None, version: int, now: float) -> None:

@@ -266,6 +266,7 @@ class Learner:
         if rank != 0:
             data = resolve_data(cfg)
         tokenizer = AutoTokenizer.from_pretrained(data.model_path)
+        self.model_path = data.model_path
         pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         sequences = cfg.train.groups_per_step * cfg.sampling.group_size
         per_step = -(-sequences // cfg.train.mini_batches)
@@ -495,7 +496,15 @@ class Learner:
         t = time.time()
         tensors = engine.named_parameters_for_publish()
         if hub is not None:
-            hub.publish(version, serialize_named_tensors(tensors))
+            blob = serialize_named_tensors(tensors)
+            path = ""
+            if self.cfg.learner.weights_transport == "disk":
+                from learner.weights import write_version_dir
+
+                path = write_version_dir(
+                    self.cfg.learner.weights_dir, version, blob, self.model_path
+                )
+            hub.publish(version, blob, path)
             dt = time.time() - t
             hub.metrics.publish_seconds.observe(dt)
             hub.metrics.step_seconds.labels(phase="publish").observe(dt)

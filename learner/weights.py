@@ -130,3 +130,36 @@ class WeightsStore:
                 if pub is not None and pub.version == version:
                     return pub
         return None
+
+
+def write_version_dir(root: str, version: int, blob, model_path: str, keep: int = 2) -> str:
+    """`root/v<version>/` with `model.safetensors` and the base model's config files, built
+    under a temporary name and renamed so readers never see a partial version (the `disk`
+    transport; SGLang's /update_weights_from_disk reads such a directory). Keeps the newest
+    `keep` versions: a generator may still be reading the previous one."""
+    import os
+    import shutil
+    from pathlib import Path
+
+    base = Path(root)
+    base.mkdir(parents=True, exist_ok=True)
+    final = base / f"v{version}"
+    tmp = base / f".v{version}.{os.getpid()}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    for name in ("config.json", "generation_config.json"):
+        src = Path(model_path) / name
+        if src.exists():
+            shutil.copy(src, tmp / name)
+    with open(tmp / "model.safetensors", "wb") as f:
+        f.write(blob)
+        f.flush()
+        os.fsync(f.fileno())
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+    versions = sorted(
+        (int(p.name[1:]) for p in base.glob("v*") if p.name[1:].isdigit()), reverse=True
+    )
+    for old in versions[keep:]:
+        shutil.rmtree(base / f"v{old}", ignore_errors=True)
+    return str(final)

@@ -50,6 +50,7 @@ class Welcome(Message):
     vocab_size: int
     rollouts_port: int
     weights_port: int
+    weights_path: str = ""  # disk transport: where the latest version lies
 
     TYPE: ClassVar[str] = "welcome"
     FIELDS: ClassVar = {
@@ -62,6 +63,7 @@ class Welcome(Message):
         "vocab_size": (int,),
         "rollouts_port": (int,),
         "weights_port": (int,),
+        "weights_path": (str,),
     }
 
 
@@ -208,9 +210,16 @@ class WeightsAnnouncement(Message):
     digest: str
     size: int
     chunks: int
+    path: str = ""  # disk transport: a directory on shared storage holding this version
 
     TYPE: ClassVar[str] = "weights_announcement"
-    FIELDS: ClassVar = {"version": (int,), "digest": (str,), "size": (int,), "chunks": (int,)}
+    FIELDS: ClassVar = {
+        "version": (int,),
+        "digest": (str,),
+        "size": (int,),
+        "chunks": (int,),
+        "path": (str,),
+    }
 
 
 @dataclass

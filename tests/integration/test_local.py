@@ -63,3 +63,26 @@ def test_export_loads_with_from_pretrained_and_generates(small_overrides, tmp_pa
     )
     assert moved > 0
     assert isinstance(model, torch.nn.Module)
+
+
+def test_disk_weight_transport(small_overrides, tmp_path):
+    shared = tmp_path / "shared-weights"
+    code, events, stderr = run_cli(
+        [
+            "local",
+            *small_overrides,
+            "train.steps=4",
+            "local.generators=1",
+            "learner.weights_transport=disk",
+            f"learner.weights_dir={shared}",
+        ],
+        timeout=600,
+    )
+    assert code == 0, stderr[-4000:]
+    assert events[-1]["policy_version"] == 4
+    # Generators loaded versions from the shared directory, not over ZeroMQ.
+    assert "from disk" in stderr and "fetching chunks" not in stderr
+    # Only the newest two versions are kept, each a loadable model directory.
+    assert sorted(p.name for p in shared.iterdir()) == ["v3", "v4"]
+    assert (shared / "v4" / "model.safetensors").exists()
+    assert (shared / "v4" / "config.json").exists()
