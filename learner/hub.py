@@ -429,7 +429,17 @@ class Hub:
             work[0] += float(msg.lengths.sum())
             work[1] += float(msg.generate_seconds)
         # Rewards run outside the lock: they may be slow and the trainer must not wait on them.
-        data = self._score(msg, rec)
+        try:
+            data = self._score(msg, rec)
+        except Exception as exc:
+            # A reward that fails on one group (a plug-in bug, a row without the answer field)
+            # must not end intake for everyone: drop the group and count it.
+            with self._lock:
+                self.metrics.reward_errors.inc()
+                self.gate.on_lease_closed()
+                self._drop("invalid", f"reward failed on a group from {msg.generator_id}: {exc}")
+                self._lock.notify_all()
+            return True
         with self._lock:
             if self.cfg.buffer.filter_zero_variance and not has_variance(list(data.rewards)):
                 self.gate.on_lease_closed()

@@ -111,6 +111,11 @@ class LearnerMetrics:
         self.max_staleness = Gauge(
             "asyncrl_max_staleness", "Configured staleness limit (eta).", registry=r
         )
+        self.reward_errors = Counter(
+            "asyncrl_reward_errors",
+            "Groups whose reward computation raised (dropped as invalid).",
+            registry=r,
+        )
         self.malformed = Counter(
             "asyncrl_malformed_messages",
             "Messages dropped before decoding completed, by reason.",

@@ -86,3 +86,20 @@ def test_disk_weight_transport(small_overrides, tmp_path):
     assert sorted(p.name for p in shared.iterdir()) == ["v3", "v4"]
     assert (shared / "v4" / "model.safetensors").exists()
     assert (shared / "v4" / "config.json").exists()
+
+
+def test_a_failing_reward_drops_its_group_and_training_goes_on(small_overrides):
+    code, events, stderr = run_cli(
+        [
+            "local",
+            *small_overrides,
+            "train.steps=4",
+            "local.generators=1",
+            "reward.name=plugin",
+            "reward.plugin=tests.integration.flaky_reward:score",
+        ],
+        timeout=600,
+    )
+    assert code == 0, stderr[-4000:]
+    assert events[-1]["policy_version"] == 4
+    assert "reward failed" in stderr
