@@ -165,7 +165,11 @@ class GeneratorWorker:
             self._held.add(lease.lease_id)
         try:
             params = SamplingParams(
-                lease.temperature, lease.top_p, lease.top_k, lease.max_new_tokens
+                lease.temperature,
+                lease.top_p,
+                lease.top_k,
+                lease.max_new_tokens,
+                stop=tuple(lease.stop),
             )
             t = time.time()
             samples = self.backend.generate(lease.prompt_ids, lease.group_size, params)

@@ -68,6 +68,11 @@ class SamplingConfig(_Strict):
     top_p: float = Field(1.0, gt=0.0, le=1.0, description="Nucleus truncation; 1 = off.")
     top_k: int = Field(0, ge=0, description="Top-k truncation; 0 = off.")
     max_new_tokens: int = Field(8, ge=1, description="Response length limit in tokens.")
+    stop: list[str] = Field(
+        default_factory=list,
+        description="Stop strings besides EOS: a sample ends (finish reason 'stop') with the "
+        "token that completes one; that token is kept so logprobs stay aligned.",
+    )
 
 
 class TrainConfig(_Strict):

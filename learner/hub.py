@@ -388,6 +388,7 @@ class Hub:
             deadline=rec.deadline,
             issued_version=version,
             greedy_baseline=self.cfg.advantage.name == "remax",
+            stop=list(s.stop),
         )
 
     def _on_weights_request(self, msg: WeightsRequest) -> WeightsChunk:

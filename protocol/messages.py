@@ -106,6 +106,7 @@ class Lease(Message):
     deadline: float
     issued_version: int
     greedy_baseline: bool = False
+    stop: list[str] = field(default_factory=list)  # stop strings (besides EOS)
 
     TYPE: ClassVar[str] = "lease"
     FIELDS: ClassVar = {
@@ -118,6 +119,7 @@ class Lease(Message):
         "deadline": (float, int),
         "issued_version": (int,),
         "greedy_baseline": (bool,),
+        "stop": (list,),
     }
     ARRAYS: ClassVar = {"prompt_ids": "int32"}
 

@@ -14,6 +14,7 @@ class SamplingParams:
     top_p: float = 1.0
     top_k: int = 0
     max_new_tokens: int = 64
+    stop: tuple[str, ...] = ()  # generation ends once the decoded response contains one
 
 
 @dataclass

@@ -60,6 +60,7 @@ class HFBackend:
         self.model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch_dtype)
         self.model.to(self.device).eval()
         tok = AutoTokenizer.from_pretrained(model_path)
+        self.tokenizer = tok
         self.eos_id = eos_token_id if eos_token_id is not None else tok.eos_token_id
         self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else self.eos_id
         self.vocab_size = int(self.model.get_input_embeddings().weight.shape[0])
@@ -118,6 +119,8 @@ class HFBackend:
             tokens[live, t] = nxt[live]
             logprobs[live, t] = lp[live]
             hit_eos = live & (nxt == self.eos_id)
+            if params.stop:
+                hit_eos |= live & self._stop_hits(tokens[:, : t + 1], params.stop)
             lengths[hit_eos] = t + 1
             finished |= hit_eos
             if bool(finished.all()) or t == params.max_new_tokens - 1:
@@ -147,6 +150,13 @@ class HFBackend:
                 )
             )
         return samples
+
+    def _stop_hits(self, tokens: torch.Tensor, stop: tuple[str, ...]) -> torch.Tensor:
+        """Rows whose decoded response so far contains a stop string. Decoding only the last
+        few tokens would miss strings split across tokens, so rows are decoded whole; stop
+        strings are for short structured answers, not for long chains of thought."""
+        texts = self.tokenizer.batch_decode(tokens.tolist(), skip_special_tokens=True)
+        return torch.tensor([any(s in text for s in stop) for text in texts], device=tokens.device)
 
     def _cache_of(self, out):
         return getattr(out, self._cache_arg)

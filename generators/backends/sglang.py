@@ -93,6 +93,8 @@ def build_generate_request(
         "top_k": int(params.top_k) if params.top_k > 0 else -1,
         "max_new_tokens": int(params.max_new_tokens),
     }
+    if params.stop:
+        sampling["stop"] = list(params.stop)
     ids = [int(x) for x in np.asarray(prompt_ids).tolist()]
     return {
         "input_ids": [ids for _ in range(n)],
