@@ -126,13 +126,7 @@ class GeneratorWorker:
         # Not `>`: a learner resumed from a checkpoint may be behind the weights we hold,
         # and its version is the truth (rollouts tagged with a future version are invalid).
         if welcome.weights_version >= 0 and welcome.weights_version != self.backend.version:
-            self._pending = WeightsAnnouncement(
-                welcome.weights_version,
-                welcome.weights_digest,
-                welcome.weights_size,
-                welcome.weights_chunks,
-                welcome.weights_path,
-            )
+            self._pending = _announcement(welcome)
         self._hb_stop = threading.Event()
         self._hb = threading.Thread(target=self._heartbeats, name="heartbeat", daemon=True)
         self._hb.start()
@@ -212,13 +206,7 @@ class GeneratorWorker:
                 -1,
                 self.backend.version,
             ):
-                self._pending = WeightsAnnouncement(
-                    welcome.weights_version,
-                    welcome.weights_digest,
-                    welcome.weights_size,
-                    welcome.weights_chunks,
-                    welcome.weights_path,
-                )
+                self._pending = _announcement(welcome)
         if self._pending is None:
             self.sub.poll(int(max(denied.retry_after, 0.01) * 1000), zmq.POLLIN)
         self.metrics.gate_wait_seconds.inc(time.time() - t)
@@ -383,6 +371,17 @@ class GeneratorWorker:
             held = sorted(self._held)
         if held and self._socks:
             send(self.control, LeaseReturn(self.generator_id, held))
+
+
+def _announcement(welcome: Welcome) -> WeightsAnnouncement:
+    """The latest version a Welcome describes, as if it had been announced."""
+    return WeightsAnnouncement(
+        welcome.weights_version,
+        welcome.weights_digest,
+        welcome.weights_size,
+        welcome.weights_chunks,
+        welcome.weights_path,
+    )
 
 
 def _cat(arrays: list[np.ndarray], dtype) -> np.ndarray:

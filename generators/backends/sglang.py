@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 import subprocess
 import sys
@@ -335,23 +334,11 @@ class SGLangBackend:
             raise WeightsError(f"server did not report version {version}")
 
     def write_weights(self, blob, version: int) -> Path:
-        """`weights_dir/v<version>/` with the base model's config and the new safetensors;
-        built under a temporary name and renamed, so the server never sees half a write."""
-        root = Path(self.cfg.weights_dir)
-        root.mkdir(parents=True, exist_ok=True)
-        final = root / f"v{version}"
-        tmp = root / f".v{version}.{os.getpid()}.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
-        for name in ("config.json", "generation_config.json"):
-            src = Path(self.model_path) / name
-            if src.exists():
-                shutil.copy(src, tmp / name)
-        with open(tmp / "model.safetensors", "wb") as f:
-            f.write(blob)
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(tmp, final)
-        return final
+        """`weights_dir/v<version>/` with the base model's config and the new safetensors,
+        written atomically (the same layout as the learner's disk transport)."""
+        from learner.weights import write_version_dir
+
+        return Path(write_version_dir(self.cfg.weights_dir, version, blob, self.model_path))
 
     def update_from_disk(self, path: str, version: int) -> None:
         """The disk publisher's path: pause, load `path` labelled `version`, continue."""
