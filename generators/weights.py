@@ -79,22 +79,6 @@ class ChunkAssembler:
         return self.buf
 
 
-def assemble(chunks: list, size: int) -> bytearray:
-    """Concatenate received chunks (buffers of zmq frames) with one copy, into a writable
-    buffer that tensors can view without copying again."""
-    out = bytearray(size)
-    view, offset = memoryview(out), 0
-    for c in chunks:
-        n = memoryview(c).nbytes
-        if offset + n > size:
-            raise WeightsError(f"chunks exceed the announced size {size}")
-        view[offset : offset + n] = memoryview(c).cast("B")
-        offset += n
-    if offset != size:
-        raise WeightsError(f"got {offset} bytes, announced {size}")
-    return out
-
-
 def verify_and_decode(blob: bytes | bytearray, digest: str) -> dict[str, torch.Tensor]:
     """Check the digest, then view the safetensors payload as tensors without copying
     (the caller copies them into the model; a second copy here would double load time)."""

@@ -65,7 +65,7 @@ def run_local(cfg: AsyncRLConfig, log_level: str = "INFO") -> int:
     n = cfg.local.generators
     cores = os.cpu_count() or 1
     threads = max(1, cores // (n + 1))
-    learner_cpus, generator_cpus = _core_split(cores, n) if cfg.local.pin_cores else (None, None)
+    learner_cpus, generator_cpus = _core_split() if cfg.local.pin_cores else (None, None)
     if learner_cpus:
         # Pinned: the learner's threads fill its cores; generators share the rest.
         threads = max(1, len(generator_cpus) // n)
@@ -196,7 +196,7 @@ def run_local(cfg: AsyncRLConfig, log_level: str = "INFO") -> int:
     return 0
 
 
-def _core_split(cores: int, generators: int) -> tuple[set[int] | None, set[int] | None]:
+def _core_split() -> tuple[set[int] | None, set[int] | None]:
     """Learner on the first half of the cores, generators on the rest (at least one each);
     None when there are not two cores to split."""
     available = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []

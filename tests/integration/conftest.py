@@ -87,3 +87,37 @@ def next_event(proc: subprocess.Popen, kind: str) -> dict:
             event = json.loads(line)
             assert event["event"] == kind, event
             return event
+
+
+def scrape(url: str, timeout: float = 5.0) -> dict[str, float]:
+    """A /metrics page as {series with labels: value}."""
+    import urllib.request
+
+    text = urllib.request.urlopen(url, timeout=timeout).read().decode()
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, value = line.rsplit(" ", 1)
+            out[name] = float(value)
+    return out
+
+
+def stranger_rollout(lease_id: int) -> list[bytes]:
+    """The frames of a well-formed rollout group from a generator the learner never leased
+    to (`intruder`)."""
+    import numpy as np
+
+    from protocol.codec import encode
+    from protocol.messages import RolloutGroup
+
+    group = RolloutGroup(
+        lease_id=lease_id,
+        generator_id="intruder",
+        tokens=np.array([1, 2], np.int32),
+        logprobs=np.array([-0.1, -0.2], np.float32),
+        versions=np.array([0, 0], np.int32),
+        lengths=np.array([2], np.int32),
+        finish_reasons=["stop"],
+        generate_seconds=0.1,
+    )
+    return [bytes(f) for f in encode(group)]

@@ -10,35 +10,16 @@ from __future__ import annotations
 import json
 import urllib.request
 
-import numpy as np
 import zmq
 
 from protocol.codec import decode, encode
-from protocol.messages import Hello, RolloutGroup
+from protocol.messages import Hello
 from protocol.sockets import SocketFactory, create_curve_keys, load_curve_keys
-from tests.integration.conftest import next_event, start_cli
+from tests.integration.conftest import next_event, scrape, start_cli, stranger_rollout
 
 
 def _received(metrics_url: str) -> float:
-    text = urllib.request.urlopen(metrics_url, timeout=5).read().decode()
-    for line in text.splitlines():
-        if line.startswith("asyncrl_rollouts_received_total "):
-            return float(line.split()[1])
-    return 0.0
-
-
-def _bogus_group() -> list[bytes]:
-    group = RolloutGroup(
-        lease_id=1,
-        generator_id="intruder",
-        tokens=np.array([1, 2], np.int32),
-        logprobs=np.array([-0.1, -0.2], np.float32),
-        versions=np.array([0, 0], np.int32),
-        lengths=np.array([2], np.int32),
-        finish_reasons=["stop"],
-        generate_seconds=0.1,
-    )
-    return [bytes(f) for f in encode(group)]
+    return scrape(metrics_url).get("asyncrl_rollouts_received_total", 0.0)
 
 
 def _probe(factory_or_ctx, endpoints: dict) -> dict[str, int]:
@@ -63,7 +44,7 @@ def _probe(factory_or_ctx, endpoints: dict) -> dict[str, int]:
         # at once: that is the expected outcome for a rejected peer, not an error.
         for sock, frames in (
             (dealer, [bytes(f) for f in encode(Hello("intruder", "hf", 0))]),
-            (push, _bogus_group()),
+            (push, stranger_rollout(1)),
         ):
             try:
                 sock.send_multipart(frames, zmq.NOBLOCK)

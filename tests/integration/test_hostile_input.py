@@ -11,27 +11,15 @@ import json
 import random
 import re
 import time
-import urllib.request
 
 import msgpack
-import numpy as np
 import zmq
 
 from protocol.codec import encode
-from protocol.messages import LeaseRequest, RolloutGroup
-from tests.integration.conftest import next_event, start_cli
+from protocol.messages import LeaseRequest
+from tests.integration.conftest import next_event, scrape, start_cli, stranger_rollout
 
 N_FRAMES = 10_000
-
-
-def _scrape(url: str) -> dict[str, float]:
-    text = urllib.request.urlopen(url, timeout=5).read().decode()
-    out: dict[str, float] = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            name, value = line.rsplit(" ", 1)
-            out[name] = float(value)
-    return out
 
 
 def _sum(metrics: dict[str, float], prefix: str) -> float:
@@ -40,21 +28,7 @@ def _sum(metrics: dict[str, float], prefix: str) -> float:
 
 def _hostile_frames(rng: random.Random) -> list[list[bytes]]:
     """A mix of malformed multipart messages (each a list of frames)."""
-    good = [
-        bytes(f)
-        for f in encode(
-            RolloutGroup(
-                lease_id=10**9,
-                generator_id="intruder",
-                tokens=np.array([1, 2], np.int32),
-                logprobs=np.array([-0.1, -0.2], np.float32),
-                versions=np.array([0, 0], np.int32),
-                lengths=np.array([2], np.int32),
-                finish_reasons=["stop"],
-                generate_seconds=0.1,
-            )
-        )
-    ]
+    good = stranger_rollout(10**9)
     header = msgpack.unpackb(good[0], raw=False)
     kinds = []
     for i in range(N_FRAMES):
@@ -115,7 +89,7 @@ def test_flood_of_malformed_frames_is_counted_and_training_continues(small_overr
         # Wait until every frame was processed and counted.
         deadline = time.time() + 120
         while time.time() < deadline:
-            m = _scrape(metrics_url)
+            m = scrape(metrics_url)
             counted = _sum(m, "asyncrl_malformed_messages_total") + _sum(
                 m, "asyncrl_rollouts_dropped_total"
             )

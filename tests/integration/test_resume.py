@@ -14,10 +14,9 @@ import signal
 import socket
 import subprocess
 import time
-import urllib.request
 from pathlib import Path
 
-from tests.integration.conftest import next_event, start_cli
+from tests.integration.conftest import next_event, scrape, start_cli
 
 STEPS, ETA, B = 30, 2, 4
 
@@ -34,13 +33,9 @@ def _free_ports(n: int) -> list[int]:
 
 def _version(metrics_url: str) -> float:
     try:
-        text = urllib.request.urlopen(metrics_url, timeout=2).read().decode()
+        return scrape(metrics_url, timeout=2).get("asyncrl_policy_version", -1.0)
     except OSError:
         return -1.0
-    for line in text.splitlines():
-        if line.startswith("asyncrl_policy_version "):
-            return float(line.split()[1])
-    return -1.0
 
 
 def test_sigkill_then_resume(small_overrides, tmp_path):
