@@ -37,6 +37,7 @@ def run_generator(cfg) -> int:
         factory=setup_socket_factory(cfg.security, "client"),
         reconnect_seconds=cfg.generator.reconnect_seconds,
         inflight_updates=cfg.generator.inflight_updates,
+        prefetch_lease=cfg.generator.prefetch_lease,
     )
     url, _ = start_metrics_server(
         cfg.generator.metrics_host,

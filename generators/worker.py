@@ -61,6 +61,7 @@ class GeneratorWorker:
         reconnect_seconds: float = 10.0,
         fetch_window: int = 4,
         inflight_updates: str = "off",
+        prefetch_lease: bool = True,
     ):
         self.backend = backend
         self.generator_id = generator_id
@@ -69,12 +70,20 @@ class GeneratorWorker:
         self.factory = factory or SocketFactory()
         self.reconnect_seconds = reconnect_seconds
         self.fetch_window = fetch_window
+        self.prefetch_lease = prefetch_lease
+        self.lease_seconds = 0.0
         self.stop = threading.Event()
         self.connected = False
         self.last_error = ""
         self._held: set[int] = set()
         self._held_lock = threading.Lock()
         self._pending: WeightsAnnouncement | None = None
+        # Lease prefetch: a LeaseRequest is out whose reply has not been taken; `_early` keeps
+        # that reply when it arrives while we wait for another (a weight chunk, an ack).
+        self._prefetching = False
+        self._early: Message | None = None
+        self._last_generate = 0.0
+        self._inflight_load_seconds = 0.0  # weight loads inside the current generate call
         self._socks: list[zmq.Socket] = []
         if inflight_updates != "off" and hasattr(backend, "between_tokens"):
             backend.between_tokens = self._between_tokens
@@ -120,6 +129,8 @@ class GeneratorWorker:
         self.sub.connect(f"tcp://{host}:{welcome.weights_port}")
         self._socks += [self.push, self.sub]
         self.heartbeat_seconds = welcome.heartbeat_seconds
+        self.lease_seconds = welcome.lease_seconds
+        self._prefetching, self._early = False, None  # a new socket: nothing is outstanding
         self.connected = True
         self.last_error = ""
         logger.info("connected to %s (learner version %d)", self.learner, welcome.learner_version)
@@ -146,13 +157,51 @@ class GeneratorWorker:
             self._drain_announcements()
             if self._pending is not None and self._pending.version != self.backend.version:
                 self._fetch_weights(self._pending)
-            reply = self._request(LeaseRequest(self.generator_id, self.backend.version))
+            reply = self._next_lease()
             if isinstance(reply, Lease):
+                self._prefetch()
                 self._work(reply)
             elif isinstance(reply, LeaseDenied):
                 self._wait_denied(reply)
             else:
                 logger.warning("unexpected reply %s to a lease request", reply.TYPE)
+        self._return_prefetched()
+
+    # ---------------------------------------------------------------- leases
+    def _next_lease(self) -> Message:
+        """The prefetched lease if one is out, else the reply to a fresh request. A prefetched
+        denial is stale by the time it is read (our last group has landed since): ask again."""
+        if self._prefetching:
+            reply = self._reply(lease=True)
+            if isinstance(reply, Lease):
+                return reply
+        return self._request(LeaseRequest(self.generator_id, self.backend.version))
+
+    def _prefetch(self) -> None:
+        """Ask for the next lease before generating this one: the learner's reply waits in the
+        socket, so the round trip is off the critical path. The gate sees the version we hold
+        now, which is at most the one the next group is generated with (the bound holds)."""
+        if not self.prefetch_lease or self.stop.is_set():
+            return
+        if not self.lease_seconds or self._last_generate > self.lease_seconds / 4:
+            # Not heartbeated until read: it must not expire while the current group runs.
+            return
+        self._send(LeaseRequest(self.generator_id, self.backend.version))
+        self._prefetching = True
+
+    def _return_prefetched(self) -> None:
+        """Shutting down: hand a prefetched lease back so the learner re-issues it at once
+        instead of after its deadline."""
+        if not self._prefetching:
+            return
+        try:
+            reply = self._reply(lease=True)
+            if isinstance(reply, Lease):
+                self._send(LeaseReturn(self.generator_id, [reply.lease_id]))
+                self._reply()  # the ack: the return has landed before the sockets close
+                logger.info("returned prefetched lease %d", reply.lease_id)
+        except LearnerGone:
+            pass  # the lease expires on the learner and is re-issued then
 
     def _work(self, lease: Lease) -> None:
         with self._held_lock:
@@ -166,11 +215,15 @@ class GeneratorWorker:
                 stop=tuple(lease.stop),
             )
             t = time.time()
+            self._inflight_load_seconds = 0.0
             samples = self.backend.generate(lease.prompt_ids, lease.group_size, params)
             baseline = None
             if lease.greedy_baseline:
                 baseline = self.backend.generate_greedy(lease.prompt_ids, lease.max_new_tokens)
-            dt = time.time() - t
+            # Generation work only: weight loads in the middle of it are not generating, and
+            # the learner reports generate_seconds as the generators' busy time.
+            dt = time.time() - t - self._inflight_load_seconds
+            self._last_generate = dt
             group = RolloutGroup(
                 lease_id=lease.lease_id,
                 generator_id=self.generator_id,
@@ -220,10 +273,13 @@ class GeneratorWorker:
         self._drain_announcements()
         if self._pending is None or self._pending.version <= self.backend.version:
             return
+        t = time.time()
         try:
             self._fetch_weights(self._pending)
         except LearnerGone:
             return  # the main loop finds out on its next request and reconnects
+        finally:
+            self._inflight_load_seconds += time.time() - t
         self.metrics.inflight_updates.inc()
 
     def _drain_announcements(self) -> None:
@@ -275,18 +331,14 @@ class GeneratorWorker:
         assembler = ChunkAssembler(ann.size, ann.chunks)
         next_index = 0
         outstanding = 0
-        deadline = time.time() + self.reconnect_seconds
         try:
             while not assembler.complete:
                 while outstanding < self.fetch_window and next_index < ann.chunks:
                     self._send(WeightsRequest(ann.version, next_index))
                     next_index += 1
                     outstanding += 1
-                if not self.control.poll(int(max(deadline - time.time(), 0) * 1000)):
-                    raise LearnerGone("no weight chunk within the timeout")
-                _, msg = recv(self.control)
+                msg = self._reply()
                 outstanding -= 1
-                deadline = time.time() + self.reconnect_seconds
                 if not isinstance(msg, WeightsChunk) or msg.version != ann.version:
                     continue
                 if msg.missing:
@@ -325,21 +377,42 @@ class GeneratorWorker:
 
     def _drain_replies(self, n: int) -> None:
         for _ in range(n):
-            if self.control.poll(int(self.reconnect_seconds * 1000)):
-                self.control.recv_multipart()
+            try:
+                self._reply()
+            except LearnerGone:
+                return
 
     # ---------------------------------------------------------------- plumbing
     def _request(self, msg: Message) -> Message:
         self._send(msg)
+        # Shutting down: no new work is wanted, so do not wait out a silent learner.
+        return self._reply(lease=isinstance(msg, LeaseRequest), stoppable=True)
+
+    def _reply(self, lease: bool = False, stoppable: bool = False) -> Message:
+        """The next reply on the control socket. The reply to a prefetched lease request may
+        arrive while we wait for another: it is kept aside and returned only to a caller that
+        asks for a lease reply (`lease`), which skips anything else. `stoppable`: give up with
+        Stopping once shutdown begins. LearnerGone after `reconnect_seconds` of silence."""
         deadline = time.time() + self.reconnect_seconds
-        while not self.control.poll(200):
-            if time.time() >= deadline:
-                raise LearnerGone(f"no reply to {msg.TYPE} within {self.reconnect_seconds}s")
-            if self.stop.is_set() and isinstance(msg, (Hello, LeaseRequest)):
-                # Shutting down: no new work is wanted, so do not wait out a silent learner.
-                raise Stopping()
-        _, reply = recv(self.control)
-        return reply
+        while True:
+            if lease and self._early is not None:
+                reply, self._early, self._prefetching = self._early, None, False
+                return reply
+            if not self.control.poll(200):
+                if time.time() >= deadline:
+                    raise LearnerGone(f"no reply within {self.reconnect_seconds}s")
+                if stoppable and self.stop.is_set():
+                    raise Stopping()
+                continue
+            _, reply = recv(self.control)
+            deadline = time.time() + self.reconnect_seconds
+            is_lease = isinstance(reply, (Lease, LeaseDenied))
+            if is_lease and self._prefetching and self._early is None:
+                self._early = reply
+            elif lease and not is_lease:
+                logger.debug("stray %s reply dropped while waiting for a lease", reply.TYPE)
+            else:
+                return reply
 
     def _dealer(self) -> zmq.Socket:
         """A control-socket connection. With IMMEDIATE set a DEALER send blocks while no
@@ -364,13 +437,6 @@ class GeneratorWorker:
                     sock.recv_multipart()
         finally:
             sock.close(linger=0)
-
-    def return_leases(self) -> None:
-        """Give back leases we hold (called on shutdown if a group could not be finished)."""
-        with self._held_lock:
-            held = sorted(self._held)
-        if held and self._socks:
-            send(self.control, LeaseReturn(self.generator_id, held))
 
 
 def _announcement(welcome: Welcome) -> WeightsAnnouncement:

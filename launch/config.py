@@ -219,6 +219,12 @@ class GeneratorConfig(_Strict):
         description="A learner silent this long is considered gone; the "
         "generator rebuilds its sockets with backoff.",
     )
+    prefetch_lease: bool = Field(
+        True,
+        description="Ask for the next lease while generating the current group, so the round "
+        "trip to the learner is hidden. Skipped while a group takes more than a quarter of the "
+        "lease duration (a prefetched lease is not heartbeated until it is read).",
+    )
 
 
 class SecurityConfig(_Strict):

@@ -348,6 +348,7 @@ class Hub:
             rollouts_port=self.ports["rollouts"],
             weights_port=self.ports["weights"],
             weights_path=self.weights_path if pub else "",
+            lease_seconds=float(self.cfg.buffer.lease_seconds),
         )
 
     def _touch(self, gid: str, backend: str | None, version: int, now: float) -> None:

@@ -51,6 +51,7 @@ class Welcome(Message):
     rollouts_port: int
     weights_port: int
     weights_path: str = ""  # disk transport: where the latest version lies
+    lease_seconds: float = 0.0  # lease duration before heartbeats; 0 = not announced
 
     TYPE: ClassVar[str] = "welcome"
     FIELDS: ClassVar = {
@@ -64,6 +65,7 @@ class Welcome(Message):
         "rollouts_port": (int,),
         "weights_port": (int,),
         "weights_path": (str,),
+        "lease_seconds": (float, int),
     }
 
 

@@ -1,0 +1,276 @@
+"""The generator loop against a scripted learner on loopback: lease prefetch, its interplay
+with weight fetches, and handing a prefetched lease back on shutdown.
+
+The learner here is a thread speaking the real wire protocol over real sockets, so each test
+controls exactly when replies and announcements arrive; the backend is a stub whose
+`generate` blocks on the test's events (the hf backend is tested elsewhere).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import torch
+import zmq
+
+from generators.backends.base import Sample
+from generators.metrics import GeneratorMetrics
+from generators.weights import verify_and_decode
+from generators.worker import GeneratorWorker
+from learner.weights import WeightsStore, serialize_named_tensors
+from protocol.messages import (
+    Ack,
+    Heartbeat,
+    Hello,
+    Lease,
+    LeaseDenied,
+    LeaseRequest,
+    LeaseReturn,
+    WeightsAnnouncement,
+    WeightsChunk,
+    WeightsRequest,
+    Welcome,
+)
+from protocol.sockets import SocketFactory, recv, send
+
+
+class ScriptedLearner:
+    """Issues `leases` leases, then denies. Records when each lease request arrived, so a test
+    can tell a prefetched request from a fresh one."""
+
+    def __init__(self, leases: int, lease_seconds: float = 60.0):
+        self.leases, self.lease_seconds = leases, lease_seconds
+        self.factory = SocketFactory()
+        self.control = self.factory.socket(zmq.ROUTER, server=True)
+        self.rollouts = self.factory.socket(zmq.PULL, server=True)
+        self.pub = self.factory.socket(zmq.PUB, server=True)
+        self.ports = [
+            s.bind_to_random_port("tcp://127.0.0.1")
+            for s in (self.control, self.rollouts, self.pub)
+        ]
+        self.issued = 0
+        self.requests: list[float] = []  # arrival time of each LeaseRequest
+        self.pushed: list[int] = []  # lease ids of received groups, in order
+        self.returned: list[int] = []
+        self.chunk_requests = 0
+        self.on_request = None  # called with the request number, in the learner thread
+        self.store = WeightsStore(chunk_bytes=64)
+        self._announce: list[WeightsAnnouncement] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    @property
+    def address(self) -> str:
+        return f"tcp://127.0.0.1:{self.ports[0]}"
+
+    def publish(self, version: int) -> bytes:
+        """Publish a small state as `version` and announce it (from the learner thread)."""
+        blob = serialize_named_tensors({"w": torch.full((40,), float(version))})
+        pub = self.store.put(version, blob)
+        self._announce.append(WeightsAnnouncement(version, pub.digest, len(blob), pub.chunks))
+        return blob
+
+    def _serve(self) -> None:
+        poller = zmq.Poller()
+        poller.register(self.control, zmq.POLLIN)
+        poller.register(self.rollouts, zmq.POLLIN)
+        while not self._stop.is_set():
+            while self._announce:
+                send(self.pub, self._announce.pop(0))
+            events = dict(poller.poll(20))
+            if self.rollouts in events:
+                _, group = recv(self.rollouts)
+                self.pushed.append(group.lease_id)
+            if self.control in events:
+                prefix, msg = recv(self.control, routed=True)
+                send(self.control, self._reply(msg), prefix=prefix)
+
+    def _reply(self, msg):
+        if isinstance(msg, Hello):
+            return Welcome(
+                learner_version=0,
+                weights_version=-1,
+                weights_digest="",
+                weights_size=0,
+                weights_chunks=0,
+                heartbeat_seconds=0.2,
+                vocab_size=100,
+                rollouts_port=self.ports[1],
+                weights_port=self.ports[2],
+                lease_seconds=self.lease_seconds,
+            )
+        if isinstance(msg, LeaseRequest):
+            self.requests.append(time.perf_counter())
+            if self.on_request is not None:
+                self.on_request(len(self.requests))
+            if self.issued >= self.leases:
+                return LeaseDenied("gate", 0.05, 0)
+            self.issued += 1
+            return Lease(self.issued, np.array([1, 2], np.int32), 2, 1.0, 1.0, 0, 4, 0.0, 0)
+        if isinstance(msg, WeightsRequest):
+            self.chunk_requests += 1
+            pub = self.store.get(msg.version)
+            return WeightsChunk(
+                msg.version, msg.index, np.frombuffer(pub.chunk(msg.index), np.uint8)
+            )
+        if isinstance(msg, LeaseReturn):
+            self.returned += [int(x) for x in msg.lease_ids]
+        assert isinstance(msg, (LeaseReturn, Heartbeat)), msg
+        return Ack(0)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        for s in (self.control, self.rollouts, self.pub):
+            s.close(0)
+
+
+class StubBackend:
+    """Generates `n` two-token samples; `gate[k]` (if set) must be released before the k-th
+    group completes, so a test decides what happens while a group is being generated."""
+
+    name = "stub"
+    vocab_size = 100
+
+    def __init__(self, seconds: float = 0.0):
+        self.version = 0
+        self.seconds = seconds
+        self.calls = 0
+        self.gates: dict[int, threading.Event] = {}
+        self.loaded: list[tuple[int, float]] = []
+        self.finished: list[float] = []  # when each generate call returned
+
+    def generate(self, prompt_ids, n, params):
+        self.calls += 1
+        if self.calls in self.gates:
+            assert self.gates[self.calls].wait(10)
+        time.sleep(self.seconds)
+        self.finished.append(time.perf_counter())
+        tok = np.array([5, 6], np.int32)
+        return [Sample(tok, np.zeros(2, np.float32), np.full(2, self.version), "length")] * n
+
+    def load_weights(self, blob, digest, version):
+        tensors = verify_and_decode(blob, digest)
+        self.loaded.append((version, float(tensors["w"][0])))
+        self.version = version
+
+    def close(self) -> None:
+        pass
+
+
+def _run(worker: GeneratorWorker) -> threading.Thread:
+    th = threading.Thread(target=worker.run, daemon=True)
+    th.start()
+    return th
+
+
+def _until(cond, timeout: float = 10.0) -> None:
+    deadline = time.time() + timeout
+    while not cond():
+        assert time.time() < deadline, "timed out"
+        time.sleep(0.01)
+
+
+def _worker(backend, learner: ScriptedLearner, prefetch: bool = True) -> GeneratorWorker:
+    return GeneratorWorker(
+        backend,
+        "g0",
+        learner.address,
+        GeneratorMetrics(),
+        reconnect_seconds=5,
+        prefetch_lease=prefetch,
+    )
+
+
+def _prefetched(learner: ScriptedLearner, backend: StubBackend, k: int) -> bool:
+    """Whether the request for lease k+1 (0-based request k) arrived before group k
+    (1-based generate call k) had finished generating."""
+    return learner.requests[k] < backend.finished[k - 1]
+
+
+def test_next_lease_is_requested_before_the_current_group_is_pushed():
+    learner, backend = ScriptedLearner(leases=3), StubBackend(seconds=0.05)
+    worker = _worker(backend, learner)
+    th = _run(worker)
+    try:
+        _until(lambda: len(learner.pushed) == 3)
+        worker.stop.set()
+        th.join(10)
+    finally:
+        learner.close()
+    assert learner.pushed == [1, 2, 3]
+    # Each group takes 50 ms and the next request goes out as the group starts.
+    assert [_prefetched(learner, backend, k) for k in (1, 2, 3)] == [True, True, True]
+    assert learner.returned == []
+
+
+def test_without_prefetch_each_request_follows_the_previous_group():
+    learner, backend = ScriptedLearner(leases=3), StubBackend(seconds=0.01)
+    worker = _worker(backend, learner, prefetch=False)
+    th = _run(worker)
+    try:
+        _until(lambda: len(learner.pushed) == 3)
+        worker.stop.set()
+        th.join(10)
+    finally:
+        learner.close()
+    assert [_prefetched(learner, backend, k) for k in (1, 2)] == [False, False]
+
+
+def test_no_prefetch_while_a_group_takes_over_a_quarter_of_the_lease():
+    # lease_seconds 0.2: a 0.08 s group exceeds 0.05 s, so after the first group (the only
+    # one prefetched for, when nothing had been timed yet) every request waits for the group.
+    learner, backend = ScriptedLearner(leases=3, lease_seconds=0.2), StubBackend(seconds=0.08)
+    worker = _worker(backend, learner)
+    th = _run(worker)
+    try:
+        _until(lambda: len(learner.pushed) == 3)
+        worker.stop.set()
+        th.join(10)
+    finally:
+        learner.close()
+    assert [_prefetched(learner, backend, k) for k in (1, 2, 3)] == [True, False, False]
+
+
+def test_stop_hands_the_prefetched_lease_back():
+    learner, backend = ScriptedLearner(leases=5), StubBackend()
+    backend.gates[1] = threading.Event()
+    worker = _worker(backend, learner)
+    th = _run(worker)
+    try:
+        _until(lambda: learner.issued == 2)  # lease 1 in generation, lease 2 prefetched
+        worker.stop.set()
+        backend.gates[1].set()
+        th.join(10)
+        assert not th.is_alive()
+        _until(lambda: learner.returned == [2])
+    finally:
+        learner.close()
+    assert learner.pushed == [1]  # the current group is finished, the prefetched one returned
+
+
+def test_weights_fetched_while_the_prefetched_lease_waits_lose_nothing():
+    # The prefetched reply (lease 2) is queued on the control socket ahead of the weight
+    # chunks fetched after group 1: the fetch must set it aside, not drop it as a stray.
+    learner, backend = ScriptedLearner(leases=2), StubBackend()
+    backend.gates[1] = threading.Event()
+    learner.on_request = lambda k: learner.publish(1) if k == 2 else None
+    worker = _worker(backend, learner)
+    th = _run(worker)
+    try:
+        _until(lambda: learner.issued == 2)
+        time.sleep(0.3)  # the announcement reaches the subscriber before group 1 ends
+        backend.gates[1].set()
+        _until(lambda: len(learner.pushed) == 2)
+        worker.stop.set()
+        th.join(10)
+    finally:
+        learner.close()
+    assert learner.chunk_requests >= 1
+    assert backend.loaded == [(1, 1.0)]
+    # Lease 2 (the learner has no other) was taken from where the fetch set it aside;
+    # dropped as a stray, the worker would wait on a reply that never comes.
+    assert learner.pushed == [1, 2]
