@@ -84,6 +84,7 @@ class GeneratorWorker:
         self._early: Message | None = None
         self._last_generate = 0.0
         self._inflight_load_seconds = 0.0  # weight loads inside the current generate call
+        self._spare_blob: bytearray | None = None  # the last loaded blob, reused by the next
         self._socks: list[zmq.Socket] = []
         if inflight_updates != "off" and hasattr(backend, "between_tokens"):
             backend.between_tokens = self._between_tokens
@@ -328,7 +329,8 @@ class GeneratorWorker:
         if self._load_from_disk(ann):
             return
         t = time.time()
-        assembler = ChunkAssembler(ann.size, ann.chunks)
+        assembler = ChunkAssembler(ann.size, ann.chunks, reuse=self._spare_blob)
+        self._spare_blob = None
         next_index = 0
         outstanding = 0
         try:
@@ -350,7 +352,9 @@ class GeneratorWorker:
                 if not 0 <= msg.index < ann.chunks:
                     raise WeightsError(f"chunk index {msg.index} outside 0..{ann.chunks - 1}")
                 assembler.add(msg.index, msg.data)  # copied and hashed while more arrive
-            self.backend.load_weights(assembler.finish(ann.digest), ann.digest, ann.version)
+            blob = assembler.finish(ann.digest)
+            self.backend.load_weights(blob, ann.digest, ann.version)
+            self._spare_blob = blob  # backends copy what they load and keep no reference
         except LearnerGone:
             raise
         except Exception as exc:  # a corrupt fetch must not kill the generator; count it

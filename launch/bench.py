@@ -7,7 +7,8 @@ across runs. Figures:
 - `transport_ratio`: rollout groups (G = 8, 1,000-token responses) through our codec and
   sockets (encode + send + receive + decode) vs the same bytes as raw ZeroMQ frames.
 - `weights_ratio`: publishing a state (serialise + digest + chunked fetch by 2 generators +
-  verify + deserialise) vs fetching the same bytes as raw chunks over the same sockets.
+  verify + deserialise) vs fetching the same bytes as raw chunks over the same sockets, in
+  steady state (several versions in a row, buffers recycled as in a run).
 - `objective_overhead`: objective + advantage time as a fraction of a learner step.
 - `pipeline_efficiency_async`, `async_over_sync`, `staleness`: `asyncrl local` on the tiny
   task with learner and generators pinned to separate cores, at η = 4 and η = 0; efficiency
@@ -137,121 +138,165 @@ def bench_transport(quick: bool) -> dict:
     }
 
 
-def _serve_chunks(router: zmq.Socket, chunks: list, stop: threading.Event, wrapped: bool):
-    """Answer chunk requests like the hub does (wrapped) or with bare bytes (raw)."""
+def _serve_chunks(router: zmq.Socket, source, stop: threading.Event, wrapped: bool):
+    """Answer chunk requests like the hub does (wrapped: `source` is the WeightsStore, sends
+    are tracked so blobs can be recycled) or with bare bytes (raw: `source` is a chunk list)."""
     while not stop.is_set():
         if not router.poll(50):
             continue
         if wrapped:
             prefix, msg = recv(router, routed=True)
-            data = np.frombuffer(chunks[msg.index], np.uint8)
-            send(router, WeightsChunk(msg.version, msg.index, data), prefix=prefix)
+            pub = source.get(msg.version)
+            data = np.frombuffer(pub.chunk(msg.index), np.uint8)
+            pub.sent(send(router, WeightsChunk(msg.version, msg.index, data), prefix, track=True))
         else:
             ident, index = router.recv_multipart()
-            router.send_multipart([ident, chunks[int(index)]], copy=False)
+            router.send_multipart([ident, source[int(index)]], copy=False)
 
 
-def _fetch(dealer: zmq.Socket, n_chunks: int, wrapped: bool, size: int, digest: str = ""):
-    """The generator side: keep 4 requests outstanding; in wrapped mode copy and hash each
-    chunk on arrival (the steps of `GeneratorWorker._fetch_weights`), in raw mode only
+def _fetch(dealer: zmq.Socket, version: int, n_chunks: int, assembler=None) -> None:
+    """The generator side: keep 4 requests outstanding; with an assembler, copy and hash
+    each chunk on arrival (the steps of `GeneratorWorker._fetch_weights`), else only
     receive."""
-    from generators.weights import ChunkAssembler
-
-    assembler = ChunkAssembler(size, n_chunks) if wrapped else None
     received = next_index = outstanding = 0
     while received < n_chunks:
         while outstanding < 4 and next_index < n_chunks:
-            if wrapped:
-                send(dealer, WeightsRequest(1, next_index))
+            if assembler is not None:
+                send(dealer, WeightsRequest(version, next_index))
             else:
                 dealer.send(str(next_index).encode())
             next_index += 1
             outstanding += 1
-        if wrapped:
+        if assembler is not None:
             _, msg = recv(dealer)
             assembler.add(msg.index, msg.data)
         else:
             dealer.recv(copy=False)
         received += 1
         outstanding -= 1
-    return assembler.finish(digest) if wrapped else None
 
 
-def _fetch_process(
-    endpoint: str, n_chunks: int, wrapped: bool, size: int, digest: str, ready, go
-) -> None:
-    from generators.weights import verify_and_decode
+def _fetch_process(endpoint: str, rounds: int, wrapped: bool, jobs, done, ready, go):
+    """A generator: fetch `rounds` versions, each announced as (version, size, chunks,
+    digest) on `jobs`, reusing the previous version's buffer as the worker does."""
+    from generators.weights import ChunkAssembler, verify_and_decode
 
     ctx = zmq.Context()
     dealer = SocketFactory(context=ctx).socket(zmq.DEALER, server=False)
     dealer.connect(endpoint)
     ready.wait()
     go.wait()
-    got = _fetch(dealer, n_chunks, wrapped, size, digest)
-    if wrapped:
-        verify_and_decode(got, digest)  # the digest was checked on arrival: decode only
+    spare = None
+    for _ in range(rounds):
+        version, size, n_chunks, digest = jobs.get()
+        if wrapped:
+            assembler = ChunkAssembler(size, n_chunks, reuse=spare)
+            _fetch(dealer, version, n_chunks, assembler)
+            spare = assembler.finish(digest)
+            verify_and_decode(spare, digest)  # the digest was checked on arrival: decode only
+        else:
+            _fetch(dealer, version, n_chunks)
+        done.wait()
     dealer.close(0)
     ctx.term()
 
 
-def _weights_trial(ctx, tensors, blob: bytes | None, generators: int) -> tuple[float, bytes]:
-    """One publish to `generators` fetcher processes. With `blob` None: the real path
-    (serialise, digest, chunk store, WeightsChunk messages, assemble, verify, decode);
-    otherwise raw chunks of the given bytes over the same sockets and window."""
-    from learner.weights import WeightsStore, digest_of, serialize_named_tensors
+def _weights_trial(ctx, tensors, raw_blob: bytes | None, generators: int, rounds: int):
+    """`rounds` publishes to `generators` fetcher processes, timed one by one. With
+    `raw_blob` None: the real path (serialise into a recycled buffer with its checksum,
+    chunk store, WeightsChunk messages, assemble into the previous buffer, verify, decode);
+    otherwise raw chunks of the given bytes over the same sockets and window. Returns the
+    per-round seconds and the last blob."""
+    import multiprocessing as mp
+
+    from learner.weights import WeightsStore, serialize_named_tensors
 
     chunk_bytes = 4 << 20
-    wrapped = blob is None
-    t = time.perf_counter()
-    if wrapped:
-        blob = serialize_named_tensors(tensors)
-        digest = digest_of(blob)
-        pub = WeightsStore(chunk_bytes).put(1, blob)
-        chunks = [pub.chunk(i) for i in range(pub.chunks)]
-    else:
-        digest = ""
-        chunks = [memoryview(blob)[i : i + chunk_bytes] for i in range(0, len(blob), chunk_bytes)]
-    prepare = time.perf_counter() - t
+    wrapped = raw_blob is None
+    store = WeightsStore(chunk_bytes)
+    chunks = []
+    if not wrapped:
+        view = memoryview(raw_blob)
+        chunks = [view[i : i + chunk_bytes] for i in range(0, len(raw_blob), chunk_bytes)]
     factory = SocketFactory(context=ctx)
     routers = [factory.socket(zmq.ROUTER, server=True) for _ in range(generators)]
     endpoints = [f"tcp://127.0.0.1:{r.bind_to_random_port('tcp://127.0.0.1')}" for r in routers]
     stop = threading.Event()
+    source = store if wrapped else chunks
     servers = [
-        threading.Thread(target=_serve_chunks, args=(r, chunks, stop, wrapped)) for r in routers
+        threading.Thread(target=_serve_chunks, args=(r, source, stop, wrapped)) for r in routers
     ]
     for th in servers:
         th.start()
-    fetch = _in_processes(
-        _fetch_process, [(e, len(chunks), wrapped, len(blob), digest) for e in endpoints]
-    )
+    mpc = mp.get_context("fork")
+    jobs = [mpc.Queue() for _ in endpoints]
+    done = mpc.Barrier(generators + 1)
+    ready, go = mpc.Barrier(generators + 1), mpc.Event()
+    procs = [
+        mpc.Process(target=_fetch_process, args=(e, rounds, wrapped, q, done, ready, go))
+        for e, q in zip(endpoints, jobs, strict=True)
+    ]
+    for p in procs:
+        p.start()
+    ready.wait()
+    go.set()
+    times, blob = [], raw_blob
+    first = next(iter(tensors.values()))
+    for version in range(1, rounds + 1):
+        first.add_(1.0)  # a new version each round (outside the timing)
+        t = time.perf_counter()
+        if wrapped:
+            blob = serialize_named_tensors(tensors, reuse=store.spare())
+            pub = store.put(version, blob)
+            job = (version, len(blob), pub.chunks, pub.digest)
+        else:
+            job = (version, len(raw_blob), len(chunks), "")
+        for q in jobs:
+            q.put(job)
+        done.wait()
+        times.append(time.perf_counter() - t)
+    for p in procs:
+        p.join()
+        if p.exitcode != 0:
+            raise RuntimeError(f"bench child failed with exit code {p.exitcode}")
     stop.set()
     for th in servers:
         th.join()
     for r in routers:
         r.close(0)
-    return prepare + fetch, blob
+    return times, blob
 
 
 def bench_weights(quick: bool, generators: int = 2) -> dict:
+    """Steady state (a version is published after every step, so buffers are recycled): the
+    ratio is the median over the rounds after the first three of each trial, by which time
+    the learner has its three buffers (latest, previous, one to write) and each generator its
+    one. The first round, which allocates, is reported as `weights_ratio_cold`."""
     import torch
 
     size_mb = 100 if quick else 500
     per = 4 << 20  # 4 MiB fp32 tensors
     tensors = {f"layer{i}.weight": torch.randn(per // 4) for i in range(size_mb * (1 << 20) // per)}
+    warm, rounds = 3, 5 if quick else 6
     ctx = zmq.Context()
     published, raw = [], []
     blob = None
     for _ in range(2 if quick else 3):
-        dt, blob = _weights_trial(ctx, tensors, None, generators)
-        published.append(dt)
-        raw.append(_weights_trial(ctx, tensors, blob, generators)[0])
+        times, blob = _weights_trial(ctx, tensors, None, generators, rounds)
+        published.append(times)
+        raw.append(_weights_trial(ctx, tensors, bytes(blob), generators, rounds)[0])
     ctx.term()
     total = len(blob) * generators
+    steady_pub = statistics.median(t for ts in published for t in ts[warm:])
+    steady_raw = statistics.median(t for ts in raw for t in ts[warm:])
+    cold_pub = statistics.median(ts[0] for ts in published)
+    cold_raw = statistics.median(ts[0] for ts in raw)
     return {
-        "weights_ratio": round(min(raw) / min(published), 3),
+        "weights_ratio": round(steady_raw / steady_pub, 3),
+        "weights_ratio_cold": round(cold_raw / cold_pub, 3),
         "weights_state_mb": round(len(blob) / 1e6, 1),
-        "weights_publish_load_mb_per_s": round(total / min(published) / 1e6, 1),
-        "weights_raw_mb_per_s": round(total / min(raw) / 1e6, 1),
+        "weights_publish_load_mb_per_s": round(total / steady_pub / 1e6, 1),
+        "weights_raw_mb_per_s": round(total / steady_raw / 1e6, 1),
     }
 
 

@@ -294,10 +294,12 @@ class Hub:
         prefix, msg = got
         now = time.time()
         with self._lock:
+            pub = None
             if isinstance(msg, LeaseRequest):
                 reply = self._on_lease_request(msg, now)
             elif isinstance(msg, WeightsRequest):
-                reply = self._on_weights_request(msg)
+                pub = self.weights.get(msg.version)
+                reply = self._on_weights_request(msg, pub)
             elif isinstance(msg, Heartbeat):
                 self._touch(msg.generator_id, None, msg.version, now)
                 self.leases.extend(
@@ -319,8 +321,11 @@ class Hub:
                 self.metrics.malformed.labels(reason="unexpected_type").inc()
                 self._log.warning("unexpected", "unexpected %s on control socket", msg.TYPE)
                 return True
-        if isinstance(reply, WeightsChunk) and not reply.missing:
+        if pub is not None and not reply.missing:
             self.metrics.weight_bytes_served.inc(len(reply.data))
+            # Sent without a copy: the blob is recycled only once ZeroMQ is done with it.
+            pub.sent(send(self.control, reply, prefix=prefix, track=True))
+            return True
         send(self.control, reply, prefix=prefix)
         return True
 
@@ -392,8 +397,7 @@ class Hub:
             stop=list(s.stop),
         )
 
-    def _on_weights_request(self, msg: WeightsRequest) -> WeightsChunk:
-        pub = self.weights.get(msg.version)
+    def _on_weights_request(self, msg: WeightsRequest, pub) -> WeightsChunk:
         if pub is None or not 0 <= msg.index < pub.chunks:
             return WeightsChunk(msg.version, msg.index, np.zeros(0, np.uint8), missing=True)
         return WeightsChunk(msg.version, msg.index, np.frombuffer(pub.chunk(msg.index), np.uint8))

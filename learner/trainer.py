@@ -496,7 +496,7 @@ class Learner:
         t = time.time()
         tensors = engine.named_parameters_for_publish()
         if hub is not None:
-            blob = serialize_named_tensors(tensors)
+            blob = serialize_named_tensors(tensors, reuse=hub.weights.spare())
             path = ""
             if self.cfg.learner.weights_transport == "disk":
                 from learner.weights import write_version_dir

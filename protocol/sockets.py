@@ -118,10 +118,14 @@ class SocketFactory:
             self._auth = None
 
 
-def send(sock: zmq.Socket, msg: Message, prefix: list | None = None, flags: int = 0) -> None:
-    """Send `msg` (after routing `prefix` frames for ROUTER sockets) without copying arrays."""
+def send(
+    sock: zmq.Socket, msg: Message, prefix: list | None = None, flags: int = 0, track: bool = False
+):
+    """Send `msg` (after routing `prefix` frames for ROUTER sockets) without copying arrays.
+    `track`: return a zmq.MessageTracker that is done once ZeroMQ no longer reads the arrays
+    (their memory may be reused only then)."""
     frames = list(prefix or []) + encode(msg)
-    sock.send_multipart(frames, flags=flags, copy=False)
+    return sock.send_multipart(frames, flags=flags, copy=False, track=track)
 
 
 def recv(

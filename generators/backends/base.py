@@ -44,7 +44,8 @@ class Backend(Protocol):
         ...
 
     def load_weights(self, blob: bytes, digest: str, version: int) -> None:
-        """Verify and load serialized weights; afterwards `version == version`."""
+        """Verify and load serialized weights; afterwards `version == version`. The caller
+        reuses `blob` for the next version, so nothing may keep a view of it."""
         ...
 
     def close(self) -> None: ...

@@ -71,3 +71,75 @@ def test_assembler_rejects_corruption_and_short_input():
         asm.finish(pub.digest)
     with pytest.raises(WeightsError, match="digest"):
         verify_and_decode(bytearray(blob), digest_of(b"something else"))
+
+
+def test_serialising_into_a_reused_buffer_equals_a_fresh_one():
+    first = serialize_named_tensors({"w": torch.zeros(6)})
+    second = serialize_named_tensors({"w": torch.arange(6.0)}, reuse=first)
+    assert second is first  # written over, not reallocated
+    fresh = serialize_named_tensors({"w": torch.arange(6.0)})
+    assert bytes(second) == bytes(fresh) and second.digest == fresh.digest == digest_of(fresh)
+    # A buffer of another size is not used.
+    assert serialize_named_tensors({"w": torch.zeros(7)}, reuse=first) is not first
+
+
+def test_a_retired_blob_is_reused_only_once_no_send_reads_it():
+    import numpy as np
+    import zmq
+
+    from protocol.messages import WeightsChunk
+    from protocol.sockets import send
+
+    # inproc hands the message itself to the receiver: it stays alive (and the tracker
+    # pending) until the receiver drops it, which is the window a reused blob must avoid.
+    # Chunks are above pyzmq's copy threshold (64 KiB; smaller frames are copied at send).
+    ctx = zmq.Context()
+    push, pull = ctx.socket(zmq.PUSH), ctx.socket(zmq.PULL)
+    push.bind("inproc://weights")
+    pull.connect("inproc://weights")
+    try:
+        store = WeightsStore(chunk_bytes=128 << 10)
+        blobs = [serialize_named_tensors({"w": torch.full((1 << 16,), float(v))}) for v in range(3)]
+        pub1 = store.put(1, blobs[0])
+        data = np.frombuffer(pub1.chunk(0), np.uint8)
+        pub1.sent(send(push, WeightsChunk(1, 0, data), track=True))
+        del data
+        store.put(2, blobs[1])
+        assert store.spare() is None  # v1 is still served as the previous version
+        store.put(3, blobs[2])
+        assert store.get(1) is None
+        assert store.spare() is None  # retired, but its chunk is still in flight
+        frames = pull.recv_multipart(copy=False)
+        del frames  # the receiver is done with it
+        pub1.sends[0].wait(5)
+        assert store.spare() is blobs[0]
+        assert store.spare() is None  # handed out once
+    finally:
+        push.close(0)
+        pull.close(0)
+        ctx.term()
+
+
+def test_assembling_into_a_reused_buffer_checks_the_new_digest():
+    old = serialize_named_tensors({"w": torch.zeros(40)})
+    pub_old, parts_old = chunks_of(old, 64)
+    asm = ChunkAssembler(len(old), len(parts_old))
+    for i, p in enumerate(parts_old):
+        asm.add(i, p)
+    buf = asm.finish(pub_old.digest)
+
+    new = serialize_named_tensors({"w": torch.ones(40)})
+    pub_new, parts_new = chunks_of(new, 64)
+    asm = ChunkAssembler(len(new), len(parts_new), reuse=buf)
+    assert asm.buf is buf
+    for i, p in enumerate(parts_new):
+        asm.add(i, p)
+    out = asm.finish(pub_new.digest)
+    assert out is buf and torch.equal(verify_and_decode(out, pub_new.digest)["w"], torch.ones(40))
+    # A reused buffer forgets the digest it carried: one left with a chunk of the old version
+    # is not trusted.
+    asm = ChunkAssembler(len(new), len(parts_new), reuse=out)
+    for i in range(3):
+        asm.add(i, parts_new[i] if i != 2 else parts_old[i])
+    with pytest.raises(WeightsError, match="digest"):
+        verify_and_decode(asm.buf, pub_new.digest)
