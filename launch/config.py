@@ -16,8 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from generators.backends.sglang import SGLangConfig
 from launch.tiny import TinyTaskConfig
-from learner.advantages import AdvantageConfig
-from learner.objectives import ObjectiveConfig
+from learner.loss_config import AdvantageConfig, ObjectiveConfig
 from learner.rewards import RewardConfig
 
 PRESETS_DIR = Path(__file__).parent / "presets"

@@ -7,8 +7,9 @@ import math
 import pytest
 import torch
 
-from learner.advantages import AdvantageConfig, compute_advantages, compute_gae
+from learner.advantages import compute_advantages, compute_gae
 from learner.logprobs import token_entropy, token_logprobs
+from learner.loss_config import AdvantageConfig
 
 
 def adv(name, rewards, **kw):

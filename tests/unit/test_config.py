@@ -3,6 +3,9 @@ bad values behave, and the CLI fails at start with a message that says what to c
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 from pydantic import BaseModel
 
@@ -84,3 +87,15 @@ def test_cli_reports_bad_config_and_exits_2(capsys):
 def test_cli_print_config(capsys):
     assert main(["learner", "--print-config", "train.steps=9"]) == 0
     assert "steps: 9" in capsys.readouterr().out
+
+
+def test_config_and_cli_import_without_torch():
+    # A bad config must fail in a fraction of a second, before torch (seconds) is imported:
+    # the schema lives in torch-free modules. A fresh interpreter, since this one has torch.
+    code = (
+        "import sys; from launch.config import load_config; import launch.cli; "
+        "load_config('tiny-cpu', ['objective.name=cispo', 'advantage.name=rloo']); "
+        "print(sorted(m for m in ('torch', 'transformers', 'deepspeed') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout

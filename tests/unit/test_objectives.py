@@ -8,7 +8,8 @@ import math
 import pytest
 import torch
 
-from learner.objectives import ObjectiveConfig, aggregate, kl_penalty, policy_loss
+from learner.loss_config import ObjectiveConfig
+from learner.objectives import aggregate, kl_penalty, policy_loss
 
 LOG = math.log
 

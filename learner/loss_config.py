@@ -1,0 +1,127 @@
+"""Typed settings of the policy objective and the advantage estimator (the `objective:` and
+`advantage:` sections). Kept apart from the tensor code in `learner.objectives` and
+`learner.advantages` so that the CLI parses and validates a config without importing torch.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+ObjectiveName = Literal[
+    "ppo", "dual_clip", "decoupled_ppo", "cispo", "gspo", "gspo_token", "aspo", "reinforce_tis"
+]
+AggName = Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"]
+
+
+class ObjectiveConfig(BaseModel):
+    """The policy loss and its knobs (the `objective:` section). Formulas: docs/objectives.md."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: ObjectiveName = Field(
+        "ppo",
+        description="ppo (clipped ratio vs the behaviour policy), dual_clip (PPO + bound c·A "
+        "for A<0), decoupled_ppo (AReaL: clip vs π_prox times truncated π_prox/μ), cispo "
+        "(MiniMax-M1: stop-grad clipped IS weight · A · log π), gspo / gspo_token (sequence "
+        "geometric-mean ratio), aspo (flipped IS weight for A>0 with soft dual clip), "
+        "reinforce_tis (truncated-IS REINFORCE).",
+    )
+    eps_low: float = Field(0.2, ge=0.0, lt=1.0, description="Lower clip: ratios below 1-eps_low.")
+    eps_high: float = Field(
+        0.28, ge=0.0, description="Upper clip: ratios above 1+eps_high (0.28 = DAPO clip-higher)."
+    )
+    gspo_eps_low: float = Field(
+        3e-4, ge=0.0, lt=1.0, description="gspo/gspo_token lower clip of the sequence ratio."
+    )
+    gspo_eps_high: float = Field(
+        4e-4, ge=0.0, description="gspo/gspo_token upper clip of the sequence ratio."
+    )
+    dual_clip_c: float = Field(
+        3.0,
+        gt=1.0,
+        description="dual_clip and aspo: the bound c (> 1) on the weight of A<0 tokens "
+        "(aspo also of flipped A>0 weights).",
+    )
+    is_cap: float = Field(
+        2.0,
+        gt=0.0,
+        description="C: cap of the behaviour importance weight (decoupled_ppo uses w = "
+        "π_prox/μ, reinforce_tis r = π_θ/μ), and upper bound of the correction mask.",
+    )
+    is_floor: float = Field(
+        0.0,
+        ge=0.0,
+        description="Lower bound of the correction mask (IcePop uses 0.5 with is_cap 5).",
+    )
+    is_mode: Literal["truncate", "mask"] = Field(
+        "truncate",
+        description="decoupled_ppo / reinforce_tis: truncate the weight at is_cap (TIS) or "
+        "drop tokens whose weight exceeds it (MIS).",
+    )
+    is_level: Literal["token", "sequence"] = Field(
+        "token",
+        description="Importance weight per token, or one per sequence (product over its "
+        "tokens) broadcast to its tokens.",
+    )
+    correction_mask: bool = Field(
+        False,
+        description="For every objective: drop tokens (or sequences, with is_level=sequence) "
+        "whose behaviour weight π_prox/μ lies outside [is_floor, is_cap] (MIS / IcePop).",
+    )
+    agg: AggName = Field(
+        "token-mean",
+        description="token-mean: sum over all tokens / all tokens of the step (DAPO; split-"
+        "invariant). seq-mean-token-mean: per-sequence mean, then mean over sequences (GRPO). "
+        "seq-mean-token-sum-norm: per-sequence sum / norm_length, mean over sequences (Dr.GRPO).",
+    )
+    norm_length: int | None = Field(
+        None,
+        ge=1,
+        description="seq-mean-token-sum-norm: the constant divisor (usually max new tokens). "
+        "Empty: the padded response width of the batch.",
+    )
+    kl_beta: float = Field(
+        0.0, ge=0.0, description="Weight of KL to a frozen reference model; 0 loads no reference."
+    )
+    kl_estimator: Literal["k1", "k2", "k3", "k3+"] = Field(
+        "k3",
+        description="k1: log π/π_ref. k2: ½(log π/π_ref)². k3: π_ref/π − log(π_ref/π) − 1. "
+        "k3+: value of k3 with the gradient of k2 (unbiased gradient of KL).",
+    )
+    entropy_coef: float = Field(
+        0.0, ge=0.0, description="Entropy bonus weight (entropy is always measured)."
+    )
+    log_ratio_clamp: float = Field(
+        20.0, gt=0.0, description="Log-ratios are clamped to ±this before exp, so no inf/NaN."
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> ObjectiveConfig:
+        if self.is_floor >= self.is_cap:
+            raise ValueError(
+                f"objective.is_floor ({self.is_floor}) must be below objective.is_cap "
+                f"({self.is_cap})"
+            )
+        return self
+
+
+class AdvantageConfig(BaseModel):
+    """Which advantage estimator the learner uses (the `advantage:` section)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: Literal["grpo", "dr_grpo", "rloo", "reinforce_pp", "remax"] = Field(
+        "grpo",
+        description="grpo: (r - group mean) / (group std + eps) (DeepSeekMath). dr_grpo: "
+        "r - group mean, no std (Dr. GRPO). rloo: r - mean of the other G-1 samples (RLOO). "
+        "reinforce_pp: whitened over the whole batch (REINFORCE++). remax: r - reward of one "
+        "extra greedy sample per prompt, generated by the generator (ReMax).",
+    )
+    eps: float = Field(1e-6, gt=0.0, description="Added to standard deviations before dividing.")
+    reinforce_pp_group_baseline: bool = Field(
+        False,
+        description="reinforce_pp only: subtract the group mean before whitening over the batch "
+        "(the 'REINFORCE++-baseline' variant for groups of G > 1).",
+    )
