@@ -7,6 +7,7 @@ without holding more than a few chunks in flight.
 from __future__ import annotations
 
 import logging
+import math
 
 import torch
 
@@ -123,7 +124,7 @@ def decode_safetensors(blob: bytes | bytearray) -> dict[str, torch.Tensor]:
             begin, end = meta["data_offsets"]
             shape = meta["shape"]
             count = (end - begin) // torch.empty(0, dtype=dtype).element_size()
-            if base + end > len(blob) or count != _numel(shape):
+            if base + end > len(blob) or count != math.prod(shape):
                 raise WeightsError(f"{name}: data offsets do not match its shape")
             if count == 0:
                 out[name] = torch.empty(shape, dtype=dtype)
@@ -131,13 +132,6 @@ def decode_safetensors(blob: bytes | bytearray) -> dict[str, torch.Tensor]:
             t = torch.frombuffer(blob, dtype=dtype, count=count, offset=base + begin)
             out[name] = t.reshape(shape)
     return out
-
-
-def _numel(shape: list[int]) -> int:
-    n = 1
-    for d in shape:
-        n *= d
-    return n
 
 
 def load_into_model(model: torch.nn.Module, tensors: dict[str, torch.Tensor]) -> None:

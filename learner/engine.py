@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib
 import logging
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -261,19 +262,36 @@ class Engine:
     def lr(self) -> float:
         return float(self.engine.get_lr()[0])
 
-    def named_parameters_for_publish(self) -> dict[str, torch.Tensor]:
-        """Full (gathered) parameters, deduplicated as `named_parameters()` does. Collective
-        under ZeRO-3: every rank must call it; only rank 0's result is meaningful."""
-        if self.train_cfg.zero_stage == 3:
-            import deepspeed
+    def parameter_specs(self) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+        """Full shape and dtype of every parameter (deduplicated as `named_parameters()`
+        does), known without gathering under ZeRO-3."""
+        return {
+            n: (tuple(getattr(p, "ds_shape", p.shape)), p.dtype)
+            for n, p in self.model.named_parameters()
+        }
 
-            out = {}
+    def full_parameters(self) -> Iterator[tuple[str, torch.Tensor]]:
+        """Each full parameter in `parameter_specs` order, valid only until the next one is
+        asked for: under ZeRO-3 one parameter is gathered at a time (a collective: every rank
+        must iterate; only rank 0's tensors are meaningful), so no full copy is ever held."""
+        if self.train_cfg.zero_stage != 3:
             for name, p in self.model.named_parameters():
-                with deepspeed.zero.GatheredParameters([p], modifier_rank=None):
-                    if self.rank == 0:
-                        out[name] = p.detach().to("cpu").clone()
-            return out
-        return {n: p.detach() for n, p in self.model.named_parameters()}
+                yield name, p.detach()
+            return
+        import deepspeed
+
+        for name, p in self.model.named_parameters():
+            with deepspeed.zero.GatheredParameters([p], modifier_rank=None):
+                yield name, p.detach()
+
+    def named_parameters_for_publish(self) -> dict[str, torch.Tensor]:
+        """A CPU copy of the full parameters on rank 0 (export, tests), empty elsewhere.
+        Collective under ZeRO-3. Publishing streams `full_parameters` instead."""
+        out = {}
+        for name, t in self.full_parameters():
+            if self.rank == 0:
+                out[name] = t.to("cpu", copy=True)
+        return out
 
     def save_checkpoint(self, path: str, version: int, client_state: dict) -> None:
         """Save under tag `v<version>`; DeepSpeed then points its `latest` file at it, so a

@@ -491,12 +491,17 @@ class Learner:
         (out / "asyncrl_version.json").write_text(json.dumps({"policy_version": version}))
 
     def _publish(self, engine: Engine, hub, version: int) -> None:
-        from learner.weights import serialize_named_tensors
+        from learner.weights import BlobWriter
 
         t = time.time()
-        tensors = engine.named_parameters_for_publish()
+        # Each parameter is copied into the blob as it is gathered (ZeRO-3) or read: the
+        # blob is the only full copy made. Other ranks take part in the gathers only.
+        writer = BlobWriter(engine.parameter_specs(), hub.weights.spare()) if hub else None
+        for name, tensor in engine.full_parameters():
+            if writer is not None:
+                writer.write(name, tensor)
         if hub is not None:
-            blob = serialize_named_tensors(tensors, reuse=hub.weights.spare())
+            blob = writer.finish()
             path = ""
             if self.cfg.learner.weights_transport == "disk":
                 from learner.weights import write_version_dir

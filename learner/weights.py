@@ -14,6 +14,7 @@ reads from it.
 from __future__ import annotations
 
 import json
+import math
 import queue
 import struct
 import threading
@@ -69,55 +70,84 @@ _ST_DTYPES = {
 }
 
 
+class BlobWriter:
+    """Writes the safetensors encoding of a state tensor by tensor: the layout (names,
+    shapes, dtypes) first, then each tensor's bytes in that order as it becomes available.
+    Under ZeRO-3 a parameter is copied here while it is gathered, so the publisher never
+    holds a second full copy of the model. Each written range is hashed on a second thread
+    while the next tensor is copied (xxhash releases the GIL): publish time becomes
+    max(copy, hash) instead of their sum. `reuse`: a buffer nobody reads any more
+    (`WeightsStore.spare`), written over when the size fits."""
+
+    def __init__(self, specs: dict[str, tuple[tuple[int, ...], torch.dtype]], reuse=None) -> None:
+        self.header: dict = {}
+        offset = 0
+        for name, (shape, dtype) in specs.items():
+            nbytes = math.prod(shape) * torch.empty(0, dtype=dtype).element_size()
+            self.header[name] = {
+                "dtype": _ST_DTYPES[dtype],
+                "shape": list(shape),
+                "data_offsets": [offset, offset + nbytes],
+            }
+            offset += nbytes
+        head = json.dumps(self.header, separators=(",", ":")).encode()
+        head += b" " * (-len(head) % 8)  # the data section starts 8-byte aligned
+        size = 8 + len(head) + offset
+        fits = isinstance(reuse, Serialized) and len(reuse) == size
+        self.out = reuse if fits else Serialized(size)
+        self.out[:8] = struct.pack("<Q", len(head))
+        self.out[8 : 8 + len(head)] = head
+        self.base = 8 + len(head)
+        self._order = iter(self.header)
+        self._view = memoryview(self.out)
+        self._ranges: queue.Queue = queue.Queue()
+        self._hasher = Checksum()
+        self._thread = threading.Thread(
+            target=self._hash_ranges, name="weights-digest", daemon=True
+        )
+        self._thread.start()
+        self._ranges.put((0, self.base))
+
+    def _hash_ranges(self) -> None:
+        while (r := self._ranges.get()) is not None:
+            self._hasher.update(self._view[r[0] : r[1]])
+
+    def write(self, name: str, tensor: torch.Tensor) -> None:
+        """Copy the next tensor of the layout (the running hash needs them in order)."""
+        expected = next(self._order, None)
+        if name != expected:
+            raise ValueError(f"wrote {name}, but the layout expects {expected} next")
+        meta = self.header[name]
+        if list(tensor.shape) != meta["shape"] or _ST_DTYPES[tensor.dtype] != meta["dtype"]:
+            raise ValueError(f"{name}: {tensor.dtype} {tuple(tensor.shape)} is not its layout")
+        if tensor.numel() == 0:
+            return
+        begin, end = (self.base + x for x in meta["data_offsets"])
+        dst = torch.frombuffer(self.out, dtype=tensor.dtype, count=tensor.numel(), offset=begin)
+        dst.copy_(tensor.detach().reshape(-1))
+        self._ranges.put((begin, end))
+
+    def finish(self) -> Serialized:
+        self._ranges.put(None)
+        self._thread.join()
+        missing = next(self._order, None)
+        if missing is not None:
+            raise ValueError(f"{missing} was never written")
+        self._view.release()
+        self.out.digest = self._hasher.hexdigest()
+        return self.out
+
+
 def serialize_named_tensors(
     tensors: dict[str, torch.Tensor], reuse: bytearray | None = None
 ) -> Serialized:
-    """The safetensors encoding of `tensors`, written with one copy per tensor straight into
-    the output buffer (this is also the snapshot that lets training go on while generators
-    fetch). `safetensors.torch.save` copies twice, which dominated publish time. `reuse`: a
-    buffer nobody reads any more (`WeightsStore.spare`), written over when the size fits."""
-    header: dict = {}
-    offset = 0
+    """The safetensors encoding of `tensors` (one copy each; `safetensors.torch.save` copies
+    twice, which dominated publish time). The blob is also the snapshot that lets training
+    go on while generators fetch."""
+    writer = BlobWriter({n: (tuple(t.shape), t.dtype) for n, t in tensors.items()}, reuse)
     for name, t in tensors.items():
-        nbytes = t.numel() * t.element_size()
-        header[name] = {
-            "dtype": _ST_DTYPES[t.dtype],
-            "shape": list(t.shape),
-            "data_offsets": [offset, offset + nbytes],
-        }
-        offset += nbytes
-    head = json.dumps(header, separators=(",", ":")).encode()
-    head += b" " * (-len(head) % 8)  # the data section starts 8-byte aligned
-    size = 8 + len(head) + offset
-    out = reuse if isinstance(reuse, Serialized) and len(reuse) == size else Serialized(size)
-    out[:8] = struct.pack("<Q", len(head))
-    out[8 : 8 + len(head)] = head
-    base = 8 + len(head)
-    # Hash each written range on a second thread while the next tensor is copied (xxhash
-    # releases the GIL): publish time becomes max(copy, hash) instead of their sum.
-    view = memoryview(out)
-    ranges: queue.Queue = queue.Queue()
-    hasher = Checksum()
-
-    def hash_ranges() -> None:
-        while (r := ranges.get()) is not None:
-            hasher.update(view[r[0] : r[1]])
-
-    worker = threading.Thread(target=hash_ranges, name="weights-digest")
-    worker.start()
-    ranges.put((0, base))
-    for name, t in tensors.items():
-        if t.numel() == 0:
-            continue
-        begin = base + header[name]["data_offsets"][0]
-        dst = torch.frombuffer(out, dtype=t.dtype, count=t.numel(), offset=begin)
-        dst.copy_(t.detach().reshape(-1))
-        ranges.put((begin, begin + t.numel() * t.element_size()))
-    ranges.put(None)
-    worker.join()
-    view.release()
-    out.digest = hasher.hexdigest()
-    return out
+        writer.write(name, t)
+    return writer.finish()
 
 
 @dataclass

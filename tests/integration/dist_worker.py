@@ -36,9 +36,11 @@ def main() -> int:
     p.add_argument("overrides", nargs="*")
     args = p.parse_args()
 
+    from generators.weights import decode_safetensors
     from launch.config import load_config
     from learner.engine import Engine, broadcast_batch, init_distributed
     from learner.trainer import train_step
+    from learner.weights import BlobWriter
 
     cfg = load_config(
         None,
@@ -59,7 +61,17 @@ def main() -> int:
     for _ in range(2):
         train_step(engine, batch, cfg)
     params = engine.named_parameters_for_publish()
+    # The publisher's path: each parameter copied into the blob as it is gathered. It must
+    # hold exactly the parameters gathered whole (both are collective under ZeRO-3).
+    writer = BlobWriter(engine.parameter_specs()) if rank == 0 else None
+    for name, t in engine.full_parameters():
+        if writer is not None:
+            writer.write(name, t)
     if rank == 0:
+        published = decode_safetensors(writer.finish())
+        assert published.keys() == params.keys()
+        for k, v in params.items():
+            assert torch.equal(published[k], v), k
         torch.save({k: v.detach().cpu().clone() for k, v in params.items()}, args.out)
     torch.distributed.barrier()
     return 0

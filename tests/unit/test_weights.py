@@ -143,3 +143,26 @@ def test_assembling_into_a_reused_buffer_checks_the_new_digest():
         asm.add(i, parts_new[i] if i != 2 else parts_old[i])
     with pytest.raises(WeightsError, match="digest"):
         verify_and_decode(asm.buf, pub_new.digest)
+
+
+def test_blob_writer_takes_tensors_in_layout_order_only():
+    # The running hash covers the blob front to back, so tensors come in layout order.
+    from learner.weights import BlobWriter
+
+    specs = {"a": ((2,), torch.float32), "b": ((3,), torch.bfloat16)}
+    with pytest.raises(ValueError, match="expects a next"):
+        BlobWriter(specs).write("b", torch.zeros(3, dtype=torch.bfloat16))
+    w = BlobWriter(specs)
+    w.write("a", torch.zeros(2))
+    with pytest.raises(ValueError, match="not its layout"):
+        w.write("b", torch.zeros(3))  # float32, not bfloat16
+    w = BlobWriter(specs)
+    w.write("a", torch.zeros(2))
+    with pytest.raises(ValueError, match="b was never written"):
+        w.finish()
+    w = BlobWriter(specs)
+    w.write("a", torch.ones(2))
+    w.write("b", torch.ones(3, dtype=torch.bfloat16))
+    blob = w.finish()
+    assert blob.digest == digest_of(bytes(blob))
+    assert torch.equal(decode_safetensors(blob)["b"], torch.ones(3, dtype=torch.bfloat16))
