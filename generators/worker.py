@@ -19,7 +19,7 @@ import zmq
 
 from generators.backends.base import SamplingParams
 from generators.metrics import GeneratorMetrics
-from generators.weights import ChunkAssembler, WeightsError
+from generators.weights import FETCH_WINDOW, ChunkAssembler, WeightsError
 from protocol.codec import ProtocolError
 from protocol.messages import (
     Heartbeat,
@@ -59,7 +59,7 @@ class GeneratorWorker:
         metrics: GeneratorMetrics,
         factory: SocketFactory | None = None,
         reconnect_seconds: float = 10.0,
-        fetch_window: int = 4,
+        fetch_window: int = FETCH_WINDOW,
         inflight_updates: str = "off",
         prefetch_lease: bool = True,
     ):

@@ -155,12 +155,14 @@ def _serve_chunks(router: zmq.Socket, source, stop: threading.Event, wrapped: bo
 
 
 def _fetch(dealer: zmq.Socket, version: int, n_chunks: int, assembler=None) -> None:
-    """The generator side: keep 4 requests outstanding; with an assembler, copy and hash
-    each chunk on arrival (the steps of `GeneratorWorker._fetch_weights`), else only
-    receive."""
+    """The generator side: keep the worker's window of requests outstanding; with an
+    assembler, copy and hash each chunk on arrival (the steps of
+    `GeneratorWorker._fetch_weights`), else only receive."""
+    from generators.weights import FETCH_WINDOW
+
     received = next_index = outstanding = 0
     while received < n_chunks:
-        while outstanding < 4 and next_index < n_chunks:
+        while outstanding < FETCH_WINDOW and next_index < n_chunks:
             if assembler is not None:
                 send(dealer, WeightsRequest(version, next_index))
             else:
