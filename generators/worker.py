@@ -39,6 +39,10 @@ from protocol.sockets import SocketFactory, recv, send
 
 logger = logging.getLogger(__name__)
 
+# How long a generator that was told to stop still waits for a learner to take its last
+# group or its returned lease.
+SHUTDOWN_GRACE_SECONDS = 2.0
+
 
 class Stopping(Exception):
     """Raised inside the loop when a shutdown makes waiting for the learner pointless."""
@@ -196,12 +200,12 @@ class GeneratorWorker:
         if not self._prefetching:
             return
         try:
-            reply = self._reply(lease=True)
+            reply = self._reply(lease=True, stoppable=True)
             if isinstance(reply, Lease):
                 self._send(LeaseReturn(self.generator_id, [reply.lease_id]))
-                self._reply()  # the ack: the return has landed before the sockets close
+                self._reply(stoppable=True)  # the ack: the return landed before sockets close
                 logger.info("returned prefetched lease %d", reply.lease_id)
-        except LearnerGone:
+        except (LearnerGone, Stopping):
             pass  # the lease expires on the learner and is re-issued then
 
     def _work(self, lease: Lease) -> None:
@@ -238,8 +242,7 @@ class GeneratorWorker:
             )
             # The PUSH socket blocks at its high-water mark rather than dropping: bounded here
             # so a vanished learner cannot hang us (the lease then expires and is re-issued).
-            if not self.push.poll(int(self.reconnect_seconds * 1000), zmq.POLLOUT):
-                raise LearnerGone("rollouts socket not writable")
+            self._wait_writable(self.push, "rollouts socket not writable")
             send(self.push, group)
             self.metrics.groups.inc()
             self.metrics.tokens.inc(int(group.lengths.sum()))
@@ -355,7 +358,7 @@ class GeneratorWorker:
             blob = assembler.finish(ann.digest)
             self.backend.load_weights(blob, ann.digest, ann.version)
             self._spare_blob = blob  # backends copy what they load and keep no reference
-        except LearnerGone:
+        except (LearnerGone, Stopping):
             raise
         except Exception as exc:  # a corrupt fetch must not kill the generator; count it
             self._drain_replies(outstanding)
@@ -374,10 +377,23 @@ class GeneratorWorker:
         )
 
     def _send(self, msg: Message) -> None:
+        self._wait_writable(self.control, f"could not send {msg.TYPE}")
         try:
             send(self.control, msg)
-        except zmq.Again:
+        except zmq.Again:  # SNDTIMEO backstop
             raise LearnerGone(f"could not send {msg.TYPE}: no learner connected") from None
+
+    def _wait_writable(self, sock: zmq.Socket, what: str) -> None:
+        """Wait until `sock` takes a message (a DEALER or PUSH with no learner connected
+        does not): LearnerGone after `reconnect_seconds`, Stopping after a short grace once
+        shutdown began, so SIGTERM is not held up by a learner that already exited."""
+        start = time.time()
+        while not sock.poll(200, zmq.POLLOUT):
+            waited = time.time() - start
+            if self.stop.is_set() and waited >= SHUTDOWN_GRACE_SECONDS:
+                raise Stopping()
+            if waited >= self.reconnect_seconds:
+                raise LearnerGone(f"{what}: no learner connected")
 
     def _drain_replies(self, n: int) -> None:
         for _ in range(n):

@@ -274,3 +274,23 @@ def test_weights_fetched_while_the_prefetched_lease_waits_lose_nothing():
     # Lease 2 (the learner has no other) was taken from where the fetch set it aside;
     # dropped as a stray, the worker would wait on a reply that never comes.
     assert learner.pushed == [1, 2]
+
+
+def test_stop_is_prompt_when_the_learner_already_exited():
+    # `asyncrl local` stops generators after the learner has gone: the finished group and the
+    # prefetched lease have nowhere to go, and waiting out reconnect_seconds (30 s here) for
+    # them would hold up shutdown.
+    learner, backend = ScriptedLearner(leases=5), StubBackend()
+    backend.gates[1] = threading.Event()
+    worker = GeneratorWorker(
+        backend, "g0", learner.address, GeneratorMetrics(), reconnect_seconds=30
+    )
+    th = _run(worker)
+    _until(lambda: learner.issued == 2)  # lease 1 in generation, lease 2 prefetched
+    learner.close()
+    worker.stop.set()
+    t = time.monotonic()
+    backend.gates[1].set()
+    th.join(15)
+    assert not th.is_alive()
+    assert time.monotonic() - t < 8, time.monotonic() - t
