@@ -27,6 +27,19 @@ def _setup_logging(role: str, level: str = "INFO") -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
+def _claim_stdout():
+    """Keep stdout for the learner's JSON events: they get a private copy of the descriptor
+    and descriptor 1 is pointed at stderr, so what libraries print (DeepSpeed's accelerator
+    warning and op builds, from Python or C++) cannot interleave with them. Called before
+    torch and DeepSpeed are imported."""
+    import os
+
+    sys.stdout.flush()
+    events = os.fdopen(os.dup(1), "w", buffering=1)
+    os.dup2(2, 1)
+    return events
+
+
 def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--config",
@@ -110,10 +123,11 @@ def main(argv: list[str] | None = None) -> int:
         print(dump_config(cfg), end="")
         return 0
     if args.command == "learner":
+        events = _claim_stdout()
         _setup_logging("learner", args.log_level)
         from learner.trainer import Learner
 
-        Learner(cfg, resume=args.resume).run()
+        Learner(cfg, resume=args.resume, events=events).run()
         return 0
     if args.command == "generator":
         _setup_logging(f"generator[{cfg.generator.generator_id or '-'}]", args.log_level)

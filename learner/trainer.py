@@ -244,9 +244,10 @@ def evaluate(engine: Engine, tokenizer, rows, cfg) -> float | None:
 class Learner:
     """Owns the engine, (on rank 0) the hub and metrics server, and the loop."""
 
-    def __init__(self, cfg, resume: bool = False):
+    def __init__(self, cfg, resume: bool = False, events=None):
         self.cfg = cfg
         self.resume = resume
+        self.events = events  # where JSON event lines go (default: stdout)
         self.stop = threading.Event()
         self.checkpoint_dir = Path(cfg.learner.output_dir) / "checkpoint"
 
@@ -305,6 +306,7 @@ class Learner:
             if acc_before is not None:
                 hub.metrics.eval_accuracy.set(acc_before)
             _emit(
+                self.events,
                 {
                     "event": "learner_ready",
                     "endpoints": hub.endpoints,
@@ -313,7 +315,7 @@ class Learner:
                     "policy_version": version,
                     "resumed": self.resume,
                     "gate": restored,  # as restored, before any lease of this lifetime
-                }
+                },
             )
             logger.info("held-out accuracy before RL: %s", _fmt(acc_before))
         t0 = time.time()
@@ -560,9 +562,10 @@ def _fmt(x: float | None) -> str:
     return "n/a" if x is None else f"{x:.3f}"
 
 
-def _emit(event: dict) -> None:
-    """Machine-readable events go to stdout as one JSON line each (the launcher reads them)."""
+def _emit(stream, event: dict) -> None:
+    """Machine-readable events, one JSON line each (the launcher reads them)."""
     import sys
 
-    sys.stdout.write(json.dumps(event) + "\n")
-    sys.stdout.flush()
+    stream = stream or sys.stdout
+    stream.write(json.dumps(event) + "\n")
+    stream.flush()

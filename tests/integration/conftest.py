@@ -79,14 +79,13 @@ def start_cli(args: list[str], log: Path) -> subprocess.Popen:
 
 
 def next_event(proc: subprocess.Popen, kind: str) -> dict:
-    """The next JSON event on the process's stdout (libraries may print other lines)."""
-    while True:
-        line = proc.stdout.readline()
-        assert line, f"process exited before its {kind!r} event (see its log)"
-        if line.startswith("{"):
-            event = json.loads(line)
-            assert event["event"] == kind, event
-            return event
+    """The next JSON event on the process's stdout, which carries nothing else: what
+    libraries print is sent to stderr (`launch.cli._claim_stdout`, `launch.local`)."""
+    line = proc.stdout.readline()
+    assert line, f"process exited before its {kind!r} event (see its log)"
+    event = json.loads(line)
+    assert event["event"] == kind, event
+    return event
 
 
 def scrape(url: str, timeout: float = 5.0) -> dict[str, float]:
