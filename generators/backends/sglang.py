@@ -17,7 +17,14 @@ InitWeightsUpdateGroupReqInput, UpdateWeightsFromDistributedReqInput, PauseGener
 - `/init_weights_update_group` blocks until every rank joined; `/update_weights_from_distributed`
   takes names, dtypes, shapes, group_name, flush_cache, weight_version (and `load_format:
   "flattened_bucket"` for one bucketed broadcast). The learner-side NCCL publisher is not
-  built yet; the request builders are here and tested.
+  built yet; the request builders are here and tested. Facts for whoever builds it (read from
+  the released wheels 0.4.10-0.5.23): the server joins with `rank_offset + tp_rank` through a
+  copy of torch's init_process_group (rendezvous on tcp://master, PrefixStore(group_name)), so
+  the learner must be rank 0 of an identical group, started concurrently with the HTTP call;
+  dtypes travel as `"bfloat16"` (getattr(torch, ...)); `weight_version` needs >= 0.5.2 and
+  `load_format` >= 0.5.6, and a flattened bucket must keep each tensor's byte offset a multiple
+  of its itemsize; from 0.5.21 the update must be wrapped in `/begin_weight_update` and
+  `/end_weight_update`, or the server never joins the broadcast and the learner hangs.
 """
 
 from __future__ import annotations
