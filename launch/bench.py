@@ -30,7 +30,7 @@ import numpy as np
 import zmq
 
 from protocol.codec import encode
-from protocol.messages import RolloutGroup, WeightsChunk, WeightsRequest
+from protocol.messages import RolloutGroup, WeightsRequest
 from protocol.sockets import SocketFactory, recv, send
 
 logger = logging.getLogger(__name__)
@@ -146,9 +146,7 @@ def _serve_chunks(router: zmq.Socket, source, stop: threading.Event, wrapped: bo
             continue
         if wrapped:
             prefix, msg = recv(router, routed=True)
-            pub = source.get(msg.version)
-            data = np.frombuffer(pub.chunk(msg.index), np.uint8)
-            pub.sent(send(router, WeightsChunk(msg.version, msg.index, data), prefix, track=True))
+            source.serve(router, prefix, msg)
         else:
             ident, index = router.recv_multipart()
             router.send_multipart([ident, source[int(index)]], copy=False)

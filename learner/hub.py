@@ -41,7 +41,6 @@ from protocol.messages import (
     LeaseReturn,
     RolloutGroup,
     WeightsAnnouncement,
-    WeightsChunk,
     WeightsRequest,
     Welcome,
 )
@@ -292,14 +291,14 @@ class Hub:
         if got is False:
             return True
         prefix, msg = got
+        if isinstance(msg, WeightsRequest):
+            # The store has its own lock: chunks are served without taking the hub's.
+            self.metrics.weight_bytes_served.inc(self.weights.serve(self.control, prefix, msg))
+            return True
         now = time.time()
         with self._lock:
-            pub = None
             if isinstance(msg, LeaseRequest):
                 reply = self._on_lease_request(msg, now)
-            elif isinstance(msg, WeightsRequest):
-                pub = self.weights.get(msg.version)
-                reply = self._on_weights_request(msg, pub)
             elif isinstance(msg, Heartbeat):
                 self._touch(msg.generator_id, None, msg.version, now)
                 self.leases.extend(
@@ -321,11 +320,6 @@ class Hub:
                 self.metrics.malformed.labels(reason="unexpected_type").inc()
                 self._log.warning("unexpected", "unexpected %s on control socket", msg.TYPE)
                 return True
-        if pub is not None and not reply.missing:
-            self.metrics.weight_bytes_served.inc(len(reply.data))
-            # Sent without a copy: the blob is recycled only once ZeroMQ is done with it.
-            pub.sent(send(self.control, reply, prefix=prefix, track=True))
-            return True
         send(self.control, reply, prefix=prefix)
         return True
 
@@ -397,12 +391,6 @@ class Hub:
             stop=list(s.stop),
         )
 
-    def _on_weights_request(self, msg: WeightsRequest, pub) -> WeightsChunk:
-        if pub is None or not 0 <= msg.index < pub.chunks:
-            return WeightsChunk(msg.version, msg.index, np.zeros(0, np.uint8), missing=True)
-        return WeightsChunk(msg.version, msg.index, np.frombuffer(pub.chunk(msg.index), np.uint8))
-
-    # ---------------------------------------------------------------- intake
     def _handle_rollout(self) -> bool:
         got = self._recv(self.rollouts, routed=False)
         if got is None:

@@ -20,8 +20,12 @@ import struct
 import threading
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 import xxhash
+
+from protocol.messages import WeightsChunk, WeightsRequest
+from protocol.sockets import send
 
 
 class Serialized(bytearray):
@@ -209,6 +213,19 @@ class WeightsStore:
                 if pub is not None and pub.version == version:
                     return pub
         return None
+
+    def serve(self, sock, prefix: list, req: WeightsRequest) -> int:
+        """Answer a chunk request on a ROUTER socket: the chunk sent without a copy (tracked,
+        so its blob is reused only once ZeroMQ is done with it), or `missing` when the version
+        was superseded or the index is out of range. Returns the bytes served."""
+        pub = self.get(req.version)
+        if pub is None or not 0 <= req.index < pub.chunks:
+            gone = WeightsChunk(req.version, req.index, np.zeros(0, np.uint8), missing=True)
+            send(sock, gone, prefix=prefix)
+            return 0
+        data = np.frombuffer(pub.chunk(req.index), np.uint8)
+        pub.sent(send(sock, WeightsChunk(req.version, req.index, data), prefix, track=True))
+        return len(data)
 
 
 def write_version_dir(root: str, version: int, blob, model_path: str, keep: int = 2) -> str:
