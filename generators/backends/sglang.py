@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 import subprocess
 import sys
 import time
@@ -334,18 +333,17 @@ class SGLangBackend:
         verify_and_decode(blob, digest)  # raises on a bad digest before the server is touched
         path = self.write_weights(blob, version)
         self.update_from_disk(str(path), version)
-        for old in Path(self.cfg.weights_dir).glob("v*"):
-            if old != path:
-                shutil.rmtree(old, ignore_errors=True)
         if self.version != version:
             raise WeightsError(f"server did not report version {version}")
 
     def write_weights(self, blob, version: int) -> Path:
         """`weights_dir/v<version>/` with the base model's config and the new safetensors,
-        written atomically (the same layout as the learner's disk transport)."""
+        written atomically (the same layout as the learner's disk transport). Only this
+        version is kept: the server holds the previous one in memory, not on disk."""
         from learner.weights import write_version_dir
 
-        return Path(write_version_dir(self.cfg.weights_dir, version, blob, self.model_path))
+        path = write_version_dir(self.cfg.weights_dir, version, blob, self.model_path, keep=1)
+        return Path(path)
 
     def update_from_disk(self, path: str, version: int) -> None:
         """The disk publisher's path: pause, load `path` labelled `version`, continue."""

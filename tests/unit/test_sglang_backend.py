@@ -191,6 +191,10 @@ def test_backend_against_fake_server(server):
     assert (written / "model.safetensors").read_bytes() == bytes(blob)
     assert backend.version == 4
     assert backend.generate(np.array([1]), 1, SamplingParams())[0].versions.tolist() == [4, 4]
+    # The next version replaces this one on disk: the server keeps weights in memory.
+    blob = serialize_named_tensors({"w": torch.zeros(3)})
+    backend.load_weights(blob, digest_of(blob), 5)
+    assert sorted(p.name for p in (tmp / "w").iterdir()) == ["v5"]
 
 
 def test_bad_digest_never_reaches_the_server(server):
