@@ -47,7 +47,8 @@ def small_overrides(tiny_cache, tmp_path) -> list[str]:
 
 
 def run_cli(args: list[str], timeout: float = 600, env: dict | None = None):
-    """Run `python -m launch.cli ARGS`; returns (returncode, stdout JSON events, stderr)."""
+    """Run `python -m launch.cli ARGS`; returns (returncode, stdout JSON events, stderr).
+    Every stdout line is an event (see `next_event`)."""
     full_env = dict(os.environ, PYTHONUNBUFFERED="1", **(env or {}))
     proc = subprocess.run(
         [sys.executable, "-m", "launch.cli", *args],
@@ -57,11 +58,7 @@ def run_cli(args: list[str], timeout: float = 600, env: dict | None = None):
         timeout=timeout,
         env=full_env,
     )
-    events = []
-    for line in proc.stdout.splitlines():
-        line = line.strip()
-        if line.startswith("{"):
-            events.append(json.loads(line))
+    events = [json.loads(line) for line in proc.stdout.splitlines() if line.strip()]
     return proc.returncode, events, proc.stderr
 
 

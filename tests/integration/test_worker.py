@@ -185,6 +185,17 @@ def _worker(backend, learner: ScriptedLearner, prefetch: bool = True) -> Generat
     )
 
 
+def _serve_groups(worker: GeneratorWorker, learner: ScriptedLearner, n: int) -> None:
+    """Run the worker until the learner has received `n` groups, then stop both."""
+    th = _run(worker)
+    try:
+        _until(lambda: len(learner.pushed) == n)
+        worker.stop.set()
+        th.join(10)
+    finally:
+        learner.close()
+
+
 def _prefetched(learner: ScriptedLearner, backend: StubBackend, k: int) -> bool:
     """Whether the request for lease k+1 (0-based request k) arrived before group k
     (1-based generate call k) had finished generating."""
@@ -194,13 +205,7 @@ def _prefetched(learner: ScriptedLearner, backend: StubBackend, k: int) -> bool:
 def test_next_lease_is_requested_before_the_current_group_is_pushed():
     learner, backend = ScriptedLearner(leases=3), StubBackend(seconds=0.05)
     worker = _worker(backend, learner)
-    th = _run(worker)
-    try:
-        _until(lambda: len(learner.pushed) == 3)
-        worker.stop.set()
-        th.join(10)
-    finally:
-        learner.close()
+    _serve_groups(worker, learner, 3)
     assert learner.pushed == [1, 2, 3]
     # Each group takes 50 ms and the next request goes out as the group starts.
     assert [_prefetched(learner, backend, k) for k in (1, 2, 3)] == [True, True, True]
@@ -210,13 +215,7 @@ def test_next_lease_is_requested_before_the_current_group_is_pushed():
 def test_without_prefetch_each_request_follows_the_previous_group():
     learner, backend = ScriptedLearner(leases=3), StubBackend(seconds=0.01)
     worker = _worker(backend, learner, prefetch=False)
-    th = _run(worker)
-    try:
-        _until(lambda: len(learner.pushed) == 3)
-        worker.stop.set()
-        th.join(10)
-    finally:
-        learner.close()
+    _serve_groups(worker, learner, 3)
     assert [_prefetched(learner, backend, k) for k in (1, 2)] == [False, False]
 
 
@@ -225,13 +224,7 @@ def test_no_prefetch_while_a_group_takes_over_a_quarter_of_the_lease():
     # one prefetched for, when nothing had been timed yet) every request waits for the group.
     learner, backend = ScriptedLearner(leases=3, lease_seconds=0.2), StubBackend(seconds=0.08)
     worker = _worker(backend, learner)
-    th = _run(worker)
-    try:
-        _until(lambda: len(learner.pushed) == 3)
-        worker.stop.set()
-        th.join(10)
-    finally:
-        learner.close()
+    _serve_groups(worker, learner, 3)
     assert [_prefetched(learner, backend, k) for k in (1, 2, 3)] == [True, False, False]
 
 
