@@ -284,8 +284,8 @@ class Engine:
             with deepspeed.zero.GatheredParameters([p], modifier_rank=None):
                 yield name, p.detach()
 
-    def named_parameters_for_publish(self) -> dict[str, torch.Tensor]:
-        """A CPU copy of the full parameters on rank 0 (export, tests), empty elsewhere.
+    def cpu_parameters(self) -> dict[str, torch.Tensor]:
+        """A CPU copy of the full parameters on rank 0 (HF export, tests), empty elsewhere.
         Collective under ZeRO-3. Publishing streams `full_parameters` instead."""
         out = {}
         for name, t in self.full_parameters():

@@ -482,7 +482,7 @@ class Learner:
 
     def _export(self, engine: Engine, tokenizer, version: int) -> None:
         """The policy in Hugging Face format (safetensors + config + tokenizer)."""
-        tensors = engine.named_parameters_for_publish()
+        tensors = engine.cpu_parameters()
         if engine.rank != 0:
             return
         out = Path(self.cfg.learner.output_dir) / "export"

@@ -60,7 +60,7 @@ def main() -> int:
     batch = broadcast_batch(fixed_batch(vocab) if rank == 0 else None, rank, world)
     for _ in range(2):
         train_step(engine, batch, cfg)
-    params = engine.named_parameters_for_publish()
+    params = engine.cpu_parameters()
     # The publisher's path: each parameter copied into the blob as it is gathered. It must
     # hold exactly the parameters gathered whole (both are collective under ZeRO-3).
     writer = BlobWriter(engine.parameter_specs()) if rank == 0 else None
