@@ -29,6 +29,10 @@ from protocol.messages import (
     LeaseRequest,
     LeaseReturn,
     Message,
+    NcclGroup,
+    NcclJoin,
+    NcclPlan,
+    NcclPull,
     RolloutGroup,
     WeightsAnnouncement,
     WeightsChunk,
@@ -89,6 +93,8 @@ class GeneratorWorker:
         self._last_generate = 0.0
         self._inflight_load_seconds = 0.0  # weight loads inside the current generate call
         self._spare_blob: bytearray | None = None  # the last loaded blob, reused by the next
+        self._nccl_offered = False  # the learner broadcasts weights (Welcome.nccl)
+        self._nccl_group: str | None = None  # our server's weight-update group, once joined
         self._socks: list[zmq.Socket] = []
         if inflight_updates != "off" and hasattr(backend, "between_tokens"):
             backend.between_tokens = self._between_tokens
@@ -135,6 +141,8 @@ class GeneratorWorker:
         self._socks += [self.push, self.sub]
         self.heartbeat_seconds = welcome.heartbeat_seconds
         self.lease_seconds = welcome.lease_seconds
+        self._nccl_offered = welcome.nccl
+        self._nccl_group = None  # a group belongs to one learner connection: join again
         self._prefetching, self._early = False, None  # a new socket: nothing is outstanding
         self.connected = True
         self.last_error = ""
@@ -328,8 +336,50 @@ class GeneratorWorker:
         logger.info("loaded weights version %d from disk in %.2fs", ann.version, time.time() - t)
         return True
 
+    def _pull_nccl(self, ann: WeightsAnnouncement) -> bool:
+        """nccl transport: have the server join our weight-update group (once per
+        connection) and receive the version as the learner broadcasts it. False (fetch
+        chunks instead) when not offered, not supported by the backend, or failed; a failed
+        group is joined afresh next time."""
+        if not self._nccl_offered or not hasattr(self.backend, "update_from_buckets"):
+            return False
+        t = time.time()
+        try:
+            if self._nccl_group is None:
+                world = self.backend.nccl_world_size()
+                group = self._request(NcclJoin(self.generator_id, world))
+                if not isinstance(group, NcclGroup) or group.error:
+                    raise WeightsError(f"no weight-update group: {getattr(group, 'error', group)}")
+                self.backend.join_update_group(
+                    group.address, group.port, group.group_name, group.backend, world
+                )
+                self._nccl_group = group.group_name
+            plan = self._request(NcclPull(self.generator_id, ann.version, self._nccl_group))
+            if not isinstance(plan, NcclPlan):
+                raise WeightsError(f"expected nccl_plan, got {plan.TYPE}")
+            if plan.missing and plan.reason == "version no longer held":
+                self.metrics.weight_errors.inc()
+                self._pending = None  # superseded: wait for the newer announcement
+                return True
+            if plan.missing:
+                self._nccl_group = None
+                raise WeightsError(plan.reason)
+            self.backend.update_from_buckets(plan, ann.version, self._nccl_group)
+        except (LearnerGone, Stopping):
+            raise
+        except Exception as exc:  # fall back to chunks for this version; count it
+            self._nccl_group = None
+            self.metrics.weight_errors.inc()
+            logger.warning("version %d over nccl failed (%s); fetching chunks", ann.version, exc)
+            return False
+        self._pending = None
+        self.metrics.policy_version.set(ann.version)
+        self.metrics.weight_load_seconds.observe(time.time() - t)
+        logger.info("loaded weights version %d over nccl in %.2fs", ann.version, time.time() - t)
+        return True
+
     def _fetch_weights(self, ann: WeightsAnnouncement) -> None:
-        if self._load_from_disk(ann):
+        if self._load_from_disk(ann) or self._pull_nccl(ann):
             return
         t = time.time()
         assembler = ChunkAssembler(ann.size, ann.chunks, reuse=self._spare_blob)

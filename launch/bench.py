@@ -10,6 +10,7 @@ across runs. Figures:
   verify + deserialise) vs fetching the same bytes as raw chunks over the same sockets, in
   steady state (several versions in a row, buffers recycled as in a run).
 - `objective_overhead`: objective + advantage time as a fraction of a learner step.
+- `learner_*`: training tokens/s and MFU of the learner update (see `launch.bench_learner`).
 - `pipeline_efficiency_async`, `async_over_sync`, `staleness`: `asyncrl local` on the tiny
   task with learner and generators pinned to separate cores, at η = 4 and η = 0; efficiency
   is trained tokens/s over min(generation-only, training-only) tokens/s, the latter two being
@@ -445,12 +446,19 @@ def bench_memory(quick: bool) -> dict:
     }
 
 
+def _bench_learner(quick: bool) -> dict:
+    from launch.bench_learner import bench_learner
+
+    return bench_learner(quick)
+
+
 def run_bench(quick: bool = False, only: list[str] | None = None) -> dict:
     sections = {
         "transport": bench_transport,
         "weights": bench_weights,
         "objective": bench_objective,
         "memory": bench_memory,
+        "learner": _bench_learner,
     }
     results: dict = {"quick": quick}
     t0 = time.time()

@@ -81,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--only",
         default="",
-        help="comma-separated sections: transport, weights, objective, memory, pipeline",
+        help="comma-separated sections: transport, weights, objective, memory, learner, pipeline",
     )
     p.add_argument("--log-level", default="INFO")
     return parser

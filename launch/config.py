@@ -174,11 +174,38 @@ class LearnerConfig(_Strict):
     )
     output_dir: str = Field("runs/latest", description="Where summaries and checkpoints go.")
     weight_chunk_bytes: int = Field(4 << 20, ge=1024, description="Size of one weight chunk.")
-    weights_transport: Literal["zmq", "disk"] = Field(
+    weights_transport: Literal["zmq", "disk", "nccl"] = Field(
         "zmq",
         description="zmq: generators fetch chunks over the control socket. disk: each version is "
         "also written to learner.weights_dir (shared storage) and generators load it from "
-        "there (SGLang: /update_weights_from_disk); chunks stay available as a fallback.",
+        "there (SGLang: /update_weights_from_disk). nccl: SGLang generators have their server "
+        "join a weight-update group with the learner and receive each version as bucketed "
+        "broadcasts (/update_weights_from_distributed; SGLang >= 0.5.6). Chunks stay available "
+        "as the fallback (and for hf generators) with every transport.",
+    )
+    nccl_host: str | None = Field(
+        None,
+        description="nccl transport: the learner's address as the SGLang servers reach it (the "
+        "group rendezvous listens there). Empty: bind_host, or this host's name when bind_host "
+        "is 0.0.0.0.",
+    )
+    nccl_bucket_bytes: int = Field(
+        256 << 20,
+        ge=1 << 20,
+        description="nccl transport: most bytes per broadcast (and per learner GPU staging "
+        "buffer); a larger tensor gets a bucket of its own.",
+    )
+    nccl_backend: Literal["auto", "nccl", "gloo"] = Field(
+        "auto",
+        description="nccl transport: the weight-update group's collective backend. auto: nccl "
+        "when the learner runs on CUDA, else gloo. gloo also serves a learner and a server that "
+        "share one GPU (NCCL refuses two ranks on one device), at host-copy speed.",
+    )
+    nccl_timeout_seconds: float = Field(
+        300.0,
+        gt=0,
+        description="nccl transport: how long a group may take to form and one bucket to "
+        "broadcast before the generator's group is given up (it can join again).",
     )
     weights_dir: str | None = Field(
         None,

@@ -28,6 +28,7 @@ from buffer.leases import LeaseRecord, LeaseTable
 from buffer.replay import BufferedGroup, Dropped, ReplayBuffer
 from learner.data import Prompt, PromptSource
 from learner.metrics import LearnerMetrics
+from learner.nccl import NcclPublisher
 from learner.rewards import has_variance
 from learner.weights import WeightsStore
 from protocol.codec import DecodeLimits, ProtocolError
@@ -39,6 +40,10 @@ from protocol.messages import (
     LeaseDenied,
     LeaseRequest,
     LeaseReturn,
+    NcclGroup,
+    NcclJoin,
+    NcclPlan,
+    NcclPull,
     RolloutGroup,
     WeightsAnnouncement,
     WeightsRequest,
@@ -143,6 +148,11 @@ class Hub:
         self.metrics.max_staleness.set(cfg.buffer.max_staleness)
         self.endpoints: dict[str, str] = {}
         self.weights_path = ""
+        self.nccl: NcclPublisher | None = None  # set by `serve_nccl` (nccl transport)
+
+    def serve_nccl(self, device: str) -> None:
+        """Offer the nccl transport, broadcasting from `device` (the engine's)."""
+        self.nccl = NcclPublisher(self.cfg, self.weights, self.metrics, device)
 
     # ---------------------------------------------------------------- lifecycle
     def start(self) -> None:
@@ -176,6 +186,8 @@ class Hub:
             self._thread.join(timeout=10)
         for s in (self.control, self.rollouts, self.pub):
             s.close(linger=0)
+        if self.nccl is not None:
+            self.nccl.close()
         self.reward_fn.close()
 
     # ---------------------------------------------------------------- trainer API
@@ -295,6 +307,9 @@ class Hub:
             # The store has its own lock: chunks are served without taking the hub's.
             self.metrics.weight_bytes_served.inc(self.weights.serve(self.control, prefix, msg))
             return True
+        if isinstance(msg, (NcclJoin, NcclPull)):
+            send(self.control, self._on_nccl(msg), prefix=prefix)
+            return True
         now = time.time()
         with self._lock:
             if isinstance(msg, LeaseRequest):
@@ -348,7 +363,16 @@ class Hub:
             weights_port=self.ports["weights"],
             weights_path=self.weights_path if pub else "",
             lease_seconds=float(self.cfg.buffer.lease_seconds),
+            nccl=self.nccl is not None,
         )
+
+    def _on_nccl(self, msg: NcclJoin | NcclPull) -> NcclGroup | NcclPlan:
+        if self.nccl is None:
+            why = "learner.weights_transport is not nccl"
+            if isinstance(msg, NcclJoin):
+                return NcclGroup("", 0, "", "", error=why)
+            return NcclPlan(msg.version, "", missing=True, reason=why)
+        return self.nccl.join(msg) if isinstance(msg, NcclJoin) else self.nccl.pull(msg)
 
     def _touch(self, gid: str, backend: str | None, version: int, now: float) -> None:
         info = self.generators.get(gid)
@@ -513,6 +537,8 @@ class Hub:
                     self.metrics.leases_expired.inc()
                     self._release(rec)
                 del self.generators[g.generator_id]
+                if self.nccl is not None:
+                    self.nccl.forget(g.generator_id)
                 logger.warning(
                     "generator %s went silent; reclaimed %d leases", g.generator_id, len(recs)
                 )

@@ -67,7 +67,20 @@ class LearnerMetrics:
             registry=r,
         )
         self.weight_bytes_served = Counter(
-            "asyncrl_weight_bytes_served", "Bytes of weight chunks sent to generators.", registry=r
+            "asyncrl_weight_bytes_served",
+            "Bytes of weights sent to generators (chunks and NCCL broadcasts).",
+            registry=r,
+        )
+        self.weight_broadcast_seconds = Histogram(
+            "asyncrl_weight_broadcast_seconds",
+            "NCCL transport: time to broadcast one version into one generator's group.",
+            buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+            registry=r,
+        )
+        self.weight_broadcast_failures = Counter(
+            "asyncrl_weight_broadcast_failures",
+            "NCCL transport: groups that failed to form or broke mid-broadcast.",
+            registry=r,
         )
         self.generators_connected = Gauge(
             "asyncrl_generators_connected", "Generators that sent a heartbeat recently.", registry=r

@@ -446,6 +446,8 @@ class Learner:
         metrics = LearnerMetrics()
         factory = setup_socket_factory(cfg.security, "server")
         hub = Hub(cfg, prompts, tokenizer, setup_reward(cfg.reward), metrics, factory)
+        if cfg.learner.weights_transport == "nccl":
+            hub.serve_nccl(self.engine.device)
         self.metrics_url, self._http = start_metrics_server(
             cfg.learner.bind_host, cfg.learner.metrics_port, metrics.registry, hub.healthy
         )

@@ -52,6 +52,7 @@ class Welcome(Message):
     weights_port: int
     weights_path: str = ""  # disk transport: where the latest version lies
     lease_seconds: float = 0.0  # lease duration before heartbeats; 0 = not announced
+    nccl: bool = False  # the learner broadcasts weights to servers that join a group (NcclJoin)
 
     TYPE: ClassVar[str] = "welcome"
     FIELDS: ClassVar = {
@@ -66,6 +67,7 @@ class Welcome(Message):
         "weights_port": (int,),
         "weights_path": (str,),
         "lease_seconds": (float, int),
+        "nccl": (bool,),
     }
 
 
@@ -252,6 +254,99 @@ class WeightsChunk(Message):
     ARRAYS: ClassVar = {"data": "uint8"}
 
 
+@dataclass
+class NcclJoin(Message):
+    """Ask for a weight-update group for this generator's server (`world_size` = 1 + its
+    tensor-parallel ranks); a generator that joins again gets a fresh group."""
+
+    generator_id: str
+    world_size: int
+
+    TYPE: ClassVar[str] = "nccl_join"
+    FIELDS: ClassVar = {"generator_id": (str,), "world_size": (int,)}
+
+
+@dataclass
+class NcclGroup(Message):
+    """Where the group meets: the server joins it with rank offset 1 while the learner joins
+    as rank 0. `error` says why none was made (no NCCL transport offered)."""
+
+    address: str
+    port: int
+    group_name: str
+    backend: str
+    error: str = ""
+
+    TYPE: ClassVar[str] = "nccl_group"
+    FIELDS: ClassVar = {
+        "address": (str,),
+        "port": (int,),
+        "group_name": (str,),
+        "backend": (str,),
+        "error": (str,),
+    }
+
+
+@dataclass
+class NcclPull(Message):
+    """Broadcast `version` into my group; the reply is an `NcclPlan`."""
+
+    generator_id: str
+    version: int
+    group_name: str
+
+    TYPE: ClassVar[str] = "nccl_pull"
+    FIELDS: ClassVar = {"generator_id": (str,), "version": (int,), "group_name": (str,)}
+
+
+@dataclass
+class NcclPlan(Message):
+    """The buckets the learner is about to broadcast, in order, flattened for the wire:
+    bucket i holds the next `counts[i]` tensors of `names`/`dtypes` (torch names), tensor j
+    has `ranks[j]` dimensions taken in turn from `dims`; a bucket's bytes are its tensors'
+    concatenated. `missing`: the version is no longer held or the group is gone (`reason`)."""
+
+    version: int
+    digest: str
+    names: list = field(default_factory=list)
+    dtypes: list = field(default_factory=list)
+    ranks: list = field(default_factory=list)
+    dims: list = field(default_factory=list)
+    counts: list = field(default_factory=list)
+    missing: bool = False
+    reason: str = ""
+
+    TYPE: ClassVar[str] = "nccl_plan"
+    FIELDS: ClassVar = {
+        "version": (int,),
+        "digest": (str,),
+        "names": (list,),
+        "dtypes": (list,),
+        "ranks": (list,),
+        "dims": (list,),
+        "counts": (list,),
+        "missing": (bool,),
+        "reason": (str,),
+    }
+
+    def buckets(self) -> list[tuple[list[str], list[str], list[list[int]]]]:
+        """(names, dtypes, shapes) per bucket; ValueError when the fields disagree."""
+        n = len(self.names)
+        if len(self.dtypes) != n or len(self.ranks) != n or sum(self.counts) != n:
+            raise ValueError("nccl plan: names, dtypes, ranks and counts disagree")
+        if sum(self.ranks) != len(self.dims) or min(self.counts, default=1) < 1:
+            raise ValueError("nccl plan: dims do not match ranks, or an empty bucket")
+        shapes, d = [], 0
+        for r in self.ranks:
+            shapes.append([int(x) for x in self.dims[d : d + r]])
+            d += r
+        out, t = [], 0
+        for c in self.counts:
+            out.append((self.names[t : t + c], self.dtypes[t : t + c], shapes[t : t + c]))
+            t += c
+        return out
+
+
 MESSAGE_TYPES: dict[str, type[Message]] = {
     cls.TYPE: cls
     for cls in (
@@ -267,5 +362,9 @@ MESSAGE_TYPES: dict[str, type[Message]] = {
         WeightsAnnouncement,
         WeightsRequest,
         WeightsChunk,
+        NcclJoin,
+        NcclGroup,
+        NcclPull,
+        NcclPlan,
     )
 }

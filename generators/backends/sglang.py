@@ -16,8 +16,7 @@ InitWeightsUpdateGroupReqInput, UpdateWeightsFromDistributedReqInput, PauseGener
   `/pause_generation` (mode abort|retract|in_place) -> update -> `/continue_generation`.
 - `/init_weights_update_group` blocks until every rank joined; `/update_weights_from_distributed`
   takes names, dtypes, shapes, group_name, flush_cache, weight_version (and `load_format:
-  "flattened_bucket"` for one bucketed broadcast). The learner-side NCCL publisher is not
-  built yet; the request builders are here and tested. Facts for whoever builds it (read from
+  "flattened_bucket"` for one bucketed broadcast). Facts the publisher relies on (read from
   the released wheels 0.4.10-0.5.23): the server joins with `rank_offset + tp_rank` through a
   copy of torch's init_process_group (rendezvous on tcp://master, PrefixStore(group_name)), so
   the learner must be rank 0 of an identical group, started concurrently with the HTTP call;
@@ -25,12 +24,15 @@ InitWeightsUpdateGroupReqInput, UpdateWeightsFromDistributedReqInput, PauseGener
   `load_format` >= 0.5.6, and a flattened bucket must keep each tensor's byte offset a multiple
   of its itemsize; from 0.5.21 the update must be wrapped in `/begin_weight_update` and
   `/end_weight_update`, or the server never joins the broadcast and the learner hangs.
+  The publisher is `learner/nccl.py`; this backend's side is `nccl_world_size`,
+  `join_update_group` and `update_from_buckets` (flattened buckets only, so >= 0.5.6).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 import subprocess
 import sys
 import time
@@ -47,6 +49,13 @@ from generators.backends.base import Sample, SamplingParams
 logger = logging.getLogger(__name__)
 
 FINISH = {"stop": "stop", "length": "length", "abort": "abort"}
+NCCL_MIN_VERSION = (0, 5, 6)  # load_format "flattened_bucket" on the distributed update
+SESSION_VERSION = (0, 5, 21)  # updates must sit between /begin_ and /end_weight_update
+
+
+def parse_version(text: str) -> tuple[int, ...]:
+    """'0.5.17' -> (0, 5, 17); '0.5.6.post1' and '0.5.21rc0' keep their leading numbers."""
+    return tuple(int(m.group()) if (m := re.match(r"\d+", p)) else 0 for p in text.split(".")[:3])
 
 
 class SGLangConfig(BaseModel):
@@ -211,6 +220,8 @@ class SGLangBackend:
         self.version = -1  # until the learner's weights are loaded, as in the hf backend
         self.process: subprocess.Popen | None = None
         self._warned_truncation = False
+        self._server_info: dict | None = None
+        self._group: str | None = None  # the weight-update group the server joined
         self.url = cfg.url.rstrip("/") if cfg.url else self._launch()
         self._wait_healthy()
         config = json.loads((Path(model_path) / "config.json").read_text())
@@ -358,14 +369,66 @@ class SGLangBackend:
             raise SGLangError(f"update_weights_from_disk failed: {result.get('message')}")
         self.version = version
 
-    def init_weights_update_group(self, **kw) -> None:
-        self._post("/init_weights_update_group", build_init_weights_group_request(**kw))
+    # -------------------------------------------------------------- nccl transport
+    def server_info(self) -> dict:
+        if self._server_info is None:
+            self._server_info = self._get("/get_server_info", timeout=30)
+        return self._server_info
 
-    def update_from_distributed(self, names, dtypes, shapes, version: int, **kw) -> None:
-        req = build_update_from_distributed_request(names, dtypes, shapes, version, **kw)
-        result = self._post("/update_weights_from_distributed", req)
+    def server_version(self) -> tuple[int, ...]:
+        return parse_version(str(self.server_info().get("version", "0")))
+
+    def nccl_world_size(self) -> int:
+        """The learner plus every rank of the server that loads weights."""
+        if self.server_version() < NCCL_MIN_VERSION:
+            raise SGLangError(
+                f"the nccl transport needs SGLang >= {'.'.join(map(str, NCCL_MIN_VERSION))} "
+                f"(flattened buckets); this server is {self.server_info().get('version')}: "
+                "use learner.weights_transport=zmq or disk"
+            )
+        info = self.server_info()
+        return 1 + int(info.get("tp_size", 1)) * int(info.get("pp_size", 1))
+
+    def join_update_group(
+        self, address: str, port: int, group_name: str, backend: str, world_size: int
+    ) -> None:
+        """Have the server join the learner's group as ranks 1..world_size-1 (blocks until
+        the learner joined too); a group joined before is destroyed first."""
+        if self._group is not None:
+            try:
+                self._post("/destroy_weights_update_group", {"group_name": self._group}, 60)
+            except SGLangError as exc:  # the old group may be half gone; a new one is what counts
+                logger.info("destroying group %s: %s", self._group, exc)
+            self._group = None
+        req = build_init_weights_group_request(address, port, 1, world_size, group_name, backend)
+        result = self._post("/init_weights_update_group", req)
         if not result.get("success", False):
-            raise SGLangError(f"update_weights_from_distributed failed: {result.get('message')}")
+            raise SGLangError(f"init_weights_update_group failed: {result.get('message')}")
+        self._group = group_name
+
+    def update_from_buckets(self, plan, version: int, group_name: str) -> None:
+        """Receive one version as the learner broadcasts `plan`'s buckets, in order; the
+        cache is flushed after the last. From 0.5.21 SGLang wants the update wrapped in a
+        weight-update session."""
+        session = self.server_version() >= SESSION_VERSION
+        if session:
+            self._post("/begin_weight_update", {})
+        try:
+            buckets = plan.buckets()
+            n = len(buckets)
+            for i, (names, dtypes, shapes) in enumerate(buckets):
+                req = build_update_from_distributed_request(
+                    names, dtypes, shapes, version, group_name, bucketed=True
+                )
+                req["flush_cache"] = i == n - 1
+                result = self._post("/update_weights_from_distributed", req)
+                if not result.get("success", False):
+                    raise SGLangError(
+                        f"update_weights_from_distributed failed: {result.get('message')}"
+                    )
+        finally:
+            if session:
+                self._post("/end_weight_update", {})
         self.version = version
 
     def close(self) -> None:
