@@ -4,8 +4,10 @@ tp_rank, group prefixed store) and receives `/update_weights_from_distributed` f
 buckets the way SGLang's weight updater does (one uint8 broadcast, tensors viewed in order).
 
 `/state` returns what it holds: per tensor name, the XXH3 of its bytes, and the version
-label, so a test compares it with what the learner published. SGLang itself is exercised by
-the `sglang`-marked tests on GPU machines.
+label, so a test compares it with what the learner published. When MODEL_PATH holds a
+model, `/generate` samples from it with the hf backend (answering in SGLang's shape) and
+every received version is loaded into it, so a whole run can use this server as its
+SGLang. SGLang itself is exercised by the `sglang`-marked tests on GPU machines.
 
     python tests/integration/fake_weight_server.py PORT MODEL_PATH
 """
@@ -16,6 +18,7 @@ import json
 import math
 import sys
 from http.server import BaseHTTPRequestHandler, HTTPServer
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -23,7 +26,7 @@ import xxhash
 
 from learner.nccl import join_group
 
-STATE: dict = {"groups": {}, "tensors": {}, "version": None, "updates": 0}
+STATE: dict = {"groups": {}, "tensors": {}, "version": None, "updates": 0, "hf": None}
 
 
 def _receive(req: dict) -> None:
@@ -41,13 +44,46 @@ def _receive(req: dict) -> None:
         total += nbytes
     flat = torch.empty(total, dtype=torch.uint8)
     dist.broadcast(flat, src=0, group=pg)
+    received = {}
     for name, dt, shape, start, nbytes in specs:
-        t = flat[start : start + nbytes].view(dt).reshape(shape)
+        t = received[name] = flat[start : start + nbytes].view(dt).reshape(shape)
         STATE["tensors"][name] = xxhash.xxh3_64(
             t.contiguous().view(torch.uint8).numpy()
         ).hexdigest()
     STATE["version"] = req.get("weight_version")
     STATE["updates"] += 1
+    hf = STATE["hf"]
+    if hf is not None:
+        params = dict(hf.model.named_parameters())
+        with torch.no_grad():
+            for name, t in received.items():
+                params[name].copy_(t)
+
+
+def _generate(req: dict) -> list[dict]:
+    import numpy as np
+
+    from generators.backends.base import SamplingParams
+
+    sp = req["sampling_params"]
+    params = SamplingParams(
+        sp["temperature"], sp.get("top_p", 1.0), max(0, sp.get("top_k", -1)), sp["max_new_tokens"]
+    )
+    prompt = np.asarray(req["input_ids"][0], np.int32)
+    label = STATE["version"] or "default"
+    return [
+        {
+            "text": "",
+            "meta_info": {
+                "finish_reason": {"type": s.finish_reason},
+                "weight_version": label,
+                "output_token_logprobs": [
+                    [float(lp), int(tok), None] for lp, tok in zip(s.logprobs, s.tokens)
+                ],
+            },
+        }
+        for s in STATE["hf"].generate(prompt, len(req["input_ids"]), params)
+    ]
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -94,6 +130,9 @@ class Handler(BaseHTTPRequestHandler):
                 dist.destroy_process_group(STATE["groups"].pop(req["group_name"]))
             elif self.path == "/update_weights_from_distributed":
                 _receive(req)
+            elif self.path == "/generate" and STATE["hf"] is not None:
+                self._reply(_generate(req))
+                return
             else:
                 self._reply({"detail": "not found"}, 404)
                 return
@@ -104,4 +143,9 @@ class Handler(BaseHTTPRequestHandler):
 
 
 if __name__ == "__main__":
+    if (Path(sys.argv[2]) / "model.safetensors").exists():
+        from generators.backends.hf import HFBackend
+
+        torch.set_num_threads(1)
+        STATE["hf"] = HFBackend(sys.argv[2])
     HTTPServer(("127.0.0.1", int(sys.argv[1])), Handler).serve_forever()

@@ -185,3 +185,44 @@ def test_learner_exits_cleanly_after_broadcasting(setup, tmp_path):
     cmd = [sys.executable, "-c", EXIT_SCRIPT, backend.url, backend.model_path]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_a_run_publishes_every_version_over_the_group(small_overrides, tiny_cache):
+    """`asyncrl local` with the nccl transport and an SGLang generator whose server is the
+    fake (sampling with the hf backend from the weights it received): every message crosses
+    the wire, and no version falls back to chunks."""
+    from launch.tiny import setup_tiny_assets
+    from tests.integration.conftest import SMALL_TINY, run_cli
+
+    cfg = load_config(None, SMALL_TINY + [f"tiny.cache_dir={tiny_cache}"])
+    model = setup_tiny_assets(cfg.tiny).model_path
+    port = free_port("127.0.0.1")
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    server = ROOT / "tests/integration/fake_weight_server.py"
+    proc = subprocess.Popen([sys.executable, str(server), str(port), model], env=env)
+    try:
+        code, events, stderr = run_cli(
+            [
+                "local",
+                *small_overrides,
+                "train.steps=6",
+                "local.generators=1",
+                "generator.backend=sglang",
+                f"generator.sglang.url=http://127.0.0.1:{port}",
+                "learner.weights_transport=nccl",
+            ],
+            timeout=600,
+        )
+        assert code == 0, stderr[-4000:]
+        summary = events[-1]
+        assert summary["event"] == "summary" and summary["policy_version"] == 6
+        assert summary["generators_seen"] == ["generator-0"]
+        assert "over nccl failed" not in stderr, stderr[-4000:]
+        loaded = stderr.count("over nccl in")
+        assert loaded >= 3, stderr[-4000:]  # version 0 and at least two of the six updates
+        state = _state(f"http://127.0.0.1:{port}")
+        assert state["updates"] >= loaded  # one request per bucket: the tiny model is one
+        assert int(state["version"]) >= 2
+    finally:
+        proc.kill()
+        proc.wait()
