@@ -37,7 +37,7 @@ class ModelSize:
 
 
 # "tiny" is the embedded default's model; the others widen it towards small real models
-# (~0.1B, ~0.5B and ~1.5B) so the figure on a GPU says something about compute efficiency.
+# (~0.13B, ~0.5B and ~1.3B) so the figure on a GPU says something about compute efficiency.
 SIZES = {
     "tiny": ModelSize(128, 2, 4, 512, 19, tied=True),
     "s": ModelSize(768, 12, 12, 2048, 32000),
