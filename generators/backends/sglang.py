@@ -387,6 +387,13 @@ class SGLangBackend:
                 "use learner.weights_transport=zmq or disk"
             )
         info = self.server_info()
+        if int(info.get("dp_size", 1)) > 1:
+            # Each data-parallel replica would join with the same ranks (rank_offset +
+            # tp_rank) and the group would never form.
+            raise SGLangError(
+                "the nccl transport needs one SGLang server per generator without --dp-size; "
+                "run one generator per replica"
+            )
         return 1 + int(info.get("tp_size", 1)) * int(info.get("pp_size", 1))
 
     def join_update_group(

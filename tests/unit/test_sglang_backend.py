@@ -103,6 +103,7 @@ class FakeSGLang(BaseHTTPRequestHandler):
     calls: list = []
     model_path = ""
     version = "default"
+    server_info: dict = {}
 
     def log_message(self, *args):
         pass
@@ -121,6 +122,8 @@ class FakeSGLang(BaseHTTPRequestHandler):
             self._reply({})
         elif self.path == "/get_model_info":
             self._reply({"model_path": self.model_path, "is_generation": True})
+        elif self.path == "/get_server_info":
+            self._reply(type(self).server_info)
         else:
             self._reply({"error": "no"}, 404)
 
@@ -146,6 +149,11 @@ class FakeSGLang(BaseHTTPRequestHandler):
             self._reply({"success": True, "message": "ok", "num_paused_requests": 0})
         elif self.path in ("/pause_generation", "/continue_generation"):
             self._reply({})
+        elif self.path in ("/begin_weight_update", "/end_weight_update"):
+            self._reply({"success": True})
+        elif self.path == "/update_weights_from_distributed":
+            type(self).version = body["weight_version"]
+            self._reply({"success": True, "message": "ok"})
         else:
             self._reply({"error": "no"}, 404)
 
@@ -158,6 +166,7 @@ def server(tmp_path):
     FakeSGLang.calls = []
     FakeSGLang.model_path = str(model)
     FakeSGLang.version = "default"
+    FakeSGLang.server_info = {"version": "0.5.17", "tp_size": 1, "pp_size": 1, "dp_size": 1}
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), FakeSGLang)
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
     yield f"http://127.0.0.1:{httpd.server_port}", str(model), tmp_path
@@ -239,3 +248,45 @@ def test_server_already_on_our_weights_is_accepted(server):
     FakeSGLang.model_path = str(tmp / "w" / "v3")
     backend = SGLangBackend(model, SGLangConfig(url=url, weights_dir=str(tmp / "w")))
     assert backend.version == -1
+
+
+def _nccl_backend(server, **info):
+    url, model, tmp = server
+    FakeSGLang.server_info = {"version": "0.5.17", "tp_size": 1, "pp_size": 1, "dp_size": 1}
+    FakeSGLang.server_info.update(info)
+    return SGLangBackend(model, SGLangConfig(url=url, weights_dir=str(tmp / "w")))
+
+
+def test_nccl_world_size_and_refusals(server):
+    # The learner is rank 0; every tensor-parallel x pipeline rank of the server joins.
+    assert _nccl_backend(server, tp_size=2, pp_size=2).nccl_world_size() == 5
+    with pytest.raises(SGLangError, match="needs SGLang >= 0.5.6"):
+        _nccl_backend(server, version="0.5.5").nccl_world_size()
+    # Data-parallel replicas would each join with the same ranks: refused, not mis-joined.
+    with pytest.raises(SGLangError, match="dp-size"):
+        _nccl_backend(server, dp_size=2).nccl_world_size()
+
+
+@pytest.mark.parametrize("version,session", [("0.5.17", False), ("0.5.21", True)])
+def test_update_from_buckets_posts_one_update_per_bucket(server, version, session):
+    from protocol.messages import NcclPlan
+
+    backend = _nccl_backend(server, version=version)
+    plan = NcclPlan(
+        4, "", names=["a", "b", "c"], dtypes=["bfloat16"] * 3,
+        ranks=[1, 2, 1], dims=[8, 2, 3, 5], counts=[2, 1],
+    )  # fmt: skip
+    backend.update_from_buckets(plan, 4, "grp")
+    posts = [(p, b) for p, b in FakeSGLang.calls if b is not None]
+    updates = [b for p, b in posts if p == "/update_weights_from_distributed"]
+    assert [u["names"] for u in updates] == [["a", "b"], ["c"]]
+    assert updates[0]["shapes"] == [[8], [2, 3]] and updates[1]["shapes"] == [[5]]
+    assert all(u["load_format"] == "flattened_bucket" and u["group_name"] == "grp" for u in updates)
+    # The cache is flushed once, after the last bucket; every bucket carries the version.
+    assert [u["flush_cache"] for u in updates] == [False, True]
+    assert {u["weight_version"] for u in updates} == {"4"} and backend.version == 4
+    paths = [p for p, _ in posts]
+    if session:  # from 0.5.21 the buckets sit inside one weight-update session
+        assert paths[0] == "/begin_weight_update" and paths[-1] == "/end_weight_update"
+    else:
+        assert "/begin_weight_update" not in paths
