@@ -26,6 +26,7 @@ import queue
 import socket
 import struct
 import threading
+import time
 from dataclasses import dataclass, field
 from datetime import timedelta
 
@@ -208,8 +209,6 @@ class NcclChannel:
         return self._thread.is_alive()
 
     def _run(self) -> None:
-        import time
-
         try:
             self._pg = join_group(
                 self.address,
