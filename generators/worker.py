@@ -250,8 +250,7 @@ class GeneratorWorker:
             )
             # The PUSH socket blocks at its high-water mark rather than dropping: bounded here
             # so a vanished learner cannot hang us (the lease then expires and is re-issued).
-            self._wait_writable(self.push, "rollouts socket not writable")
-            send(self.push, group)
+            self._send_on(self.push, group, "rollouts socket not writable")
             self.metrics.groups.inc()
             self.metrics.tokens.inc(int(group.lengths.sum()))
             self.metrics.generate_seconds.inc(dt)
@@ -427,17 +426,26 @@ class GeneratorWorker:
         )
 
     def _send(self, msg: Message) -> None:
-        self._wait_writable(self.control, f"could not send {msg.TYPE}")
-        try:
-            send(self.control, msg)
-        except zmq.Again:  # SNDTIMEO backstop
-            raise LearnerGone(f"could not send {msg.TYPE}: no learner connected") from None
+        self._send_on(self.control, msg, f"could not send {msg.TYPE}")
 
-    def _wait_writable(self, sock: zmq.Socket, what: str) -> None:
+    def _send_on(self, sock: zmq.Socket, msg: Message, what: str) -> None:
+        """Send once `sock` takes it, without ever blocking in the send itself: the learner
+        can vanish between the poll that said writable and the send, and a blocking send
+        would then wait out SNDTIMEO (PUSH: forever) instead of the shutdown grace."""
+        start = time.time()
+        while True:
+            self._wait_writable(sock, what, start)
+            try:
+                send(sock, msg, flags=zmq.NOBLOCK)
+                return
+            except zmq.Again:
+                time.sleep(0.05)  # the peer left after the poll: wait for writable again
+
+    def _wait_writable(self, sock: zmq.Socket, what: str, start: float | None = None) -> None:
         """Wait until `sock` takes a message (a DEALER or PUSH with no learner connected
         does not): LearnerGone after `reconnect_seconds`, Stopping after a short grace once
         shutdown began, so SIGTERM is not held up by a learner that already exited."""
-        start = time.time()
+        start = time.time() if start is None else start
         while not sock.poll(200, zmq.POLLOUT):
             waited = time.time() - start
             if self.stop.is_set() and waited >= SHUTDOWN_GRACE_SECONDS:
@@ -495,10 +503,15 @@ class GeneratorWorker:
 
     def _heartbeats(self) -> None:
         sock = self._dealer()
+        # A beat is skipped, never waited for, while no learner is connected: a send blocked
+        # for reconnect_seconds would hold up the shutdown that joins this thread.
+        sock.setsockopt(zmq.SNDTIMEO, int(self.heartbeat_seconds * 1000))
         try:
             while not self._hb_stop.wait(self.heartbeat_seconds):
                 with self._held_lock:
                     held = sorted(self._held)
+                if not sock.poll(200, zmq.POLLOUT):
+                    continue  # the main loop notices the learner is gone and reconnects
                 try:
                     send(sock, Heartbeat(self.generator_id, self.backend.version, held))
                 except zmq.Again:
