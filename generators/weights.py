@@ -69,8 +69,7 @@ class ChunkAssembler:
             n = chunk.nbytes
             if self.offset + n > self.size:
                 raise WeightsError(f"chunks exceed the announced size {self.size}")
-            self.view[self.offset : self.offset + n] = chunk
-            self.hasher.update(chunk)
+            self.hasher.copy(self.view[self.offset : self.offset + n], chunk)
             self.offset += n
             self.next += 1
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import math
-import queue
 import struct
 import threading
 from dataclasses import dataclass, field
@@ -48,8 +47,27 @@ class Checksum:
     def update(self, data) -> None:
         self._h.update(data)  # releases the GIL on large buffers
 
+    def copy(self, dst: memoryview, src) -> None:
+        """`dst[:] = src`, hashing `src` on the way. In 256 KiB pieces, so each piece is
+        hashed while the copy left it in the core's cache: the hash then costs a fifth of
+        the copy instead of a second pass over memory (measured: 0.085 s per 524 MB for
+        both here, 0.125 s when a second thread hashes behind the copy, 0.075 s to copy
+        alone). Python's slice assignment is a plain memcpy."""
+        src = memoryview(src).cast("B")
+        if src.nbytes != dst.nbytes:
+            raise ValueError(f"copy of {src.nbytes} bytes into {dst.nbytes}")
+        for i in range(0, src.nbytes, _PIECE):
+            piece = src[i : i + _PIECE]
+            dst[i : i + _PIECE] = piece
+            self._h.update(piece)
+
     def hexdigest(self) -> str:
         return f"xxh3:{self._h.hexdigest()}"
+
+
+# Bytes copied and hashed per step of `Checksum.copy`: fits the L2 cache with room to spare
+# (64 KiB measured 10% slower, 1 MiB 15%).
+_PIECE = 256 << 10
 
 
 def digest_of(blob: bytes | bytearray | memoryview) -> str:
@@ -78,9 +96,8 @@ class BlobWriter:
     """Writes the safetensors encoding of a state tensor by tensor: the layout (names,
     shapes, dtypes) first, then each tensor's bytes in that order as it becomes available.
     Under ZeRO-3 a parameter is copied here while it is gathered, so the publisher never
-    holds a second full copy of the model. Each written range is hashed on a second thread
-    while the next tensor is copied (xxhash releases the GIL): publish time becomes
-    max(copy, hash) instead of their sum. `reuse`: a buffer nobody reads any more
+    holds a second full copy of the model. The running digest is fed as the bytes are
+    copied (`Checksum.copy`). `reuse`: a buffer nobody reads any more
     (`WeightsStore.spare`), written over when the size fits."""
 
     def __init__(self, specs: dict[str, tuple[tuple[int, ...], torch.dtype]], reuse=None) -> None:
@@ -104,17 +121,8 @@ class BlobWriter:
         self.base = 8 + len(head)
         self._order = iter(self.header)
         self._view = memoryview(self.out)
-        self._ranges: queue.Queue = queue.Queue()
         self._hasher = Checksum()
-        self._thread = threading.Thread(
-            target=self._hash_ranges, name="weights-digest", daemon=True
-        )
-        self._thread.start()
-        self._ranges.put((0, self.base))
-
-    def _hash_ranges(self) -> None:
-        while (r := self._ranges.get()) is not None:
-            self._hasher.update(self._view[r[0] : r[1]])
+        self._hasher.update(self._view[: self.base])
 
     def write(self, name: str, tensor: torch.Tensor) -> None:
         """Copy the next tensor of the layout (the running hash needs them in order)."""
@@ -127,13 +135,17 @@ class BlobWriter:
         if tensor.numel() == 0:
             return
         begin, end = (self.base + x for x in meta["data_offsets"])
-        dst = torch.frombuffer(self.out, dtype=tensor.dtype, count=tensor.numel(), offset=begin)
-        dst.copy_(tensor.detach().reshape(-1))
-        self._ranges.put((begin, end))
+        src = tensor.detach()
+        if src.device.type == "cpu" and src.is_contiguous():
+            # Not torch's copy_: for this it costs twice the CPU time of a memcpy (it spreads
+            # over threads and reads each destination line before writing it).
+            self._hasher.copy(self._view[begin:end], src.reshape(-1).view(torch.uint8).numpy())
+        else:  # a device tensor or a strided view: torch copies, then hash what landed
+            dst = torch.frombuffer(self.out, dtype=src.dtype, count=src.numel(), offset=begin)
+            dst.copy_(src.reshape(-1))
+            self._hasher.update(self._view[begin:end])
 
     def finish(self) -> Serialized:
-        self._ranges.put(None)
-        self._thread.join()
         missing = next(self._order, None)
         if missing is not None:
             raise ValueError(f"{missing} was never written")

@@ -166,3 +166,31 @@ def test_blob_writer_takes_tensors_in_layout_order_only():
     blob = w.finish()
     assert blob.digest == digest_of(bytes(blob))
     assert torch.equal(decode_safetensors(blob)["b"], torch.ones(3, dtype=torch.bfloat16))
+
+
+def test_copy_and_hash_in_pieces_equals_one_pass():
+    # 2.5 pieces of 256 KiB: the last piece is partial; the digest must equal one pass over
+    # the same bytes, and the copy must be exact.
+    from learner.weights import Checksum
+
+    src = torch.randint(0, 256, ((5 << 20) // 2 // 4 + 3,), dtype=torch.uint8).numpy()
+    dst = bytearray(src.nbytes)
+    c = Checksum()
+    c.copy(memoryview(dst), src)
+    assert bytes(dst) == src.tobytes() and c.hexdigest() == digest_of(src.tobytes())
+    with pytest.raises(ValueError, match="copy of"):
+        c.copy(memoryview(dst)[1:], src)
+
+
+def test_digest_written_with_the_blob_is_the_digest_of_its_bytes():
+    # Large (several pieces), strided (torch's copy path) and bf16 tensors alike.
+    torch.manual_seed(0)
+    state = {
+        "big": torch.randn(300_000),
+        "strided": torch.randn(64, 32).t(),
+        "bf16": torch.randn(1000, 3).to(torch.bfloat16),
+    }
+    blob = serialize_named_tensors(state)
+    assert blob.digest == digest_of(bytes(blob))
+    for name, t in load(bytes(blob)).items():
+        assert torch.equal(t, state[name]), name
