@@ -14,12 +14,15 @@ def run_generator(cfg) -> int:
 
     from generators.backends.hf import setup_backend
     from generators.metrics import GeneratorMetrics
+    from generators.weights import keep_chunk_memory
     from generators.worker import GeneratorWorker
     from launch.serve import start_metrics_server
     from learner.hub import default_generator_id
     from learner.trainer import resolve_data
     from protocol.sockets import setup_socket_factory
 
+    if not keep_chunk_memory():
+        logger.info("not glibc: received weight chunks may page-fault anew every version")
     if cfg.generator.threads:
         torch.set_num_threads(cfg.generator.threads)
     gid = cfg.generator.generator_id or default_generator_id()

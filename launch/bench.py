@@ -180,8 +180,9 @@ def _fetch(dealer: zmq.Socket, version: int, n_chunks: int, assembler=None) -> N
 def _fetch_process(endpoint: str, rounds: int, wrapped: bool, jobs, done, ready, go):
     """A generator: fetch `rounds` versions, each announced as (version, size, chunks,
     digest) on `jobs`, reusing the previous version's buffer as the worker does."""
-    from generators.weights import ChunkAssembler, verify_and_decode
+    from generators.weights import ChunkAssembler, keep_chunk_memory, verify_and_decode
 
+    keep_chunk_memory()  # as `run_generator` does (both sides, so they differ only in the path)
     ctx = zmq.Context()
     dealer = SocketFactory(context=ctx).socket(zmq.DEALER, server=False)
     dealer.connect(endpoint)
