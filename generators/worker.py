@@ -385,6 +385,7 @@ class GeneratorWorker:
         self._spare_blob = None
         next_index = 0
         outstanding = 0
+        digest = ann.digest  # "" when announced as it was written: the last chunk brings it
         try:
             while not assembler.complete:
                 while outstanding < self.fetch_window and next_index < ann.chunks:
@@ -403,9 +404,15 @@ class GeneratorWorker:
                     return
                 if not 0 <= msg.index < ann.chunks:
                     raise WeightsError(f"chunk index {msg.index} outside 0..{ann.chunks - 1}")
+                if msg.digest:
+                    if digest and msg.digest != digest:
+                        raise WeightsError("the last chunk's digest is not the announced one")
+                    digest = msg.digest
                 assembler.add(msg.index, msg.data)  # copied and hashed while more arrive
-            blob = assembler.finish(ann.digest)
-            self.backend.load_weights(blob, ann.digest, ann.version)
+            if not digest:
+                raise WeightsError("announced without a digest, and no chunk carried one")
+            blob = assembler.finish(digest)
+            self.backend.load_weights(blob, digest, ann.version)
             self._spare_blob = blob  # backends copy what they load and keep no reference
         except (LearnerGone, Stopping):
             raise

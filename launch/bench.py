@@ -6,9 +6,10 @@ across runs. Figures:
 
 - `transport_ratio`: rollout groups (G = 8, 1,000-token responses) through our codec and
   sockets (encode + send + receive + decode) vs the same bytes as raw ZeroMQ frames.
-- `weights_ratio`: publishing a state (serialise + digest + chunked fetch by 2 generators +
-  verify + deserialise) vs fetching the same bytes as raw chunks over the same sockets, in
-  steady state (several versions in a row, buffers recycled as in a run).
+- `weights_ratio`: publishing a state (serialise + digest, streamed: chunked fetch by 2
+  generators as the chunks are written + verify + deserialise) vs fetching the same bytes as
+  raw chunks over the same sockets, in steady state (several versions in a row, buffers
+  recycled as in a run).
 - `objective_overhead`: objective + advantage time as a fraction of a learner step.
 - `learner_*`: training tokens/s and MFU of the learner update (see `launch.bench_learner`).
 - `pipeline_efficiency_async`, `async_over_sync`, `staleness`: `asyncrl local` on the tiny
@@ -143,22 +144,27 @@ def _serve_chunks(router: zmq.Socket, source, stop: threading.Event, wrapped: bo
     """Answer chunk requests like the hub does (wrapped: `source` is the WeightsStore, sends
     are tracked so blobs can be recycled) or with bare bytes (raw: `source` is a chunk list)."""
     while not stop.is_set():
-        if not router.poll(50):
+        if not router.poll(1 if wrapped and source.deferred else 50):
+            if wrapped:
+                source.serve_deferred(router)
             continue
         if wrapped:
             prefix, msg = recv(router, routed=True)
             source.serve(router, prefix, msg)
+            source.serve_deferred(router)
         else:
             ident, index = router.recv_multipart()
             router.send_multipart([ident, source[int(index)]], copy=False)
 
 
-def _fetch(dealer: zmq.Socket, version: int, n_chunks: int, assembler=None) -> None:
+def _fetch(dealer: zmq.Socket, version: int, n_chunks: int, assembler=None) -> str:
     """The generator side: keep the worker's window of requests outstanding; with an
     assembler, copy and hash each chunk on arrival (the steps of
-    `GeneratorWorker._fetch_weights`), else only receive."""
+    `GeneratorWorker._fetch_weights`), else only receive. Returns the digest the last
+    chunk carried ("" for raw chunks)."""
     from generators.weights import FETCH_WINDOW
 
+    digest = ""
     received = next_index = outstanding = 0
     while received < n_chunks:
         while outstanding < FETCH_WINDOW and next_index < n_chunks:
@@ -171,15 +177,17 @@ def _fetch(dealer: zmq.Socket, version: int, n_chunks: int, assembler=None) -> N
         if assembler is not None:
             _, msg = recv(dealer)
             assembler.add(msg.index, msg.data)
+            digest = msg.digest or digest
         else:
             dealer.recv(copy=False)
         received += 1
         outstanding -= 1
+    return digest
 
 
 def _fetch_process(endpoint: str, rounds: int, wrapped: bool, jobs, done, ready, go):
-    """A generator: fetch `rounds` versions, each announced as (version, size, chunks,
-    digest) on `jobs`, reusing the previous version's buffer as the worker does."""
+    """A generator: fetch `rounds` versions, each announced as (version, size, chunks) on
+    `jobs`, reusing the previous version's buffer as the worker does."""
     from generators.weights import ChunkAssembler, keep_chunk_memory, verify_and_decode
 
     keep_chunk_memory()  # as `run_generator` does (both sides, so they differ only in the path)
@@ -190,10 +198,10 @@ def _fetch_process(endpoint: str, rounds: int, wrapped: bool, jobs, done, ready,
     go.wait()
     spare = None
     for _ in range(rounds):
-        version, size, n_chunks, digest = jobs.get()
+        version, size, n_chunks = jobs.get()
         if wrapped:
             assembler = ChunkAssembler(size, n_chunks, reuse=spare)
-            _fetch(dealer, version, n_chunks, assembler)
+            digest = _fetch(dealer, version, n_chunks, assembler)
             spare = assembler.finish(digest)
             verify_and_decode(spare, digest)  # the digest was checked on arrival: decode only
         else:
@@ -205,13 +213,14 @@ def _fetch_process(endpoint: str, rounds: int, wrapped: bool, jobs, done, ready,
 
 def _weights_trial(ctx, tensors, raw_blob: bytes | None, generators: int, rounds: int):
     """`rounds` publishes to `generators` fetcher processes, timed one by one. With
-    `raw_blob` None: the real path (serialise into a recycled buffer with its checksum,
-    chunk store, WeightsChunk messages, assemble into the previous buffer, verify, decode);
-    otherwise raw chunks of the given bytes over the same sockets and window. Returns the
-    per-round seconds and the last blob."""
+    `raw_blob` None: the real path as `Trainer._publish` takes it with the zmq transport
+    (announce, serialise into a recycled buffer with its checksum while generators fetch
+    the chunks written so far, WeightsChunk messages, assemble into the previous buffer,
+    verify, decode); otherwise raw chunks of the given bytes over the same sockets and
+    window. Returns the per-round seconds and the last blob."""
     import multiprocessing as mp
 
-    from learner.weights import WeightsStore, serialize_named_tensors
+    from learner.weights import BlobWriter, WeightsStore
 
     chunk_bytes = 4 << 20
     wrapped = raw_blob is None
@@ -244,17 +253,22 @@ def _weights_trial(ctx, tensors, raw_blob: bytes | None, generators: int, rounds
     go.set()
     times, blob = [], raw_blob
     first = next(iter(tensors.values()))
+    specs = {n: (tuple(t.shape), t.dtype) for n, t in tensors.items()}
     for version in range(1, rounds + 1):
         first.add_(1.0)  # a new version each round (outside the timing)
         t = time.perf_counter()
         if wrapped:
-            blob = serialize_named_tensors(tensors, reuse=store.spare())
-            pub = store.put(version, blob)
-            job = (version, len(blob), pub.chunks, pub.digest)
+            writer = BlobWriter(specs, store.spare())
+            pub = store.begin(version, writer)
+            for q in jobs:
+                q.put((version, len(pub.blob), pub.chunks))
+            for name, tensor in tensors.items():
+                writer.write(name, tensor)
+            blob = writer.finish()
+            store.complete(pub)
         else:
-            job = (version, len(raw_blob), len(chunks), "")
-        for q in jobs:
-            q.put(job)
+            for q in jobs:
+                q.put((version, len(raw_blob), len(chunks)))
         done.wait()
         times.append(time.perf_counter() - t)
     for p in procs:

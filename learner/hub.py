@@ -30,7 +30,7 @@ from learner.data import Prompt, PromptSource
 from learner.metrics import LearnerMetrics
 from learner.nccl import NcclPublisher
 from learner.rewards import has_variance
-from learner.weights import WeightsStore
+from learner.weights import PublishedWeights, WeightsStore
 from protocol.codec import DecodeLimits, ProtocolError
 from protocol.messages import (
     Ack,
@@ -173,6 +173,12 @@ class Hub:
             else:
                 sock.bind(f"tcp://{host}:{port}")
                 ports.append(port)
+        # Wakes the service loop when a version is announced, instead of at its next poll
+        # timeout: a streamed version's chunks are asked for as soon as generators hear of it.
+        self._wake_rx = f.context.socket(zmq.PULL)
+        self._wake_rx.bind(f"inproc://asyncrl-hub-wake-{id(self)}")
+        self._wake_tx = f.context.socket(zmq.PUSH)
+        self._wake_tx.connect(f"inproc://asyncrl-hub-wake-{id(self)}")
         self.ports = dict(zip(("control", "rollouts", "weights"), ports))
         shown = host if host not in ("0.0.0.0", "*") else socket.gethostname()
         self.endpoints = {k: f"tcp://{shown}:{p}" for k, p in self.ports.items()}
@@ -184,7 +190,7 @@ class Hub:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=10)
-        for s in (self.control, self.rollouts, self.pub):
+        for s in (self.control, self.rollouts, self.pub, self._wake_rx, self._wake_tx):
             s.close(linger=0)
         if self.nccl is not None:
             self.nccl.close()
@@ -222,14 +228,39 @@ class Hub:
             self._lock.notify_all()
 
     def publish(self, version: int, blob: bytes, path: str = "") -> None:
+        """Announce a finished version (`path`: where the disk transport wrote it)."""
         pub = self.weights.put(version, blob)
         self.weights_path = path
         self.metrics.weight_bytes.inc(len(blob))
+        self._announce(
+            WeightsAnnouncement(pub.version, pub.digest, len(pub.blob), pub.chunks, path)
+        )
+
+    def begin_publish(self, version: int, writer) -> PublishedWeights:
+        """Announce a version as `writer` starts writing it (no digest yet): generators
+        fetch chunks as they are written. `finish_publish` once `writer.finish()` ran."""
+        pub = self.weights.begin(version, writer)
+        self.weights_path = ""
+        self._announce(WeightsAnnouncement(pub.version, "", len(pub.blob), pub.chunks))
+        return pub
+
+    def finish_publish(self, pub: PublishedWeights) -> None:
+        self.weights.complete(pub)
+        self.metrics.weight_bytes.inc(len(pub.blob))
+        self._wake()  # the last chunk may be waiting for the digest
+
+    def _announce(self, ann: WeightsAnnouncement) -> None:
         # The hub thread owns the PUB socket: hand the announcement over.
         with self._lock:
-            self._pending_announcement = WeightsAnnouncement(
-                pub.version, pub.digest, len(pub.blob), pub.chunks, path
-            )
+            self._pending_announcement = ann
+        self._wake()
+
+    def _wake(self) -> None:
+        with self._lock:  # sockets are not thread-safe; publishers may be several threads
+            try:
+                self._wake_tx.send(b"", zmq.NOBLOCK)
+            except zmq.Again:
+                pass  # a thousand wake-ups are already queued
 
     def state_dict(self) -> dict:
         """What a checkpoint needs to resume without losing or repeating work: gate counters,
@@ -266,13 +297,21 @@ class Hub:
         poller = zmq.Poller()
         poller.register(self.control, zmq.POLLIN)
         poller.register(self.rollouts, zmq.POLLIN)
+        poller.register(self._wake_rx, zmq.POLLIN)
         next_housekeeping = 0.0
         while not self._stop.is_set():
-            events = dict(poller.poll(50))
+            # Held chunk requests are answered within a millisecond of their chunk's writing
+            # (about the time a 4 MiB chunk takes to copy).
+            events = dict(poller.poll(1 if self.weights.deferred else 50))
+            if self._wake_rx in events:
+                while self._wake_rx.poll(0):
+                    self._wake_rx.recv()
             if self.control in events:
                 for _ in range(256):
                     if not self._handle_control():
                         break
+            if self.weights.deferred:
+                self.metrics.weight_bytes_served.inc(self.weights.serve_deferred(self.control))
             if self.rollouts in events:
                 for _ in range(64):
                     if not self._handle_rollout():

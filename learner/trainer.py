@@ -501,19 +501,27 @@ class Learner:
         # Each parameter is copied into the blob as it is gathered (ZeRO-3) or read: the
         # blob is the only full copy made. Other ranks take part in the gathers only.
         writer = BlobWriter(engine.parameter_specs(), hub.weights.spare()) if hub else None
+        # The zmq transport streams: generators fetch the first chunks while later ones are
+        # written. Disk and nccl need the finished blob (a file, a broadcast plan).
+        streamed = None
+        if hub is not None and self.cfg.learner.weights_transport == "zmq":
+            streamed = hub.begin_publish(version, writer)
         for name, tensor in engine.full_parameters():
             if writer is not None:
                 writer.write(name, tensor)
         if hub is not None:
             blob = writer.finish()
-            path = ""
-            if self.cfg.learner.weights_transport == "disk":
+            if streamed is not None:
+                hub.finish_publish(streamed)
+            elif self.cfg.learner.weights_transport == "disk":
                 from learner.weights import write_version_dir
 
                 path = write_version_dir(
                     self.cfg.learner.weights_dir, version, blob, self.model_path
                 )
-            hub.publish(version, blob, path)
+                hub.publish(version, blob, path)
+            else:
+                hub.publish(version, blob)
             dt = time.time() - t
             hub.metrics.publish_seconds.observe(dt)
             hub.metrics.step_seconds.labels(phase="publish").observe(dt)

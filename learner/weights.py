@@ -123,6 +123,8 @@ class BlobWriter:
         self._view = memoryview(self.out)
         self._hasher = Checksum()
         self._hasher.update(self._view[: self.base])
+        # Bytes of `out` that are final: a streamed version's chunks below it may be served.
+        self.written = self.base
 
     def write(self, name: str, tensor: torch.Tensor) -> None:
         """Copy the next tensor of the layout (the running hash needs them in order)."""
@@ -132,9 +134,9 @@ class BlobWriter:
         meta = self.header[name]
         if list(tensor.shape) != meta["shape"] or _ST_DTYPES[tensor.dtype] != meta["dtype"]:
             raise ValueError(f"{name}: {tensor.dtype} {tuple(tensor.shape)} is not its layout")
-        if tensor.numel() == 0:
-            return
         begin, end = (self.base + x for x in meta["data_offsets"])
+        if begin == end:
+            return
         src = tensor.detach()
         if src.device.type == "cpu" and src.is_contiguous():
             # Not torch's copy_: for this it costs twice the CPU time of a memcpy (it spreads
@@ -144,6 +146,7 @@ class BlobWriter:
             dst = torch.frombuffer(self.out, dtype=src.dtype, count=src.numel(), offset=begin)
             dst.copy_(src.reshape(-1))
             self._hasher.update(self._view[begin:end])
+        self.written = end
 
     def finish(self) -> Serialized:
         missing = next(self._order, None)
@@ -170,10 +173,11 @@ def serialize_named_tensors(
 class PublishedWeights:
     version: int
     blob: bytes
-    digest: str
+    digest: str  # "" while `writer` still writes it
     chunk_bytes: int
     # zmq MessageTrackers of zero-copy sends of this blob's chunks (see WeightsStore.spare).
     sends: list = field(default_factory=list)
+    writer: BlobWriter | None = None  # set while the version is streamed
 
     @property
     def chunks(self) -> int:
@@ -182,6 +186,13 @@ class PublishedWeights:
     def chunk(self, index: int) -> memoryview:
         start = index * self.chunk_bytes
         return memoryview(self.blob)[start : start + self.chunk_bytes]
+
+    def available(self, index: int) -> bool:
+        """Whether chunk `index` is final. The last one waits for the digest it carries."""
+        writer = self.writer  # read once: the publishing thread clears it when done
+        if writer is None:
+            return True
+        return index < self.chunks - 1 and (index + 1) * self.chunk_bytes <= writer.written
 
     def sent(self, tracker) -> None:
         """Record a zero-copy send of a chunk; the blob is not reused until it is done."""
@@ -192,9 +203,19 @@ class PublishedWeights:
         return all(t.done for t in self.sends)
 
 
+# Chunk requests a store holds for chunks not written yet; beyond it they are answered
+# `missing` (each generator has a handful outstanding: this is a bound against a runaway peer).
+MAX_DEFERRED = 16384
+
+
 class WeightsStore:
     """The latest published version plus the one before it (for fetches in progress), and
-    retired blobs waiting to be reused."""
+    retired blobs waiting to be reused.
+
+    A version is either put whole (`put`: the disk and nccl transports need the finished
+    file or plan) or streamed (`begin` ... `complete`): announced as its serialisation
+    starts, so generators fetch the first chunks while the learner still copies the last
+    ones. Requests for chunks not yet written are held and answered by `serve_deferred`."""
 
     def __init__(self, chunk_bytes: int):
         self.chunk_bytes = chunk_bytes
@@ -202,9 +223,23 @@ class WeightsStore:
         self.latest: PublishedWeights | None = None
         self._previous: PublishedWeights | None = None
         self._retired: PublishedWeights | None = None  # the version before `_previous`
+        self._deferred: list[tuple] = []  # (socket, routing prefix, request)
 
     def put(self, version: int, blob: bytes) -> PublishedWeights:
-        pub = PublishedWeights(version, blob, digest_of(blob), self.chunk_bytes)
+        return self._rotate(PublishedWeights(version, blob, digest_of(blob), self.chunk_bytes))
+
+    def begin(self, version: int, writer: BlobWriter) -> PublishedWeights:
+        """Publish `writer`'s blob while it is written; `complete` once it is finished."""
+        return self._rotate(PublishedWeights(version, writer.out, "", self.chunk_bytes, [], writer))
+
+    def complete(self, pub: PublishedWeights) -> None:
+        """After `pub.writer.finish()`: the digest is known, the last chunk may go out."""
+        if pub.writer is None or not pub.writer.out.digest:
+            raise ValueError(f"version {pub.version} is not a finished stream")
+        pub.digest = pub.writer.out.digest
+        pub.writer = None
+
+    def _rotate(self, pub: PublishedWeights) -> PublishedWeights:
         with self._lock:
             self._retired, self._previous, self.latest = self._previous, self.latest, pub
         return pub
@@ -221,23 +256,51 @@ class WeightsStore:
 
     def get(self, version: int) -> PublishedWeights | None:
         with self._lock:
-            for pub in (self.latest, self._previous):
-                if pub is not None and pub.version == version:
-                    return pub
-        return None
+            return self._held(version)
+
+    @property
+    def deferred(self) -> bool:
+        return bool(self._deferred)
 
     def serve(self, sock, prefix: list, req: WeightsRequest) -> int:
         """Answer a chunk request on a ROUTER socket: the chunk sent without a copy (tracked,
         so its blob is reused only once ZeroMQ is done with it), or `missing` when the version
-        was superseded or the index is out of range. Returns the bytes served."""
+        was superseded or the index is out of range; held for `serve_deferred` when the chunk
+        is not written yet. Returns the bytes served. Call from the socket's thread only."""
         pub = self.get(req.version)
+        if pub is not None and 0 <= req.index < pub.chunks and not pub.available(req.index):
+            with self._lock:
+                if len(self._deferred) < MAX_DEFERRED:
+                    self._deferred.append((sock, prefix, req))
+                    return 0
+            pub = None
         if pub is None or not 0 <= req.index < pub.chunks:
             gone = WeightsChunk(req.version, req.index, np.zeros(0, np.uint8), missing=True)
             send(sock, gone, prefix=prefix)
             return 0
         data = np.frombuffer(pub.chunk(req.index), np.uint8)
-        pub.sent(send(sock, WeightsChunk(req.version, req.index, data), prefix, track=True))
+        digest = pub.digest if req.index == pub.chunks - 1 else ""
+        reply = WeightsChunk(req.version, req.index, data, digest=digest)
+        pub.sent(send(sock, reply, prefix, track=True))
         return len(data)
+
+    def serve_deferred(self, sock) -> int:
+        """Answer the held requests on `sock` whose chunks are written by now (or whose
+        version is gone). Returns the bytes served."""
+        with self._lock:
+            due, keep = [], []
+            for item in self._deferred:
+                pub = self._held(item[2].version) if item[0] is sock else None
+                ready = item[0] is sock and (pub is None or pub.available(item[2].index))
+                (due if ready else keep).append(item)
+            self._deferred = keep
+        return sum(self.serve(s, prefix, req) for s, prefix, req in due)
+
+    def _held(self, version: int) -> PublishedWeights | None:
+        for pub in (self.latest, self._previous):
+            if pub is not None and pub.version == version:
+                return pub
+        return None
 
 
 def write_version_dir(root: str, version: int, blob, model_path: str, keep: int = 2) -> str:

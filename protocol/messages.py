@@ -210,7 +210,9 @@ class RolloutGroup(Message):
 
 @dataclass
 class WeightsAnnouncement(Message):
-    """Published on the weights PUB socket whenever a new version is ready to fetch."""
+    """Published on the weights PUB socket whenever a new version can be fetched. An empty
+    `digest` means the version is announced as its serialisation starts (zmq transport):
+    chunks are answered as they are written and the last one carries the digest."""
 
     version: int
     digest: str
@@ -242,15 +244,17 @@ class WeightsRequest(Message):
 @dataclass
 class WeightsChunk(Message):
     """One chunk of serialized weights; `data` is empty with `missing=True` when the version
-    is no longer held (the generator then waits for the next announcement)."""
+    is no longer held (the generator then waits for the next announcement). The last chunk
+    of a version carries its digest (needed when it was announced without one)."""
 
     version: int
     index: int
     data: np.ndarray  # uint8
     missing: bool = False
+    digest: str = ""
 
     TYPE: ClassVar[str] = "weights_chunk"
-    FIELDS: ClassVar = {"version": (int,), "index": (int,), "missing": (bool,)}
+    FIELDS: ClassVar = {"version": (int,), "index": (int,), "missing": (bool,), "digest": (str,)}
     ARRAYS: ClassVar = {"data": "uint8"}
 
 

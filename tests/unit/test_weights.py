@@ -8,6 +8,7 @@ from safetensors.torch import load
 
 from generators.weights import ChunkAssembler, WeightsError, decode_safetensors, verify_and_decode
 from learner.weights import WeightsStore, digest_of, serialize_named_tensors
+from protocol.codec import encode
 
 
 def tensors():
@@ -194,3 +195,87 @@ def test_digest_written_with_the_blob_is_the_digest_of_its_bytes():
     assert blob.digest == digest_of(bytes(blob))
     for name, t in load(bytes(blob)).items():
         assert torch.equal(t, state[name]), name
+
+
+def test_a_streamed_version_is_served_as_it_is_written():
+    import zmq
+
+    from learner.weights import BlobWriter
+    from protocol.messages import WeightsRequest
+    from protocol.sockets import recv
+
+    # Three 256-byte tensors (64 fp32 each) behind a header of H < 256 bytes; chunks of 256
+    # bytes. Chunk 0 (bytes 0..255) is final once "a" is written (it ends at H + 256); the
+    # last chunk is held until the digest is known, and carries it.
+    ctx = zmq.Context()
+    router, dealer = ctx.socket(zmq.ROUTER), ctx.socket(zmq.DEALER)
+    router.bind("inproc://stream")
+    dealer.connect("inproc://stream")
+    try:
+        state = {k: torch.full((64,), float(i)) for i, k in enumerate("abc")}
+        store = WeightsStore(chunk_bytes=256)
+        writer = BlobWriter({k: ((64,), torch.float32) for k in state})
+        assert writer.base < 256
+        pub = store.begin(7, writer)
+        n = pub.chunks
+
+        def ask(index):
+            dealer.send_multipart(encode(WeightsRequest(7, index)))
+            prefix, req = recv(router, routed=True)
+            return store.serve(router, prefix, req)
+
+        def answered():
+            return [recv(dealer)[1]] if dealer.poll(100) else []
+
+        assert ask(0) == 0 and store.deferred and answered() == []
+        writer.write("a", state["a"])
+        assert store.serve_deferred(router) == 256
+        (first,) = answered()
+        assert first.index == 0 and first.digest == "" and not store.deferred
+        assert ask(n - 1) == 0
+        writer.write("b", state["b"])
+        writer.write("c", state["c"])
+        assert store.serve_deferred(router) == 0  # written, but the digest is not known yet
+        blob = writer.finish()
+        store.complete(pub)
+        assert store.serve_deferred(router) > 0
+        (last,) = answered()
+        assert last.index == n - 1 and last.digest == blob.digest == digest_of(bytes(blob))
+        asm = ChunkAssembler(len(blob), n)
+        for i in range(n):
+            asm.add(i, bytes(pub.chunk(i)))
+        assert torch.equal(verify_and_decode(asm.finish(last.digest), last.digest)["c"], state["c"])
+    finally:
+        router.close(0)
+        dealer.close(0)
+        ctx.term()
+
+
+def test_requests_for_a_superseded_stream_are_answered_missing():
+    import zmq
+
+    from learner.weights import BlobWriter
+    from protocol.messages import WeightsRequest
+    from protocol.sockets import recv
+
+    ctx = zmq.Context()
+    router, dealer = ctx.socket(zmq.ROUTER), ctx.socket(zmq.DEALER)
+    router.bind("inproc://stream2")
+    dealer.connect("inproc://stream2")
+    try:
+        store = WeightsStore(chunk_bytes=64)
+        spec = {"w": ((64,), torch.float32)}
+        store.begin(1, BlobWriter(spec))
+        dealer.send_multipart(encode(WeightsRequest(1, 1)))  # chunk 0 is all header
+        prefix, req = recv(router, routed=True)
+        assert store.serve(router, prefix, req) == 0 and store.deferred
+        # Two newer versions: version 1 is no longer held, its held request goes `missing`.
+        store.put(2, serialize_named_tensors({"w": torch.zeros(64)}))
+        store.put(3, serialize_named_tensors({"w": torch.ones(64)}))
+        store.serve_deferred(router)
+        reply = recv(dealer)[1]
+        assert reply.missing and reply.version == 1 and not store.deferred
+    finally:
+        router.close(0)
+        dealer.close(0)
+        ctx.term()
