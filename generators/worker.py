@@ -329,10 +329,7 @@ class GeneratorWorker:
             self.metrics.weight_errors.inc()
             logger.warning("version %d from disk failed (%s); fetching chunks", ann.version, exc)
             return False
-        self._pending = None
-        self.metrics.policy_version.set(ann.version)
-        self.metrics.weight_load_seconds.observe(time.time() - t)
-        logger.info("loaded weights version %d from disk in %.2fs", ann.version, time.time() - t)
+        self._loaded(ann, t, "from disk")
         return True
 
     def _pull_nccl(self, ann: WeightsAnnouncement) -> bool:
@@ -371,10 +368,7 @@ class GeneratorWorker:
             self.metrics.weight_errors.inc()
             logger.warning("version %d over nccl failed (%s); fetching chunks", ann.version, exc)
             return False
-        self._pending = None
-        self.metrics.policy_version.set(ann.version)
-        self.metrics.weight_load_seconds.observe(time.time() - t)
-        logger.info("loaded weights version %d over nccl in %.2fs", ann.version, time.time() - t)
+        self._loaded(ann, t, "over nccl")
         return True
 
     def _fetch_weights(self, ann: WeightsAnnouncement) -> None:
@@ -422,14 +416,20 @@ class GeneratorWorker:
             logger.error("weights version %d rejected: %s", ann.version, exc)
             self._pending = None
             return
+        self._loaded(ann, t, "in chunks")
+
+    def _loaded(self, ann: WeightsAnnouncement, started: float, how: str) -> None:
+        """The backend now holds `ann.version` (loaded `how`, since `started`)."""
+        seconds = time.time() - started
         self._pending = None
         self.metrics.policy_version.set(ann.version)
-        self.metrics.weight_load_seconds.observe(time.time() - t)
+        self.metrics.weight_load_seconds.observe(seconds)
         logger.info(
-            "loaded weights version %d (%.1f MB) in %.2fs",
+            "loaded weights version %d (%.1f MB) %s in %.2fs",
             ann.version,
             ann.size / 1e6,
-            time.time() - t,
+            how,
+            seconds,
         )
 
     def _send(self, msg: Message) -> None:

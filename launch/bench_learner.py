@@ -63,11 +63,11 @@ def flops_per_token(size: ModelSize, seq_len: int) -> float:
     return 6.0 * matmul_params(size) + 12.0 * size.layers * size.hidden * seq_len
 
 
-def _model_dir(size: ModelSize, dtype, root: str) -> str:
-    import torch
-    from transformers import AutoModelForCausalLM, Qwen2Config
+def qwen2_config(size: ModelSize):
+    """The transformers config of a bench model (Qwen2 layout, full multi-head attention)."""
+    from transformers import Qwen2Config
 
-    config = Qwen2Config(
+    return Qwen2Config(
         vocab_size=size.vocab,
         hidden_size=size.hidden,
         num_hidden_layers=size.layers,
@@ -77,8 +77,14 @@ def _model_dir(size: ModelSize, dtype, root: str) -> str:
         max_position_embeddings=4096,
         tie_word_embeddings=size.tied,
     )
+
+
+def _model_dir(size: ModelSize, dtype, root: str) -> str:
+    import torch
+    from transformers import AutoModelForCausalLM
+
     torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    model = AutoModelForCausalLM.from_config(qwen2_config(size), dtype=dtype)
     model.save_pretrained(root)
     return root
 

@@ -173,7 +173,13 @@ class LearnerConfig(_Strict):
         9400, ge=0, le=65535, description="Prometheus /metrics port; 0 = any free port."
     )
     output_dir: str = Field("runs/latest", description="Where summaries and checkpoints go.")
-    weight_chunk_bytes: int = Field(4 << 20, ge=1024, description="Size of one weight chunk.")
+    weight_chunk_bytes: int = Field(
+        4 << 20,
+        ge=1024,
+        le=32 << 20,
+        description="Size of one weight chunk. At most 32 MiB: glibc maps larger blocks "
+        "afresh for every received chunk (see generators.weights.keep_chunk_memory).",
+    )
     weights_transport: Literal["zmq", "disk", "nccl"] = Field(
         "zmq",
         description="zmq: generators fetch chunks over the control socket. disk: each version is "

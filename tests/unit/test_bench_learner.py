@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from launch.bench_learner import SIZES, flops_per_token, matmul_params
+from launch.bench_learner import SIZES, flops_per_token, matmul_params, qwen2_config
 
 
 def test_tiny_flops_by_hand():
@@ -15,20 +15,11 @@ def test_tiny_flops_by_hand():
 
 
 def test_matmul_params_are_the_model_minus_what_is_not_multiplied():
-    from transformers import AutoModelForCausalLM, Qwen2Config
+    from transformers import AutoModelForCausalLM
 
     size = SIZES["tiny"]
-    model = AutoModelForCausalLM.from_config(
-        Qwen2Config(
-            vocab_size=size.vocab,
-            hidden_size=size.hidden,
-            num_hidden_layers=size.layers,
-            num_attention_heads=size.heads,
-            num_key_value_heads=size.heads,
-            intermediate_size=size.intermediate,
-            tie_word_embeddings=True,
-        )
-    )
+    assert size.tied
+    model = AutoModelForCausalLM.from_config(qwen2_config(size))
     # Tied: the embedding matrix is the LM head, multiplied once per token. Not multiplied:
     # q/k/v biases and the RMSNorm gains.
     skipped = sum(p.numel() for n, p in model.named_parameters() if "bias" in n or "norm" in n)

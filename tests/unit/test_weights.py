@@ -279,3 +279,12 @@ def test_requests_for_a_superseded_stream_are_answered_missing():
         router.close(0)
         dealer.close(0)
         ctx.term()
+
+
+def test_generators_can_keep_chunk_memory_on_glibc():
+    import platform
+
+    from generators.weights import keep_chunk_memory
+
+    # mallopt answers 0 for a value it refuses (an mmap threshold above 32 MiB, say).
+    assert keep_chunk_memory() == (platform.libc_ver()[0] == "glibc")
