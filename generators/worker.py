@@ -284,6 +284,8 @@ class GeneratorWorker:
         self._drain_announcements()
         if self._pending is None or self._pending.version <= self.backend.version:
             return
+        if not self._pending.digest:
+            return  # still being written: decode on until it is announced complete
         t = time.time()
         try:
             self._fetch_weights(self._pending)
@@ -303,7 +305,10 @@ class GeneratorWorker:
                 logger.warning("malformed announcement dropped: %s", exc)
                 continue
             if isinstance(msg, WeightsAnnouncement) and msg.version > self.backend.version:
-                if self._pending is None or msg.version > self._pending.version:
+                p = self._pending
+                # A streamed version is announced twice: as it starts, then complete.
+                completes = p is not None and msg.version == p.version and bool(msg.digest)
+                if p is None or msg.version > p.version or completes:
                     self._pending = msg
 
     def _load_from_disk(self, ann: WeightsAnnouncement) -> bool:

@@ -238,7 +238,8 @@ class Hub:
 
     def begin_publish(self, version: int, writer) -> PublishedWeights:
         """Announce a version as `writer` starts writing it (no digest yet): generators
-        fetch chunks as they are written. `finish_publish` once `writer.finish()` ran."""
+        between groups fetch chunks as they are written. `finish_publish` once
+        `writer.finish()` ran announces it again, complete."""
         pub = self.weights.begin(version, writer)
         self.weights_path = ""
         self._announce(WeightsAnnouncement(pub.version, "", len(pub.blob), pub.chunks))
@@ -247,7 +248,10 @@ class Hub:
     def finish_publish(self, pub: PublishedWeights) -> None:
         self.weights.complete(pub)
         self.metrics.weight_bytes.inc(len(pub.blob))
-        self._wake()  # the last chunk may be waiting for the digest
+        # Wakes the loop for the last chunk, which waited for the digest. Generators that
+        # load in the middle of a generation wait for this announcement: they would rather
+        # keep decoding than stall while the learner is still writing.
+        self._announce(WeightsAnnouncement(pub.version, pub.digest, len(pub.blob), pub.chunks))
 
     def _announce(self, ann: WeightsAnnouncement) -> None:
         # The hub thread owns the PUB socket: hand the announcement over.

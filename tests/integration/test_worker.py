@@ -66,11 +66,13 @@ class ScriptedLearner:
     def address(self) -> str:
         return f"tcp://127.0.0.1:{self.ports[0]}"
 
-    def publish(self, version: int) -> bytes:
-        """Publish a small state as `version` and announce it (from the learner thread)."""
+    def publish(self, version: int, digest: bool = True) -> bytes:
+        """Publish a small state as `version` and announce it (from the learner thread);
+        `digest=False` announces it the way a streamed version starts."""
         blob = serialize_named_tensors({"w": torch.full((40,), float(version))})
         pub = self.store.put(version, blob)
-        self._announce.append(WeightsAnnouncement(version, pub.digest, len(blob), pub.chunks))
+        ann = WeightsAnnouncement(version, pub.digest if digest else "", len(blob), pub.chunks)
+        self._announce.append(ann)
         return blob
 
     def _serve(self) -> None:
@@ -267,6 +269,59 @@ def test_weights_fetched_while_the_prefetched_lease_waits_lose_nothing():
     # Lease 2 (the learner has no other) was taken from where the fetch set it aside;
     # dropped as a stray, the worker would wait on a reply that never comes.
     assert learner.pushed == [1, 2]
+
+
+class DecodingBackend(StubBackend):
+    """Calls the worker's between-tokens hook every 10 ms while a group generates, as the hf
+    backend does between decode steps, and records the version at each step."""
+
+    def __init__(self):
+        super().__init__()
+        self.between_tokens = None  # set by the worker (in-flight updates on)
+        self.inflight_mode = "continue"
+        self.steps: list[int] = []
+
+    def generate(self, prompt_ids, n, params):
+        self.calls += 1
+        gate = self.gates.get(self.calls)
+        while gate is not None and not gate.is_set():
+            self.between_tokens()
+            self.steps.append(self.version)
+            time.sleep(0.01)
+        tok = np.array([5, 6], np.int32)
+        return [Sample(tok, np.zeros(2, np.float32), np.full(2, self.version), "length")] * n
+
+
+def test_inflight_loads_wait_for_a_streamed_version_to_be_complete():
+    # Announced as its writing starts (no digest), a version is not fetched in the middle of
+    # a generation: that would stall decoding while the learner writes. Its second
+    # announcement, complete, is loaded at the next decode step.
+    learner, backend = ScriptedLearner(leases=1), DecodingBackend()
+    backend.gates[1] = threading.Event()
+    worker = GeneratorWorker(
+        backend,
+        "g0",
+        learner.address,
+        GeneratorMetrics(),
+        reconnect_seconds=5,
+        inflight_updates="continue",
+    )
+    th = _run(worker)
+    try:
+        _until(lambda: len(backend.steps) > 0)
+        learner.publish(1, digest=False)
+        time.sleep(0.3)  # 30 decode steps with the announcement received
+        assert learner.chunk_requests == 0 and backend.version == 0
+        learner.publish(1)
+        _until(lambda: backend.loaded == [(1, 1.0)])
+        assert not backend.gates[1].is_set()  # loaded in flight, inside group 1
+        backend.gates[1].set()
+        _until(lambda: learner.pushed == [1])
+        worker.stop.set()
+        th.join(10)
+    finally:
+        learner.close()
+    assert backend.steps[-1] == 1
 
 
 def test_stop_is_prompt_when_the_learner_already_exited():
