@@ -483,6 +483,9 @@ def run_bench(quick: bool = False, only: list[str] | None = None) -> dict:
         t = time.time()
         results.update(fn(quick))
         logger.info("bench %s done in %.0fs", name, time.time() - t)
+    from learner.engine import shutdown_distributed
+
+    shutdown_distributed()  # the objective and learner sections join a one-rank group
     if not only or "pipeline" in only:
         t = time.time()
         with tempfile.TemporaryDirectory(prefix="asyncrl-bench-") as d:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 
 from launch.config import ConfigError, describe_fields, dump_config, load_config
@@ -128,6 +129,10 @@ def main(argv: list[str] | None = None) -> int:
         from learner.trainer import Learner
 
         Learner(cfg, resume=args.resume, events=events).run()
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            from learner.engine import exit_multi_rank
+
+            exit_multi_rank(0)
         return 0
     if args.command == "generator":
         _setup_logging(f"generator[{cfg.generator.generator_id or '-'}]", args.log_level)

@@ -30,6 +30,7 @@ from learner.engine import (
     init_distributed,
     resolve_device,
     shard_rows,
+    shutdown_distributed,
 )
 from learner.logprobs import token_entropy, token_logprobs
 from learner.objectives import policy_loss
@@ -428,6 +429,7 @@ class Learner:
             hub.stop()
         if world > 1:
             dist.barrier()
+        shutdown_distributed()
         return summary
 
     # ------------------------------------------------------------------ helpers

@@ -38,7 +38,13 @@ def main() -> int:
 
     from generators.weights import decode_safetensors
     from launch.config import load_config
-    from learner.engine import Engine, broadcast_batch, init_distributed
+    from learner.engine import (
+        Engine,
+        broadcast_batch,
+        exit_multi_rank,
+        init_distributed,
+        shutdown_distributed,
+    )
     from learner.trainer import train_step
     from learner.weights import BlobWriter
 
@@ -74,6 +80,9 @@ def main() -> int:
             assert torch.equal(published[k], v), k
         torch.save({k: v.detach().cpu().clone() for k, v in params.items()}, args.out)
     torch.distributed.barrier()
+    shutdown_distributed()
+    if world > 1:
+        exit_multi_rank(0)  # as `asyncrl learner` does
     return 0
 
 
