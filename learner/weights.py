@@ -3,7 +3,9 @@
 The learner never pushes weights at generators: it announces `(version, digest, size)` on the
 PUB socket and each generator pulls chunks over the control socket at its own pace, so a slow
 generator never blocks the learner. Serialisation is safetensors (no pickle); the digest lets
-the generator verify what it loads.
+the generator verify what it loads. With the zmq transport a version is streamed: announced
+without a digest as it starts to be written, chunks served as they become final, the digest
+sent with the last chunk and in a second announcement (see `WeightsStore`).
 
 Buffers are recycled: a 500 MB bytearray costs more to allocate (page faults while it is
 zeroed, ~1.4 GB/s) than to fill (~13 GB/s once its pages exist), and a version is published
