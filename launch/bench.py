@@ -213,7 +213,7 @@ def _fetch_process(endpoint: str, rounds: int, wrapped: bool, jobs, done, ready,
 
 def _weights_trial(ctx, tensors, raw_blob: bytes | None, generators: int, rounds: int):
     """`rounds` publishes to `generators` fetcher processes, timed one by one. With
-    `raw_blob` None: the real path as `Trainer._publish` takes it with the zmq transport
+    `raw_blob` None: the real path as `Learner._publish` takes it with the zmq transport
     (announce, serialise into a recycled buffer with its checksum while generators fetch
     the chunks written so far, WeightsChunk messages, assemble into the previous buffer,
     verify, decode); otherwise raw chunks of the given bytes over the same sockets and
