@@ -20,7 +20,6 @@ FETCH_WINDOW = 4
 
 # glibc's malloc parameters (malloc.h) and the values `keep_chunk_memory` sets.
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
-MAX_CHUNK_BYTES = 32 << 20  # glibc's largest heap allocation on 64-bit; mmap beyond it
 _TRIM_BYTES = 256 << 20
 
 
@@ -31,17 +30,20 @@ def keep_chunk_memory() -> bool:
     default (trim the heap once its free top exceeds twice the largest freed block) gives
     the pages back, and the next version's chunks fault them in again: measured 37,000
     faults (150 MB) per generator per 524 MB version, and `weights_ratio` 0.41-0.46 without
-    this against 0.50-0.55 with it (2 cores, before streaming). Setting any
-    threshold also freezes glibc's adaptive mmap threshold at 128 KiB, which would mmap
-    every chunk afresh, so both are set: chunks up to `MAX_CHUNK_BYTES` come from the heap
-    and up to 256 MiB of free heap stays mapped."""
+    this against 0.50-0.55 with it (2 cores, before streaming). Setting any threshold also
+    freezes glibc's adaptive mmap threshold at 128 KiB, which would mmap every chunk afresh,
+    so both are set: chunks up to `MAX_WEIGHT_CHUNK_BYTES` (the bound of
+    `learner.weight_chunk_bytes`) come from the heap and up to 256 MiB of free heap stays
+    mapped."""
     import ctypes
     import platform
+
+    from launch.config import MAX_WEIGHT_CHUNK_BYTES
 
     if platform.libc_ver()[0] != "glibc":
         return False
     libc = ctypes.CDLL(None)
-    ok = libc.mallopt(_M_MMAP_THRESHOLD, MAX_CHUNK_BYTES) == 1
+    ok = libc.mallopt(_M_MMAP_THRESHOLD, MAX_WEIGHT_CHUNK_BYTES) == 1
     return libc.mallopt(_M_TRIM_THRESHOLD, _TRIM_BYTES) == 1 and ok
 
 

@@ -20,6 +20,9 @@ from learner.loss_config import AdvantageConfig, ObjectiveConfig
 from learner.rewards import RewardConfig
 
 PRESETS_DIR = Path(__file__).parent / "presets"
+# Largest `learner.weight_chunk_bytes`: glibc's largest heap block on 64-bit; larger ones are
+# mapped afresh for every received chunk (see generators.weights.keep_chunk_memory).
+MAX_WEIGHT_CHUNK_BYTES = 32 << 20
 
 
 class _Strict(BaseModel):
@@ -176,9 +179,9 @@ class LearnerConfig(_Strict):
     weight_chunk_bytes: int = Field(
         4 << 20,
         ge=1024,
-        le=32 << 20,
-        description="Size of one weight chunk. At most 32 MiB: glibc maps larger blocks "
-        "afresh for every received chunk (see generators.weights.keep_chunk_memory).",
+        le=MAX_WEIGHT_CHUNK_BYTES,
+        description="Size of one weight chunk. At most 32 MiB (MAX_WEIGHT_CHUNK_BYTES): glibc "
+        "maps larger blocks afresh for every received chunk.",
     )
     weights_transport: Literal["zmq", "disk", "nccl"] = Field(
         "zmq",

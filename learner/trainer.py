@@ -515,15 +515,15 @@ class Learner:
             blob = writer.finish()
             if streamed is not None:
                 hub.finish_publish(streamed)
-            elif self.cfg.learner.weights_transport == "disk":
-                from learner.weights import write_version_dir
-
-                path = write_version_dir(
-                    self.cfg.learner.weights_dir, version, blob, self.model_path
-                )
-                hub.publish(version, blob, path)
             else:
-                hub.publish(version, blob)
+                path = ""
+                if self.cfg.learner.weights_transport == "disk":
+                    from learner.weights import write_version_dir
+
+                    path = write_version_dir(
+                        self.cfg.learner.weights_dir, version, blob, self.model_path
+                    )
+                hub.publish(version, blob, path)
             dt = time.time() - t
             hub.metrics.publish_seconds.observe(dt)
             hub.metrics.step_seconds.labels(phase="publish").observe(dt)

@@ -232,7 +232,8 @@ class WeightsStore:
 
     def begin(self, version: int, writer: BlobWriter) -> PublishedWeights:
         """Publish `writer`'s blob while it is written; `complete` once it is finished."""
-        return self._rotate(PublishedWeights(version, writer.out, "", self.chunk_bytes, [], writer))
+        pub = PublishedWeights(version, writer.out, "", self.chunk_bytes, writer=writer)
+        return self._rotate(pub)
 
     def complete(self, pub: PublishedWeights) -> None:
         """After `pub.writer.finish()`: the digest is known, the last chunk may go out."""
