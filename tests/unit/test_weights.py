@@ -2,13 +2,40 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import pytest
 import torch
+import zmq
 from safetensors.torch import load
 
 from generators.weights import ChunkAssembler, WeightsError, decode_safetensors, verify_and_decode
 from learner.weights import WeightsStore, digest_of, serialize_named_tensors
 from protocol.codec import encode
+from protocol.messages import WeightsRequest
+from protocol.sockets import recv
+
+
+@contextmanager
+def inproc_pair(bound: int, connected: int):
+    """Two sockets on a private context over inproc (no ports, nothing left behind)."""
+    ctx = zmq.Context()
+    a, b = ctx.socket(bound), ctx.socket(connected)
+    a.bind("inproc://weights")
+    b.connect("inproc://weights")
+    try:
+        yield a, b
+    finally:
+        a.close(0)
+        b.close(0)
+        ctx.term()
+
+
+def ask(store: WeightsStore, router, dealer, version: int, index: int) -> int:
+    """Request chunk `index` of `version` over the pair and let the store answer it."""
+    dealer.send_multipart(encode(WeightsRequest(version, index)))
+    prefix, req = recv(router, routed=True)
+    return store.serve(router, prefix, req)
 
 
 def tensors():
@@ -86,7 +113,6 @@ def test_serialising_into_a_reused_buffer_equals_a_fresh_one():
 
 def test_a_retired_blob_is_reused_only_once_no_send_reads_it():
     import numpy as np
-    import zmq
 
     from protocol.messages import WeightsChunk
     from protocol.sockets import send
@@ -94,11 +120,7 @@ def test_a_retired_blob_is_reused_only_once_no_send_reads_it():
     # inproc hands the message itself to the receiver: it stays alive (and the tracker
     # pending) until the receiver drops it, which is the window a reused blob must avoid.
     # Chunks are above pyzmq's copy threshold (64 KiB; smaller frames are copied at send).
-    ctx = zmq.Context()
-    push, pull = ctx.socket(zmq.PUSH), ctx.socket(zmq.PULL)
-    push.bind("inproc://weights")
-    pull.connect("inproc://weights")
-    try:
+    with inproc_pair(zmq.PUSH, zmq.PULL) as (push, pull):
         store = WeightsStore(chunk_bytes=128 << 10)
         blobs = [serialize_named_tensors({"w": torch.full((1 << 16,), float(v))}) for v in range(3)]
         pub1 = store.put(1, blobs[0])
@@ -115,10 +137,6 @@ def test_a_retired_blob_is_reused_only_once_no_send_reads_it():
         pub1.sends[0].wait(5)
         assert store.spare() is blobs[0]
         assert store.spare() is None  # handed out once
-    finally:
-        push.close(0)
-        pull.close(0)
-        ctx.term()
 
 
 def test_assembling_into_a_reused_buffer_checks_the_new_digest():
@@ -198,20 +216,12 @@ def test_digest_written_with_the_blob_is_the_digest_of_its_bytes():
 
 
 def test_a_streamed_version_is_served_as_it_is_written():
-    import zmq
-
     from learner.weights import BlobWriter
-    from protocol.messages import WeightsRequest
-    from protocol.sockets import recv
 
     # Three 256-byte tensors (64 fp32 each) behind a header of H < 256 bytes; chunks of 256
     # bytes. Chunk 0 (bytes 0..255) is final once "a" is written (it ends at H + 256); the
     # last chunk is held until the digest is known, and carries it.
-    ctx = zmq.Context()
-    router, dealer = ctx.socket(zmq.ROUTER), ctx.socket(zmq.DEALER)
-    router.bind("inproc://stream")
-    dealer.connect("inproc://stream")
-    try:
+    with inproc_pair(zmq.ROUTER, zmq.DEALER) as (router, dealer):
         state = {k: torch.full((64,), float(i)) for i, k in enumerate("abc")}
         store = WeightsStore(chunk_bytes=256)
         writer = BlobWriter({k: ((64,), torch.float32) for k in state})
@@ -219,20 +229,15 @@ def test_a_streamed_version_is_served_as_it_is_written():
         pub = store.begin(7, writer)
         n = pub.chunks
 
-        def ask(index):
-            dealer.send_multipart(encode(WeightsRequest(7, index)))
-            prefix, req = recv(router, routed=True)
-            return store.serve(router, prefix, req)
-
         def answered():
             return [recv(dealer)[1]] if dealer.poll(100) else []
 
-        assert ask(0) == 0 and store.deferred and answered() == []
+        assert ask(store, router, dealer, 7, 0) == 0 and store.deferred and answered() == []
         writer.write("a", state["a"])
         assert store.serve_deferred(router) == 256
         (first,) = answered()
         assert first.index == 0 and first.digest == "" and not store.deferred
-        assert ask(n - 1) == 0
+        assert ask(store, router, dealer, 7, n - 1) == 0
         writer.write("b", state["b"])
         writer.write("c", state["c"])
         assert store.serve_deferred(router) == 0  # written, but the digest is not known yet
@@ -245,40 +250,23 @@ def test_a_streamed_version_is_served_as_it_is_written():
         for i in range(n):
             asm.add(i, bytes(pub.chunk(i)))
         assert torch.equal(verify_and_decode(asm.finish(last.digest), last.digest)["c"], state["c"])
-    finally:
-        router.close(0)
-        dealer.close(0)
-        ctx.term()
 
 
 def test_requests_for_a_superseded_stream_are_answered_missing():
-    import zmq
-
     from learner.weights import BlobWriter
-    from protocol.messages import WeightsRequest
-    from protocol.sockets import recv
 
-    ctx = zmq.Context()
-    router, dealer = ctx.socket(zmq.ROUTER), ctx.socket(zmq.DEALER)
-    router.bind("inproc://stream2")
-    dealer.connect("inproc://stream2")
-    try:
+    with inproc_pair(zmq.ROUTER, zmq.DEALER) as (router, dealer):
         store = WeightsStore(chunk_bytes=64)
         spec = {"w": ((64,), torch.float32)}
         store.begin(1, BlobWriter(spec))
-        dealer.send_multipart(encode(WeightsRequest(1, 1)))  # chunk 0 is all header
-        prefix, req = recv(router, routed=True)
-        assert store.serve(router, prefix, req) == 0 and store.deferred
+        # Chunk 1: chunk 0 is all header.
+        assert ask(store, router, dealer, 1, 1) == 0 and store.deferred
         # Two newer versions: version 1 is no longer held, its held request goes `missing`.
         store.put(2, serialize_named_tensors({"w": torch.zeros(64)}))
         store.put(3, serialize_named_tensors({"w": torch.ones(64)}))
         store.serve_deferred(router)
         reply = recv(dealer)[1]
         assert reply.missing and reply.version == 1 and not store.deferred
-    finally:
-        router.close(0)
-        dealer.close(0)
-        ctx.term()
 
 
 def test_generators_can_keep_chunk_memory_on_glibc():
