@@ -12,14 +12,14 @@ logger = logging.getLogger(__name__)
 def run_generator(cfg) -> int:
     import torch
 
-    from generators.backends.hf import setup_backend
-    from generators.metrics import GeneratorMetrics
-    from generators.weights import keep_chunk_memory
-    from generators.worker import GeneratorWorker
-    from launch.serve import start_metrics_server
-    from learner.hub import default_generator_id
-    from learner.trainer import resolve_data
-    from protocol.sockets import setup_socket_factory
+    from asyncrl.generators.backends.hf import setup_backend
+    from asyncrl.generators.metrics import GeneratorMetrics
+    from asyncrl.generators.weights import keep_chunk_memory
+    from asyncrl.generators.worker import GeneratorWorker
+    from asyncrl.launch.serve import start_metrics_server
+    from asyncrl.learner.hub import default_generator_id
+    from asyncrl.learner.trainer import resolve_data
+    from asyncrl.protocol.sockets import setup_socket_factory
 
     if not keep_chunk_memory():
         logger.info("not glibc: received weight chunks may page-fault anew every version")

@@ -17,11 +17,11 @@ from urllib.parse import urlparse
 import numpy as np
 import zmq
 
-from generators.backends.base import SamplingParams
-from generators.metrics import GeneratorMetrics
-from generators.weights import FETCH_WINDOW, ChunkAssembler, WeightsError
-from protocol.codec import ProtocolError
-from protocol.messages import (
+from asyncrl.generators.backends.base import SamplingParams
+from asyncrl.generators.metrics import GeneratorMetrics
+from asyncrl.generators.weights import FETCH_WINDOW, ChunkAssembler, WeightsError
+from asyncrl.protocol.codec import ProtocolError
+from asyncrl.protocol.messages import (
     Heartbeat,
     Hello,
     Lease,
@@ -39,7 +39,7 @@ from protocol.messages import (
     WeightsRequest,
     Welcome,
 )
-from protocol.sockets import SocketFactory, recv, send
+from asyncrl.protocol.sockets import SocketFactory, recv, send
 
 logger = logging.getLogger(__name__)
 
@@ -316,7 +316,7 @@ class GeneratorWorker:
         instead) when the path is not visible here or the load fails."""
         from pathlib import Path
 
-        from learner.weights import digest_of
+        from asyncrl.learner.weights import digest_of
 
         file = Path(ann.path) / "model.safetensors"
         if not ann.path or not file.exists():

@@ -31,9 +31,9 @@ from pathlib import Path
 import numpy as np
 import zmq
 
-from protocol.codec import encode
-from protocol.messages import RolloutGroup, WeightsRequest
-from protocol.sockets import SocketFactory, recv, send
+from asyncrl.protocol.codec import encode
+from asyncrl.protocol.messages import RolloutGroup, WeightsRequest
+from asyncrl.protocol.sockets import SocketFactory, recv, send
 
 logger = logging.getLogger(__name__)
 
@@ -162,7 +162,7 @@ def _fetch(dealer: zmq.Socket, version: int, n_chunks: int, assembler=None) -> s
     assembler, copy and hash each chunk on arrival (the steps of
     `GeneratorWorker._fetch_weights`), else only receive. Returns the digest the last
     chunk carried ("" for raw chunks)."""
-    from generators.weights import FETCH_WINDOW
+    from asyncrl.generators.weights import FETCH_WINDOW
 
     digest = ""
     received = next_index = outstanding = 0
@@ -188,7 +188,7 @@ def _fetch(dealer: zmq.Socket, version: int, n_chunks: int, assembler=None) -> s
 def _fetch_process(endpoint: str, rounds: int, wrapped: bool, jobs, done, ready, go):
     """A generator: fetch `rounds` versions, each announced as (version, size, chunks) on
     `jobs`, reusing the previous version's buffer as the worker does."""
-    from generators.weights import ChunkAssembler, keep_chunk_memory, verify_and_decode
+    from asyncrl.generators.weights import ChunkAssembler, keep_chunk_memory, verify_and_decode
 
     keep_chunk_memory()  # as `run_generator` does (both sides, so they differ only in the path)
     ctx = zmq.Context()
@@ -220,7 +220,7 @@ def _weights_trial(ctx, tensors, raw_blob: bytes | None, generators: int, rounds
     window. Returns the per-round seconds and the last blob."""
     import multiprocessing as mp
 
-    from learner.weights import BlobWriter, WeightsStore
+    from asyncrl.learner.weights import BlobWriter, WeightsStore
 
     chunk_bytes = 4 << 20
     wrapped = raw_blob is None
@@ -321,12 +321,12 @@ def bench_objective(quick: bool) -> dict:
     advantage computations alone."""
     import torch
 
-    from launch.config import load_config
-    from launch.tiny import setup_tiny_assets
-    from learner.advantages import compute_advantages
-    from learner.engine import Batch, Engine, init_distributed
-    from learner.objectives import policy_loss
-    from learner.trainer import train_step
+    from asyncrl.launch.config import load_config
+    from asyncrl.launch.tiny import setup_tiny_assets
+    from asyncrl.learner.advantages import compute_advantages
+    from asyncrl.learner.engine import Batch, Engine, init_distributed
+    from asyncrl.learner.objectives import policy_loss
+    from asyncrl.learner.trainer import train_step
 
     cfg = load_config("tiny-cpu", [])
     assets = setup_tiny_assets(cfg.tiny)
@@ -386,7 +386,7 @@ def bench_pipeline(quick: bool, workdir: Path) -> dict:
             cmd = [
                 sys.executable,
                 "-m",
-                "launch.cli",
+                "asyncrl.launch.cli",
                 "local",
                 *common,
                 f"buffer.max_staleness={eta}",
@@ -415,7 +415,7 @@ def bench_pipeline(quick: bool, workdir: Path) -> dict:
 
 _MEMORY_PROBE = """
 import sys, torch
-from learner.logprobs import token_logprobs
+from asyncrl.learner.logprobs import token_logprobs
 def status(key):
     for line in open("/proc/self/status"):
         if line.startswith(key):
@@ -462,7 +462,7 @@ def bench_memory(quick: bool) -> dict:
 
 
 def _bench_learner(quick: bool) -> dict:
-    from launch.bench_learner import bench_learner
+    from asyncrl.launch.bench_learner import bench_learner
 
     return bench_learner(quick)
 
@@ -483,7 +483,7 @@ def run_bench(quick: bool = False, only: list[str] | None = None) -> dict:
         t = time.time()
         results.update(fn(quick))
         logger.info("bench %s done in %.0fs", name, time.time() - t)
-    from learner.engine import shutdown_distributed
+    from asyncrl.learner.engine import shutdown_distributed
 
     shutdown_distributed()  # the objective and learner sections join a one-rank group
     if not only or "pipeline" in only:

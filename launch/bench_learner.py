@@ -118,9 +118,9 @@ def bench_size(name: str, device: str, quick: bool, seq_len: int, sequences: int
     """Train steps on one size: tokens/s over the timed steps after a warm-up step."""
     import torch
 
-    from launch.config import load_config
-    from learner.engine import Batch, Engine
-    from learner.trainer import train_step
+    from asyncrl.launch.config import load_config
+    from asyncrl.learner.engine import Batch, Engine
+    from asyncrl.learner.trainer import train_step
 
     size = SIZES[name]
     dtype = "bfloat16" if device == "cuda" else "float32"
@@ -179,7 +179,7 @@ def bench_learner(quick: bool, sizes: list[str] | None = None) -> dict:
 
     import torch
 
-    from learner.engine import init_distributed, resolve_device
+    from asyncrl.learner.engine import init_distributed, resolve_device
 
     device = resolve_device("auto")
     init_distributed(device)

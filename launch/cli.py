@@ -12,7 +12,7 @@ import logging
 import os
 import sys
 
-from launch.config import ConfigError, describe_fields, dump_config, load_config
+from asyncrl.launch.config import ConfigError, describe_fields, dump_config, load_config
 
 logger = logging.getLogger("asyncrl")
 
@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         print("\n".join(describe_fields()))
         return 0
     if args.command == "keys":
-        from protocol.sockets import create_curve_keys
+        from asyncrl.protocol.sockets import create_curve_keys
 
         names = [n.strip() for n in args.clients.split(",") if n.strip()]
         create_curve_keys(args.dir, names)
@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "bench":
         _setup_logging("bench", args.log_level)
-        from launch.bench import format_table, run_bench
+        from asyncrl.launch.bench import format_table, run_bench
 
         only = [x.strip() for x in args.only.split(",") if x.strip()] or None
         results = run_bench(quick=args.quick, only=only)
@@ -126,22 +126,22 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "learner":
         events = _claim_stdout()
         _setup_logging("learner", args.log_level)
-        from learner.trainer import Learner
+        from asyncrl.learner.trainer import Learner
 
         Learner(cfg, resume=args.resume, events=events).run()
         if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-            from learner.engine import exit_multi_rank
+            from asyncrl.learner.engine import exit_multi_rank
 
             exit_multi_rank(0)
         return 0
     if args.command == "generator":
         _setup_logging(f"generator[{cfg.generator.generator_id or '-'}]", args.log_level)
-        from generators.main import run_generator
+        from asyncrl.generators.main import run_generator
 
         return run_generator(cfg)
     if args.command == "local":
         _setup_logging("local", args.log_level)
-        from launch.local import run_local
+        from asyncrl.launch.local import run_local
 
         return run_local(cfg, args.log_level)
     return 2

@@ -14,10 +14,10 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from generators.backends.sglang import SGLangConfig
-from launch.tiny import TinyTaskConfig
-from learner.loss_config import AdvantageConfig, ObjectiveConfig
-from learner.rewards import RewardConfig
+from asyncrl.generators.backends.sglang import SGLangConfig
+from asyncrl.launch.tiny import TinyTaskConfig
+from asyncrl.learner.loss_config import AdvantageConfig, ObjectiveConfig
+from asyncrl.learner.rewards import RewardConfig
 
 PRESETS_DIR = Path(__file__).parent / "presets"
 # Largest `learner.weight_chunk_bytes`: glibc's largest heap block on 64-bit; larger ones are

@@ -19,7 +19,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from launch.config import AsyncRLConfig, dump_config
+from asyncrl.launch.config import AsyncRLConfig, dump_config
 
 logger = logging.getLogger(__name__)
 
@@ -34,7 +34,7 @@ def _cmd(role: str, config_path: Path, log_level: str, extra: list[str]) -> list
     return [
         sys.executable,
         "-m",
-        "launch.cli",
+        "asyncrl.launch.cli",
         role,
         "--config",
         str(config_path),
@@ -57,7 +57,7 @@ def run_local(cfg: AsyncRLConfig, log_level: str = "INFO") -> int:
     out_dir = Path(cfg.learner.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     if cfg.model.path is None:
-        from launch.tiny import setup_tiny_assets
+        from asyncrl.launch.tiny import setup_tiny_assets
 
         t = time.time()
         setup_tiny_assets(cfg.tiny)  # built once here so the children only hit the cache

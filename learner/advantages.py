@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from learner.loss_config import AdvantageConfig
+from asyncrl.learner.loss_config import AdvantageConfig
 
 
 def compute_advantages(

@@ -23,16 +23,16 @@ from dataclasses import dataclass, field
 import numpy as np
 import zmq
 
-from buffer.gate import StalenessGate
-from buffer.leases import LeaseRecord, LeaseTable
-from buffer.replay import BufferedGroup, Dropped, ReplayBuffer
-from learner.data import Prompt, PromptSource
-from learner.metrics import LearnerMetrics
-from learner.nccl import NcclPublisher
-from learner.rewards import has_variance
-from learner.weights import PublishedWeights, WeightsStore
-from protocol.codec import DecodeLimits, ProtocolError
-from protocol.messages import (
+from asyncrl.buffer.gate import StalenessGate
+from asyncrl.buffer.leases import LeaseRecord, LeaseTable
+from asyncrl.buffer.replay import BufferedGroup, Dropped, ReplayBuffer
+from asyncrl.learner.data import Prompt, PromptSource
+from asyncrl.learner.metrics import LearnerMetrics
+from asyncrl.learner.nccl import NcclPublisher
+from asyncrl.learner.rewards import has_variance
+from asyncrl.learner.weights import PublishedWeights, WeightsStore
+from asyncrl.protocol.codec import DecodeLimits, ProtocolError
+from asyncrl.protocol.messages import (
     Ack,
     Heartbeat,
     Hello,
@@ -49,8 +49,8 @@ from protocol.messages import (
     WeightsRequest,
     Welcome,
 )
-from protocol.sockets import SocketFactory, recv, send
-from protocol.validate import RolloutLimits, validate_rollout
+from asyncrl.protocol.sockets import SocketFactory, recv, send
+from asyncrl.protocol.validate import RolloutLimits, validate_rollout
 
 logger = logging.getLogger(__name__)
 

@@ -33,7 +33,7 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
-from protocol.messages import NcclGroup, NcclJoin, NcclPlan, NcclPull
+from asyncrl.protocol.messages import NcclGroup, NcclJoin, NcclPlan, NcclPull
 
 logger = logging.getLogger(__name__)
 

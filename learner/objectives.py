@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from learner.loss_config import ObjectiveConfig
+from asyncrl.learner.loss_config import ObjectiveConfig
 
 
 def policy_loss(

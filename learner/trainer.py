@@ -20,9 +20,9 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from buffer.replay import BufferedGroup
-from learner.advantages import compute_advantages
-from learner.engine import (
+from asyncrl.buffer.replay import BufferedGroup
+from asyncrl.learner.advantages import compute_advantages
+from asyncrl.learner.engine import (
     Batch,
     Engine,
     balance_rows,
@@ -32,8 +32,8 @@ from learner.engine import (
     shard_rows,
     shutdown_distributed,
 )
-from learner.logprobs import token_entropy, token_logprobs
-from learner.objectives import policy_loss
+from asyncrl.learner.logprobs import token_entropy, token_logprobs
+from asyncrl.learner.objectives import policy_loss
 
 logger = logging.getLogger(__name__)
 
@@ -49,7 +49,7 @@ def resolve_data(cfg) -> ResolvedData:
     """The user's model and data, or the embedded tiny task (built once, cached)."""
     if cfg.model.path is not None:
         return ResolvedData(cfg.model.path, cfg.data.train_path, cfg.data.eval_path)
-    from launch.tiny import setup_tiny_assets
+    from asyncrl.launch.tiny import setup_tiny_assets
 
     assets = setup_tiny_assets(cfg.tiny)
     return ResolvedData(
@@ -224,7 +224,7 @@ def load_reference(model_path: str, dtype: str, device: str):
 
 
 def evaluate(engine: Engine, tokenizer, rows, cfg) -> float | None:
-    from learner.evaluation import greedy_accuracy
+    from asyncrl.learner.evaluation import greedy_accuracy
 
     if not rows:
         return None
@@ -434,12 +434,12 @@ class Learner:
 
     # ------------------------------------------------------------------ helpers
     def _start_hub(self, data: ResolvedData, tokenizer):
-        from launch.serve import start_metrics_server
-        from learner.data import PromptSource, load_rows
-        from learner.hub import Hub
-        from learner.metrics import LearnerMetrics
-        from learner.rewards import setup_reward
-        from protocol.sockets import setup_socket_factory
+        from asyncrl.launch.serve import start_metrics_server
+        from asyncrl.learner.data import PromptSource, load_rows
+        from asyncrl.learner.hub import Hub
+        from asyncrl.learner.metrics import LearnerMetrics
+        from asyncrl.learner.rewards import setup_reward
+        from asyncrl.protocol.sockets import setup_socket_factory
 
         cfg = self.cfg
         prompts = PromptSource(
@@ -497,7 +497,7 @@ class Learner:
         (out / "asyncrl_version.json").write_text(json.dumps({"policy_version": version}))
 
     def _publish(self, engine: Engine, hub, version: int) -> None:
-        from learner.weights import BlobWriter
+        from asyncrl.learner.weights import BlobWriter
 
         t = time.time()
         # Each parameter is copied into the blob as it is gathered (ZeRO-3) or read: the
@@ -518,7 +518,7 @@ class Learner:
             else:
                 path = ""
                 if self.cfg.learner.weights_transport == "disk":
-                    from learner.weights import write_version_dir
+                    from asyncrl.learner.weights import write_version_dir
 
                     path = write_version_dir(
                         self.cfg.learner.weights_dir, version, blob, self.model_path
@@ -559,7 +559,7 @@ class Learner:
 
 
 def _eval_rows(path: str, cfg) -> list[dict]:
-    from learner.data import load_rows
+    from asyncrl.learner.data import load_rows
 
     return load_rows(path)[: cfg.data.eval_size]
 

@@ -25,8 +25,8 @@ import numpy as np
 import torch
 import xxhash
 
-from protocol.messages import WeightsChunk, WeightsRequest
-from protocol.sockets import send
+from asyncrl.protocol.messages import WeightsChunk, WeightsRequest
+from asyncrl.protocol.sockets import send
 
 
 class Serialized(bytearray):

@@ -18,7 +18,7 @@ from dataclasses import dataclass, fields
 import msgpack
 import numpy as np
 
-from protocol.messages import MESSAGE_TYPES, SCHEMA_VERSION, Message
+from asyncrl.protocol.messages import MESSAGE_TYPES, SCHEMA_VERSION, Message
 
 
 class ProtocolError(ValueError):

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import zmq
 
-from protocol.codec import DEFAULT_LIMITS, DecodeLimits, decode, encode
-from protocol.messages import Message
+from asyncrl.protocol.codec import DEFAULT_LIMITS, DecodeLimits, decode, encode
+from asyncrl.protocol.messages import Message
 
 logger = logging.getLogger(__name__)
 
@@ -138,3 +138,13 @@ def recv(
     if routed:
         prefix, frames = [frames[0].bytes], frames[1:]
     return prefix, decode(frames, limits)
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port free on `host` right now (the OS picks it; a race with other binders is
+    possible, so callers bind it promptly)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]

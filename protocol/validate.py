@@ -12,8 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from protocol.codec import ProtocolError
-from protocol.messages import RolloutGroup
+from asyncrl.protocol.codec import ProtocolError
+from asyncrl.protocol.messages import RolloutGroup
 
 FINISH_REASONS = frozenset({"stop", "length", "abort"})
 

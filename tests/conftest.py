@@ -12,7 +12,7 @@ def tiny_causal_lm(tmp_path_factory) -> str:
     import torch
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
-    from launch.tiny import build_tokenizer
+    from asyncrl.launch.tiny import build_tokenizer
 
     out = tmp_path_factory.mktemp("tiny-causal-lm")
     tok = build_tokenizer()

@@ -14,8 +14,8 @@ import logging
 import numpy as np
 import torch
 
-from generators.backends.base import Sample, SamplingParams
-from generators.weights import load_into_model, verify_and_decode
+from asyncrl.generators.backends.base import Sample, SamplingParams
+from asyncrl.generators.weights import load_into_model, verify_and_decode
 
 logger = logging.getLogger(__name__)
 
@@ -171,12 +171,12 @@ class HFBackend:
 
 def setup_backend(cfg, model_path: str, seed: int):
     """Build the configured backend (`hf` here; `sglang` is imported lazily)."""
-    from learner.engine import resolve_device
+    from asyncrl.learner.engine import resolve_device
 
     if cfg.generator.backend == "hf":
         return HFBackend(
             model_path, device=resolve_device(cfg.model.device), dtype=cfg.model.dtype, seed=seed
         )
-    from generators.backends.sglang import SGLangBackend
+    from asyncrl.generators.backends.sglang import SGLangBackend
 
     return SGLangBackend.from_config(cfg, model_path)

@@ -44,7 +44,7 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from generators.backends.base import Sample, SamplingParams
+from asyncrl.generators.backends.base import Sample, SamplingParams
 
 logger = logging.getLogger(__name__)
 
@@ -339,7 +339,7 @@ class SGLangBackend:
 
     def load_weights(self, blob, digest: str, version: int) -> None:
         """Verify, write atomically as a model directory, and have the server load it."""
-        from generators.weights import WeightsError, verify_and_decode
+        from asyncrl.generators.weights import WeightsError, verify_and_decode
 
         verify_and_decode(blob, digest)  # raises on a bad digest before the server is touched
         path = self.write_weights(blob, version)
@@ -351,7 +351,7 @@ class SGLangBackend:
         """`weights_dir/v<version>/` with the base model's config and the new safetensors,
         written atomically (the same layout as the learner's disk transport). Only this
         version is kept: the server holds the previous one in memory, not on disk."""
-        from learner.weights import write_version_dir
+        from asyncrl.learner.weights import write_version_dir
 
         path = write_version_dir(self.cfg.weights_dir, version, blob, self.model_path, keep=1)
         return Path(path)

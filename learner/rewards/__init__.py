@@ -12,7 +12,7 @@ import importlib
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from learner.rewards.config import OverlongConfig, RewardConfig
+from asyncrl.learner.rewards.config import OverlongConfig, RewardConfig
 
 __all__ = [
     "OverlongConfig",
@@ -39,11 +39,11 @@ class RewardFunction(Protocol):
 
 
 _IMPLEMENTATIONS = {
-    "exact": "learner.rewards.exact:ExactReward",
-    "math": "learner.rewards.math:MathReward",
-    "ttrl": "learner.rewards.ttrl:TTRLReward",
-    "reward_model": "learner.rewards.reward_model:RewardModelReward",
-    "plugin": "learner.rewards.plugin:PluginReward",
+    "exact": "asyncrl.learner.rewards.exact:ExactReward",
+    "math": "asyncrl.learner.rewards.math:MathReward",
+    "ttrl": "asyncrl.learner.rewards.ttrl:TTRLReward",
+    "reward_model": "asyncrl.learner.rewards.reward_model:RewardModelReward",
+    "plugin": "asyncrl.learner.rewards.plugin:PluginReward",
 }
 
 
@@ -52,7 +52,7 @@ def setup_reward(cfg: RewardConfig) -> RewardFunction:
     module, cls = _IMPLEMENTATIONS[cfg.name].split(":")
     fn = getattr(importlib.import_module(module), cls)(cfg)
     if cfg.overlong.enabled:
-        from learner.rewards.overlong import OverlongPenalty
+        from asyncrl.learner.rewards.overlong import OverlongPenalty
 
         fn = OverlongPenalty(fn, cfg.overlong)
     return fn

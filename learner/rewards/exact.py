@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from learner.rewards import RewardResult
-from learner.rewards.config import RewardConfig
+from asyncrl.learner.rewards import RewardResult
+from asyncrl.learner.rewards.config import RewardConfig
 
 
 class ExactReward:

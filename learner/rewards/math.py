@@ -15,8 +15,8 @@ import re
 import threading
 from fractions import Fraction
 
-from learner.rewards import RewardResult
-from learner.rewards.config import RewardConfig
+from asyncrl.learner.rewards import RewardResult
+from asyncrl.learner.rewards.config import RewardConfig
 
 logger = logging.getLogger(__name__)
 

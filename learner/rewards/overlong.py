@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import logging
 
-from learner.rewards import RewardFunction, RewardResult
-from learner.rewards.config import OverlongConfig
+from asyncrl.learner.rewards import RewardFunction, RewardResult
+from asyncrl.learner.rewards.config import OverlongConfig
 
 logger = logging.getLogger(__name__)
 

@@ -13,8 +13,8 @@ import logging
 import math
 import numbers
 
-from learner.rewards import RewardResult
-from learner.rewards.config import RewardConfig
+from asyncrl.learner.rewards import RewardResult
+from asyncrl.learner.rewards.config import RewardConfig
 
 logger = logging.getLogger(__name__)
 

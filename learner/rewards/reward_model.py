@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import logging
 
-from learner.rewards import RewardResult
-from learner.rewards.config import RewardConfig
+from asyncrl.learner.rewards import RewardResult
+from asyncrl.learner.rewards.config import RewardConfig
 
 logger = logging.getLogger(__name__)
 

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import logging
 
-from learner.rewards import RewardResult
-from learner.rewards.config import RewardConfig
-from learner.rewards.math import (
+from asyncrl.learner.rewards import RewardResult
+from asyncrl.learner.rewards.config import RewardConfig
+from asyncrl.learner.rewards.math import (
     extract_answer,
     gold_answer,
     normalize,

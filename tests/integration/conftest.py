@@ -25,8 +25,8 @@ SMALL_TINY = [
 @pytest.fixture(scope="session")
 def tiny_cache(tmp_path_factory) -> str:
     cache = tmp_path_factory.mktemp("asyncrl-cache")
-    from launch.config import load_config
-    from launch.tiny import setup_tiny_assets
+    from asyncrl.launch.config import load_config
+    from asyncrl.launch.tiny import setup_tiny_assets
 
     cfg = load_config(None, SMALL_TINY + [f"tiny.cache_dir={cache}"])
     setup_tiny_assets(cfg.tiny)
@@ -47,11 +47,11 @@ def small_overrides(tiny_cache, tmp_path) -> list[str]:
 
 
 def run_cli(args: list[str], timeout: float = 600, env: dict | None = None):
-    """Run `python -m launch.cli ARGS`; returns (returncode, stdout JSON events, stderr).
+    """Run `python -m asyncrl.launch.cli ARGS`; returns (returncode, stdout JSON events, stderr).
     Every stdout line is an event (see `next_event`)."""
     full_env = dict(os.environ, PYTHONUNBUFFERED="1", **(env or {}))
     proc = subprocess.run(
-        [sys.executable, "-m", "launch.cli", *args],
+        [sys.executable, "-m", "asyncrl.launch.cli", *args],
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -63,10 +63,10 @@ def run_cli(args: list[str], timeout: float = 600, env: dict | None = None):
 
 
 def start_cli(args: list[str], log: Path) -> subprocess.Popen:
-    """Start `python -m launch.cli ARGS` in the background. stderr (the logs) goes to `log`:
+    """Start `python -m asyncrl.launch.cli ARGS` in the background. stderr (the logs) goes to `log`:
     an unread pipe fills up and blocks the process."""
     return subprocess.Popen(
-        [sys.executable, "-m", "launch.cli", *args],
+        [sys.executable, "-m", "asyncrl.launch.cli", *args],
         cwd=REPO,
         stdout=subprocess.PIPE,
         stderr=log.open("w"),
@@ -103,8 +103,8 @@ def stranger_rollout(lease_id: int) -> list[bytes]:
     to (`intruder`)."""
     import numpy as np
 
-    from protocol.codec import encode
-    from protocol.messages import RolloutGroup
+    from asyncrl.protocol.codec import encode
+    from asyncrl.protocol.messages import RolloutGroup
 
     group = RolloutGroup(
         lease_id=lease_id,

@@ -14,7 +14,7 @@ import torch
 
 
 def fixed_batch(vocab: int, seed: int = 0):
-    from learner.engine import Batch
+    from asyncrl.learner.engine import Batch
 
     g = torch.Generator().manual_seed(seed)
     n, length, prompt = 8, 12, 4
@@ -36,17 +36,17 @@ def main() -> int:
     p.add_argument("overrides", nargs="*")
     args = p.parse_args()
 
-    from generators.weights import decode_safetensors
-    from launch.config import load_config
-    from learner.engine import (
+    from asyncrl.generators.weights import decode_safetensors
+    from asyncrl.launch.config import load_config
+    from asyncrl.learner.engine import (
         Engine,
         broadcast_batch,
         exit_multi_rank,
         init_distributed,
         shutdown_distributed,
     )
-    from learner.trainer import train_step
-    from learner.weights import BlobWriter
+    from asyncrl.learner.trainer import train_step
+    from asyncrl.learner.weights import BlobWriter
 
     cfg = load_config(
         None,

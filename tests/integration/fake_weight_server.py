@@ -24,7 +24,7 @@ import torch
 import torch.distributed as dist
 import xxhash
 
-from learner.nccl import join_group
+from asyncrl.learner.nccl import join_group
 
 STATE: dict = {"groups": {}, "tensors": {}, "version": None, "updates": 0, "hf": None}
 
@@ -63,7 +63,7 @@ def _receive(req: dict) -> None:
 def _generate(req: dict) -> list[dict]:
     import numpy as np
 
-    from generators.backends.base import SamplingParams
+    from asyncrl.generators.backends.base import SamplingParams
 
     sp = req["sampling_params"]
     params = SamplingParams(
@@ -144,7 +144,7 @@ class Handler(BaseHTTPRequestHandler):
 
 if __name__ == "__main__":
     if (Path(sys.argv[2]) / "model.safetensors").exists():
-        from generators.backends.hf import HFBackend
+        from asyncrl.generators.backends.hf import HFBackend
 
         torch.set_num_threads(1)
         STATE["hf"] = HFBackend(sys.argv[2])

@@ -12,9 +12,9 @@ import urllib.request
 
 import zmq
 
-from protocol.codec import decode, encode
-from protocol.messages import Hello
-from protocol.sockets import SocketFactory, create_curve_keys, load_curve_keys
+from asyncrl.protocol.codec import decode, encode
+from asyncrl.protocol.messages import Hello
+from asyncrl.protocol.sockets import SocketFactory, create_curve_keys, load_curve_keys
 from tests.integration.conftest import next_event, scrape, start_cli, stranger_rollout
 
 

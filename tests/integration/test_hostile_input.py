@@ -15,8 +15,8 @@ import time
 import msgpack
 import zmq
 
-from protocol.codec import encode
-from protocol.messages import LeaseRequest
+from asyncrl.protocol.codec import encode
+from asyncrl.protocol.messages import LeaseRequest
 from tests.integration.conftest import next_event, scrape, start_cli, stranger_rollout
 
 N_FRAMES = 10_000

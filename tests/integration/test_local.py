@@ -51,8 +51,8 @@ def test_export_loads_with_from_pretrained_and_generates(small_overrides, tmp_pa
     out = model.generate(ids, max_new_tokens=4, do_sample=False, pad_token_id=tok.pad_token_id)
     assert out.shape[1] > ids.shape[1]
     # The export holds the trained weights, not the warm-start model's.
-    from launch.config import load_config
-    from launch.tiny import setup_tiny_assets
+    from asyncrl.launch.config import load_config
+    from asyncrl.launch.tiny import setup_tiny_assets
 
     start = AutoModelForCausalLM.from_pretrained(
         setup_tiny_assets(load_config(None, small_overrides).tiny).model_path

@@ -17,13 +17,13 @@ import pytest
 import torch
 import xxhash
 
-from generators.backends.sglang import SGLangBackend, SGLangConfig
-from launch.config import load_config
-from learner.metrics import LearnerMetrics
-from learner.nccl import NcclPublisher, free_port
-from learner.weights import WeightsStore, serialize_named_tensors
-from protocol.codec import decode, encode
-from protocol.messages import NcclJoin, NcclPull
+from asyncrl.generators.backends.sglang import SGLangBackend, SGLangConfig
+from asyncrl.launch.config import load_config
+from asyncrl.learner.metrics import LearnerMetrics
+from asyncrl.learner.nccl import NcclPublisher, free_port
+from asyncrl.learner.weights import WeightsStore, serialize_named_tensors
+from asyncrl.protocol.codec import decode, encode
+from asyncrl.protocol.messages import NcclJoin, NcclPull
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -158,12 +158,12 @@ def test_a_dead_server_fails_its_channel_only(setup):
 EXIT_SCRIPT = """
 import json, sys
 import torch
-from generators.backends.sglang import SGLangBackend, SGLangConfig
-from launch.config import load_config
-from learner.metrics import LearnerMetrics
-from learner.nccl import NcclPublisher
-from learner.weights import WeightsStore, serialize_named_tensors
-from protocol.messages import NcclJoin, NcclPull
+from asyncrl.generators.backends.sglang import SGLangBackend, SGLangConfig
+from asyncrl.launch.config import load_config
+from asyncrl.learner.metrics import LearnerMetrics
+from asyncrl.learner.nccl import NcclPublisher
+from asyncrl.learner.weights import WeightsStore, serialize_named_tensors
+from asyncrl.protocol.messages import NcclJoin, NcclPull
 url, model = sys.argv[1], sys.argv[2]
 store = WeightsStore(1 << 20)
 pub = NcclPublisher(load_config("tiny-cpu", []), store, LearnerMetrics(), "cpu")
@@ -191,7 +191,7 @@ def test_a_run_publishes_every_version_over_the_group(small_overrides, tiny_cach
     """`asyncrl local` with the nccl transport and an SGLang generator whose server is the
     fake (sampling with the hf backend from the weights it received): every message crosses
     the wire, and no version falls back to chunks."""
-    from launch.tiny import setup_tiny_assets
+    from asyncrl.launch.tiny import setup_tiny_assets
     from tests.integration.conftest import SMALL_TINY, run_cli
 
     cfg = load_config(None, SMALL_TINY + [f"tiny.cache_dir={tiny_cache}"])

@@ -37,7 +37,7 @@ STARTUP_TIMEOUT = 400.0  # `asyncrl local` waits up to 300 s for its generators
 def start_local(overrides: list[str], log: Path) -> tuple[subprocess.Popen, queue.Queue]:
     """Start `asyncrl local`; its JSON events arrive on the returned queue (None at EOF)."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "launch.cli", "local", *overrides],
+        [sys.executable, "-m", "asyncrl.launch.cli", "local", *overrides],
         cwd=REPO,
         stdout=subprocess.PIPE,
         stderr=log.open("w"),

@@ -22,12 +22,12 @@ def server(tmp_path_factory):
     torch = pytest.importorskip("torch")
     if not torch.cuda.is_available():
         pytest.skip("needs a CUDA GPU")
-    from generators.backends.sglang import SGLangBackend, SGLangConfig
+    from asyncrl.generators.backends.sglang import SGLangBackend, SGLangConfig
 
     model = os.environ.get("ASYNCRL_SGLANG_MODEL")
     if not model:
-        from launch.config import load_config
-        from launch.tiny import setup_tiny_assets
+        from asyncrl.launch.config import load_config
+        from asyncrl.launch.tiny import setup_tiny_assets
 
         model = setup_tiny_assets(load_config("tiny-cpu").tiny).model_path
     cfg = SGLangConfig(
@@ -53,7 +53,7 @@ def _reference_logprobs(model_path: str, tensors, prompt: np.ndarray, tokens: np
     import torch
     from transformers import AutoModelForCausalLM
 
-    from generators.weights import load_into_model
+    from asyncrl.generators.weights import load_into_model
 
     model = AutoModelForCausalLM.from_pretrained(model_path).eval()
     load_into_model(model, tensors)
@@ -65,8 +65,8 @@ def _reference_logprobs(model_path: str, tensors, prompt: np.ndarray, tokens: np
 
 
 def test_generate_and_update_weights(server):
-    from generators.backends.base import SamplingParams
-    from learner.weights import digest_of, serialize_named_tensors
+    from asyncrl.generators.backends.base import SamplingParams
+    from asyncrl.learner.weights import digest_of, serialize_named_tensors
 
     backend = server
     samples = backend.generate(np.array([1, 2, 3], np.int32), 4, SamplingParams(1.0, 1, 0, 8))
@@ -83,12 +83,12 @@ def test_weights_broadcast_into_the_server(server):
     GPU holds both ends here and NCCL refuses two ranks on one device, so the group runs
     gloo (SGLang receives into CUDA tensors either way); the bucket layout, group
     rendezvous and version labels are what this checks."""
-    from generators.backends.base import SamplingParams
-    from launch.config import load_config
-    from learner.metrics import LearnerMetrics
-    from learner.nccl import NcclPublisher
-    from learner.weights import WeightsStore, serialize_named_tensors
-    from protocol.messages import NcclJoin, NcclPull
+    from asyncrl.generators.backends.base import SamplingParams
+    from asyncrl.launch.config import load_config
+    from asyncrl.learner.metrics import LearnerMetrics
+    from asyncrl.learner.nccl import NcclPublisher
+    from asyncrl.learner.weights import WeightsStore, serialize_named_tensors
+    from asyncrl.protocol.messages import NcclJoin, NcclPull
 
     backend = server
     cfg = load_config(

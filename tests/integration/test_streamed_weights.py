@@ -14,11 +14,11 @@ import time
 
 import torch
 
-from generators.metrics import GeneratorMetrics
-from generators.weights import verify_and_decode
-from generators.worker import GeneratorWorker
-from launch.config import load_config
-from learner.weights import BlobWriter, digest_of
+from asyncrl.generators.metrics import GeneratorMetrics
+from asyncrl.generators.weights import verify_and_decode
+from asyncrl.generators.worker import GeneratorWorker
+from asyncrl.launch.config import load_config
+from asyncrl.learner.weights import BlobWriter, digest_of
 
 
 class RecordingBackend:
@@ -47,11 +47,11 @@ class RecordingBackend:
 def _hub(small_overrides):
     from transformers import AutoTokenizer
 
-    from learner.data import PromptSource, load_rows
-    from learner.hub import Hub
-    from learner.metrics import LearnerMetrics
-    from learner.rewards import setup_reward
-    from learner.trainer import resolve_data
+    from asyncrl.learner.data import PromptSource, load_rows
+    from asyncrl.learner.hub import Hub
+    from asyncrl.learner.metrics import LearnerMetrics
+    from asyncrl.learner.rewards import setup_reward
+    from asyncrl.learner.trainer import resolve_data
 
     cfg = load_config(
         "tiny-cpu",

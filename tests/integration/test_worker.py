@@ -15,12 +15,12 @@ import numpy as np
 import torch
 import zmq
 
-from generators.backends.base import Sample
-from generators.metrics import GeneratorMetrics
-from generators.weights import verify_and_decode
-from generators.worker import GeneratorWorker
-from learner.weights import WeightsStore, serialize_named_tensors
-from protocol.messages import (
+from asyncrl.generators.backends.base import Sample
+from asyncrl.generators.metrics import GeneratorMetrics
+from asyncrl.generators.weights import verify_and_decode
+from asyncrl.generators.worker import GeneratorWorker
+from asyncrl.learner.weights import WeightsStore, serialize_named_tensors
+from asyncrl.protocol.messages import (
     Ack,
     Heartbeat,
     Hello,
@@ -33,7 +33,7 @@ from protocol.messages import (
     WeightsRequest,
     Welcome,
 )
-from protocol.sockets import SocketFactory, recv, send
+from asyncrl.protocol.sockets import SocketFactory, recv, send
 
 
 class ScriptedLearner:

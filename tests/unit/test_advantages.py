@@ -7,9 +7,9 @@ import math
 import pytest
 import torch
 
-from learner.advantages import compute_advantages, compute_gae
-from learner.logprobs import token_entropy, token_logprobs
-from learner.loss_config import AdvantageConfig
+from asyncrl.learner.advantages import compute_advantages, compute_gae
+from asyncrl.learner.logprobs import token_entropy, token_logprobs
+from asyncrl.learner.loss_config import AdvantageConfig
 
 
 def adv(name, rewards, **kw):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from launch.bench_learner import SIZES, flops_per_token, matmul_params, qwen2_config
+from asyncrl.launch.bench_learner import SIZES, flops_per_token, matmul_params, qwen2_config
 
 
 def test_tiny_flops_by_hand():

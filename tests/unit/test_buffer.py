@@ -1,7 +1,7 @@
 """Replay buffer and lease table."""
 
-from buffer.leases import LeaseTable
-from buffer.replay import BufferedGroup, ReplayBuffer
+from asyncrl.buffer.leases import LeaseTable
+from asyncrl.buffer.replay import BufferedGroup, ReplayBuffer
 
 
 def _g(i, version, nbytes=10):

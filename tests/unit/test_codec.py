@@ -4,8 +4,8 @@ import msgpack
 import numpy as np
 import pytest
 
-from protocol.codec import DecodeLimits, ProtocolError, decode, encode
-from protocol.messages import Lease, LeaseRequest, RolloutGroup, WeightsChunk
+from asyncrl.protocol.codec import DecodeLimits, ProtocolError, decode, encode
+from asyncrl.protocol.messages import Lease, LeaseRequest, RolloutGroup, WeightsChunk
 
 
 def _group(**kw):

@@ -8,8 +8,8 @@ import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from protocol.codec import DecodeLimits, ProtocolError, decode, encode
-from protocol.messages import (
+from asyncrl.protocol.codec import DecodeLimits, ProtocolError, decode, encode
+from asyncrl.protocol.messages import (
     Heartbeat,
     Hello,
     Lease,

@@ -9,8 +9,8 @@ import sys
 import pytest
 from pydantic import BaseModel
 
-from launch.cli import main
-from launch.config import (
+from asyncrl.launch.cli import main
+from asyncrl.launch.config import (
     PRESETS_DIR,
     AsyncRLConfig,
     ConfigError,
@@ -93,7 +93,7 @@ def test_config_and_cli_import_without_torch():
     # A bad config must fail in a fraction of a second, before torch (seconds) is imported:
     # the schema lives in torch-free modules. A fresh interpreter, since this one has torch.
     code = (
-        "import sys; from launch.config import load_config; import launch.cli; "
+        "import sys; from asyncrl.launch.config import load_config; import asyncrl.launch.cli; "
         "load_config('tiny-cpu', ['objective.name=cispo', 'advantage.name=rloo']); "
         "print(sorted(m for m in ('torch', 'transformers', 'deepspeed') if m in sys.modules))"
     )

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from launch.tiny import TinyTaskConfig, build_tokenizer, tiny_model_config
-from learner.evaluation import (
+from asyncrl.launch.tiny import TinyTaskConfig, build_tokenizer, tiny_model_config
+from asyncrl.learner.evaluation import (
     generate_completions,
     greedy_accuracy,
     sampled_metrics,

@@ -2,8 +2,8 @@
 
 import pytest
 
-from buffer.gate import StalenessGate
-from buffer.leases import LeaseTable
+from asyncrl.buffer.gate import StalenessGate
+from asyncrl.buffer.leases import LeaseTable
 
 
 def test_synchronous_eta0_issues_one_step_of_work():

@@ -13,13 +13,13 @@ import numpy as np
 import pytest
 import torch
 
-from generators.backends.base import SamplingParams
-from generators.backends.hf import HFBackend
-from learner.logprobs import token_logprobs
-from learner.weights import digest_of, serialize_named_tensors
-from protocol.codec import ProtocolError
-from protocol.messages import RolloutGroup
-from protocol.validate import RolloutLimits, validate_rollout
+from asyncrl.generators.backends.base import SamplingParams
+from asyncrl.generators.backends.hf import HFBackend
+from asyncrl.learner.logprobs import token_logprobs
+from asyncrl.learner.weights import digest_of, serialize_named_tensors
+from asyncrl.protocol.codec import ProtocolError
+from asyncrl.protocol.messages import RolloutGroup
+from asyncrl.protocol.validate import RolloutLimits, validate_rollout
 
 
 @pytest.fixture
@@ -55,7 +55,7 @@ def backend_with_update(model_dir: str, mode: str) -> tuple[HFBackend, torch.nn.
     from transformers import AutoModelForCausalLM
 
     new_model = AutoModelForCausalLM.from_pretrained(model_dir)
-    from generators.weights import load_into_model, verify_and_decode
+    from asyncrl.generators.weights import load_into_model, verify_and_decode
 
     load_into_model(new_model, verify_and_decode(blob5, d5))
     return backend, new_model.eval()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from learner.engine import Batch, balance_rows
+from asyncrl.learner.engine import Batch, balance_rows
 
 
 def test_longest_first_into_the_lightest_bin():

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from learner.nccl import plan_buckets
-from learner.weights import serialize_named_tensors
-from protocol.codec import decode, encode
-from protocol.messages import NcclPlan
+from asyncrl.learner.nccl import plan_buckets
+from asyncrl.learner.weights import serialize_named_tensors
+from asyncrl.protocol.codec import decode, encode
+from asyncrl.protocol.messages import NcclPlan
 
 
 def test_buckets_are_byte_ranges_of_the_blob_split_by_size_and_alignment():

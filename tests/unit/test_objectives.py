@@ -8,8 +8,8 @@ import math
 import pytest
 import torch
 
-from learner.loss_config import ObjectiveConfig
-from learner.objectives import aggregate, kl_penalty, policy_loss
+from asyncrl.learner.loss_config import ObjectiveConfig
+from asyncrl.learner.objectives import aggregate, kl_penalty, policy_loss
 
 LOG = math.log
 

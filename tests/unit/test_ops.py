@@ -19,8 +19,8 @@ import pytest
 import yaml
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from generators.metrics import GeneratorMetrics
-from learner.metrics import LearnerMetrics
+from asyncrl.generators.metrics import GeneratorMetrics
+from asyncrl.learner.metrics import LearnerMetrics
 
 OPS = Path(__file__).resolve().parents[2] / "launch" / "ops"
 PROMTOOL = shutil.which("promtool")

@@ -8,9 +8,9 @@ import textwrap
 
 import pytest
 
-from learner.rewards import RewardConfig, has_variance, setup_reward
-from learner.rewards.math import cheap_equal, extract_answer, gold_answer
-from learner.rewards.overlong import overlong_penalty
+from asyncrl.learner.rewards import RewardConfig, has_variance, setup_reward
+from asyncrl.learner.rewards.math import cheap_equal, extract_answer, gold_answer
+from asyncrl.learner.rewards.overlong import overlong_penalty
 
 
 def score(cfg: RewardConfig, prompt: str, completions: list[str], row: dict, lengths=None):
@@ -107,7 +107,7 @@ def test_verify_pool_timeout_kills_and_restarts(tmp_path, monkeypatch):
     # worker is killed and the next group gets a fresh pool. The worker function sleeps for
     # `pred` seconds and answers gold == "yes"; it lives in a module on sys.path, which spawned
     # workers inherit.
-    from learner.rewards.math import VerifyPool
+    from asyncrl.learner.rewards.math import VerifyPool
 
     (tmp_path / "slow_verify_helper.py").write_text(
         textwrap.dedent(

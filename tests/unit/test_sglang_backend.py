@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from generators.backends.base import SamplingParams
-from generators.backends.sglang import (
+from asyncrl.generators.backends.base import SamplingParams
+from asyncrl.generators.backends.sglang import (
     SGLangBackend,
     SGLangConfig,
     SGLangError,
@@ -21,8 +21,8 @@ from generators.backends.sglang import (
     build_update_from_distributed_request,
     parse_generate_response,
 )
-from generators.weights import WeightsError
-from learner.weights import digest_of, serialize_named_tensors
+from asyncrl.generators.weights import WeightsError
+from asyncrl.learner.weights import digest_of, serialize_named_tensors
 
 
 def test_generate_request_uses_token_ids_and_logprobs():
@@ -269,7 +269,7 @@ def test_nccl_world_size_and_refusals(server):
 
 @pytest.mark.parametrize("version,session", [("0.5.17", False), ("0.5.21", True)])
 def test_update_from_buckets_posts_one_update_per_bucket(server, version, session):
-    from protocol.messages import NcclPlan
+    from asyncrl.protocol.messages import NcclPlan
 
     backend = _nccl_backend(server, version=version)
     plan = NcclPlan(

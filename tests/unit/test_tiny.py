@@ -8,8 +8,8 @@ import threading
 
 import pytest
 
-from launch import tiny
-from launch.tiny import (
+from asyncrl.launch import tiny
+from asyncrl.launch.tiny import (
     TinyTaskConfig,
     build_tokenizer,
     cache_key,

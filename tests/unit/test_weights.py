@@ -9,11 +9,16 @@ import torch
 import zmq
 from safetensors.torch import load
 
-from generators.weights import ChunkAssembler, WeightsError, decode_safetensors, verify_and_decode
-from learner.weights import WeightsStore, digest_of, serialize_named_tensors
-from protocol.codec import encode
-from protocol.messages import WeightsRequest
-from protocol.sockets import recv
+from asyncrl.generators.weights import (
+    ChunkAssembler,
+    WeightsError,
+    decode_safetensors,
+    verify_and_decode,
+)
+from asyncrl.learner.weights import WeightsStore, digest_of, serialize_named_tensors
+from asyncrl.protocol.codec import encode
+from asyncrl.protocol.messages import WeightsRequest
+from asyncrl.protocol.sockets import recv
 
 
 @contextmanager
@@ -114,8 +119,8 @@ def test_serialising_into_a_reused_buffer_equals_a_fresh_one():
 def test_a_retired_blob_is_reused_only_once_no_send_reads_it():
     import numpy as np
 
-    from protocol.messages import WeightsChunk
-    from protocol.sockets import send
+    from asyncrl.protocol.messages import WeightsChunk
+    from asyncrl.protocol.sockets import send
 
     # inproc hands the message itself to the receiver: it stays alive (and the tracker
     # pending) until the receiver drops it, which is the window a reused blob must avoid.
@@ -166,7 +171,7 @@ def test_assembling_into_a_reused_buffer_checks_the_new_digest():
 
 def test_blob_writer_takes_tensors_in_layout_order_only():
     # The running hash covers the blob front to back, so tensors come in layout order.
-    from learner.weights import BlobWriter
+    from asyncrl.learner.weights import BlobWriter
 
     specs = {"a": ((2,), torch.float32), "b": ((3,), torch.bfloat16)}
     with pytest.raises(ValueError, match="expects a next"):
@@ -190,7 +195,7 @@ def test_blob_writer_takes_tensors_in_layout_order_only():
 def test_copy_and_hash_in_pieces_equals_one_pass():
     # 2.5 pieces of 256 KiB: the last piece is partial; the digest must equal one pass over
     # the same bytes, and the copy must be exact.
-    from learner.weights import Checksum
+    from asyncrl.learner.weights import Checksum
 
     src = torch.randint(0, 256, ((5 << 20) // 2 // 4 + 3,), dtype=torch.uint8).numpy()
     dst = bytearray(src.nbytes)
@@ -216,7 +221,7 @@ def test_digest_written_with_the_blob_is_the_digest_of_its_bytes():
 
 
 def test_a_streamed_version_is_served_as_it_is_written():
-    from learner.weights import BlobWriter
+    from asyncrl.learner.weights import BlobWriter
 
     # Three 256-byte tensors (64 fp32 each) behind a header of H < 256 bytes; chunks of 256
     # bytes. Chunk 0 (bytes 0..255) is final once "a" is written (it ends at H + 256); the
@@ -253,7 +258,7 @@ def test_a_streamed_version_is_served_as_it_is_written():
 
 
 def test_requests_for_a_superseded_stream_are_answered_missing():
-    from learner.weights import BlobWriter
+    from asyncrl.learner.weights import BlobWriter
 
     with inproc_pair(zmq.ROUTER, zmq.DEALER) as (router, dealer):
         store = WeightsStore(chunk_bytes=64)
@@ -272,7 +277,7 @@ def test_requests_for_a_superseded_stream_are_answered_missing():
 def test_generators_can_keep_chunk_memory_on_glibc():
     import platform
 
-    from generators.weights import keep_chunk_memory
+    from asyncrl.generators.weights import keep_chunk_memory
 
     # mallopt answers 0 for a value it refuses (an mmap threshold above 32 MiB, say).
     assert keep_chunk_memory() == (platform.libc_ver()[0] == "glibc")
