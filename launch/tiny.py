@@ -393,18 +393,11 @@ def setup_tiny_assets(cfg: TinyTaskConfig | None = None) -> TinyAssets:
     return _assets(final)
 
 
-def load_rows(path: str) -> list[dict]:
-    """Rows of a JSONL file (the train or held-out split)."""
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
-
-
 __all__ = [
     "TinyAssets",
     "TinyTaskConfig",
     "build_tokenizer",
     "cache_key",
-    "load_rows",
     "make_splits",
     "setup_tiny_assets",
     "tiny_model_config",

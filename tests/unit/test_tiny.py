@@ -14,10 +14,10 @@ from asyncrl.launch.tiny import (
     build_tokenizer,
     cache_key,
     corrupt_answer,
-    load_rows,
     make_splits,
     setup_tiny_assets,
 )
+from asyncrl.learner.data import load_rows
 
 
 def small_cfg(tmp_path, **kw) -> TinyTaskConfig:
