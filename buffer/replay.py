@@ -76,9 +76,6 @@ class ReplayBuffer:
         self._groups = keep
         return dropped
 
-    def ready(self, n: int, version: int) -> bool:
-        return sum(1 for g in self._groups if version - g.version <= self.max_staleness) >= n
-
     def sample(self, n: int, version: int) -> tuple[list[BufferedGroup] | None, list[Dropped]]:
         """Take `n` groups for a step at learner `version`, oldest first, after dropping stale
         ones. Returns (None, dropped) if fewer than `n` remain. With `max_reuse > 0` a group
