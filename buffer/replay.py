@@ -3,7 +3,7 @@
 Bounded in groups and bytes (overflow evicts the oldest), guarded at consumption (a group whose
 staleness exceeds η is dropped), with optional bounded reuse while a group stays within η.
 Every removal that is not a normal consumption is returned to the caller with its reason so
-the hub can count it and release gate capacity.
+the ledger can release its gate capacity and the hub count it.
 """
 
 from __future__ import annotations
