@@ -10,7 +10,8 @@ release their capacity so the gate can never wedge itself.
 Why it bounds staleness: the k-th accepted group (0-based) is consumed by step `k // B`, and it
 was issued at a version `v_i` with `k < (v_i + η + 1) * B`, so `k // B - v_i <= η`.
 
-Pure logic: no locks (the hub serialises calls), no clock, no torch.
+Pure logic: no locks, no clock, no torch. Its only caller is the ledger (`buffer.ledger`),
+which moves it together with the leases and the buffer.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 Bounded in groups and bytes (overflow evicts the oldest), guarded at consumption (a group whose
 staleness exceeds η is dropped), with optional bounded reuse while a group stays within η.
 Every removal that is not a normal consumption is returned to the caller with its reason so
-the hub can count it and release gate capacity.
+the ledger can release its gate capacity and the hub count it.
 """
 
 from __future__ import annotations
@@ -75,9 +75,6 @@ class ReplayBuffer:
                 keep.append(g)
         self._groups = keep
         return dropped
-
-    def ready(self, n: int, version: int) -> bool:
-        return sum(1 for g in self._groups if version - g.version <= self.max_staleness) >= n
 
     def sample(self, n: int, version: int) -> tuple[list[BufferedGroup] | None, list[Dropped]]:
         """Take `n` groups for a step at learner `version`, oldest first, after dropping stale

@@ -8,7 +8,15 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-DROP_REASONS = ("stale", "overflow", "filtered", "invalid", "duplicate", "expired")
+DROP_REASONS = (
+    "stale",
+    "overflow",
+    "filtered",
+    "invalid",
+    "duplicate",
+    "expired",
+    "reward_timeout",
+)
 PHASES = ("wait", "logprob", "update", "publish", "eval")
 STALENESS_BUCKETS = (0, 1, 2, 3, 4, 6, 8, 16)
 
@@ -126,7 +134,7 @@ class LearnerMetrics:
         )
         self.reward_errors = Counter(
             "asyncrl_reward_errors",
-            "Groups whose reward computation raised (dropped as invalid).",
+            "Groups whose reward raised or whose reward worker died (dropped as invalid).",
             registry=r,
         )
         self.malformed = Counter(

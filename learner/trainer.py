@@ -291,12 +291,7 @@ class Learner:
             version = self._restore(engine, hub)
         restored = None
         if hub is not None:
-            restored = {
-                "accepted": hub.gate.accepted,
-                "in_flight": hub.gate.in_flight,
-                "waiting": len(hub.buffer),
-                "consumed": hub.consumed,
-            }
+            restored = {k: hub.stats()[k] for k in ("accepted", "in_flight", "waiting", "consumed")}
             # Serve only now: a lease issued before the checkpoint's gate counters and
             # version are restored would be counted against the wrong state.
             hub.start()
@@ -391,7 +386,7 @@ class Learner:
                     m.get("loss", float("nan")),
                     _clip(m),
                     tps,
-                    len(hub.buffer),
+                    hub.stats()["waiting"],
                 )
         rl_seconds = time.time() - t0
         self._save(engine, hub, version)
@@ -401,6 +396,7 @@ class Learner:
         if rank == 0:
             if acc_after is not None:
                 hub.metrics.eval_accuracy.set(acc_after)
+            hub_stats = hub.stats()
             summary = {
                 "event": "summary",
                 "accuracy_before": acc_before,
@@ -409,12 +405,12 @@ class Learner:
                 "steps": version - start_version,
                 "policy_version": version,
                 "max_staleness": cfg.buffer.max_staleness,
-                "max_staleness_seen": hub.staleness_seen_max,
+                "max_staleness_seen": hub_stats["staleness_seen_max"],
                 "trained_tokens_per_second": round(tokens_trained / max(rl_seconds, 1e-9), 1),
-                "generators_seen": sorted(hub.lease_generators),
+                "generators_seen": hub_stats["generators_seen"],
                 "training_tokens_per_second": round(tokens_trained / max(busy_seconds, 1e-9), 1),
-                "generation_tokens_per_second": round(hub.generation_capacity(), 1),
-                "staleness_counts": {str(k): v for k, v in sorted(hub.staleness_counts.items())},
+                "generation_tokens_per_second": round(hub_stats["generation_capacity"], 1),
+                "staleness_counts": {str(k): v for k, v in hub_stats["staleness_counts"].items()},
             }
             out = Path(cfg.learner.output_dir)
             out.mkdir(parents=True, exist_ok=True)
@@ -438,7 +434,6 @@ class Learner:
         from asyncrl.learner.data import PromptSource, load_rows
         from asyncrl.learner.hub import Hub
         from asyncrl.learner.metrics import LearnerMetrics
-        from asyncrl.learner.rewards import setup_reward
         from asyncrl.protocol.sockets import setup_socket_factory
 
         cfg = self.cfg
@@ -447,9 +442,11 @@ class Learner:
         )
         metrics = LearnerMetrics()
         factory = setup_socket_factory(cfg.security, "server")
-        hub = Hub(cfg, prompts, tokenizer, setup_reward(cfg.reward), metrics, factory)
+        hub = Hub(cfg, prompts, tokenizer, metrics, factory)
         if cfg.learner.weights_transport == "nccl":
-            hub.serve_nccl(self.engine.device)
+            from asyncrl.learner.nccl import NcclPublisher
+
+            hub.attach_nccl(NcclPublisher(cfg, hub.weights, metrics, self.engine.device))
         self.metrics_url, self._http = start_metrics_server(
             cfg.learner.bind_host, cfg.learner.metrics_port, metrics.registry, hub.healthy
         )
@@ -481,7 +478,8 @@ class Learner:
         if hub is not None:
             hub.load_state_dict(client["hub"])
             hub.advance_version(version)
-            logger.info("resumed at version %d with %d waiting groups", version, len(hub.buffer))
+            waiting = hub.stats()["waiting"]
+            logger.info("resumed at version %d with %d waiting groups", version, waiting)
         return version
 
     def _export(self, engine: Engine, tokenizer, version: int) -> None:
@@ -502,7 +500,7 @@ class Learner:
         t = time.time()
         # Each parameter is copied into the blob as it is gathered (ZeRO-3) or read: the
         # blob is the only full copy made. Other ranks take part in the gathers only.
-        writer = BlobWriter(engine.parameter_specs(), hub.weights.spare()) if hub else None
+        writer = BlobWriter(engine.parameter_specs(), hub.spare_buffer()) if hub else None
         # The zmq transport streams: generators fetch the first chunks while later ones are
         # written. Disk and nccl need the finished blob (a file, a broadcast plan).
         streamed = None

@@ -95,17 +95,33 @@ class RewardConfig(BaseModel):
         default_factory=OverlongConfig,
         description="DAPO soft overlong penalty added to the base reward.",
     )
+    workers: int = Field(
+        2,
+        ge=1,
+        description="Worker processes scoring groups (each builds the reward once: a reward "
+        "model is loaded once per worker). Rewards never run on the learner's socket loop or "
+        "training thread; past 4 queued groups per worker, intake waits for a free worker.",
+    )
     timeout_seconds: float = Field(
+        30.0,
+        gt=0.0,
+        description="Hard deadline on scoring one group (and its greedy baseline). A worker "
+        "still running then is killed and replaced, and the group is dropped with reason "
+        "reward_timeout (its prompt is not re-issued). Must cover a reward's first call "
+        "(math starts its math-verify workers then).",
+    )
+    verify_timeout_seconds: float = Field(
         5.0,
         gt=0.0,
         description="Bound on answer verification for one group (math); checks still "
-        "running then give reward 0 and count in reward_errors.",
+        "running then give reward 0 and count in reward_errors. Keep it below "
+        "timeout_seconds.",
     )
     verify_workers: int = Field(
         2,
         ge=1,
-        description="Worker processes running math-verify (math). Started on first use; "
-        "plain-number answers are compared in-process without them.",
+        description="Worker processes running math-verify (math), per reward worker. Started "
+        "on first use; plain-number answers are compared in-process without them.",
     )
 
     @model_validator(mode="after")

@@ -241,7 +241,7 @@ class MathReward:
 
     def __init__(self, cfg: RewardConfig):
         self.field = cfg.answer_field
-        self.pool = VerifyPool(cfg.verify_workers, cfg.timeout_seconds)
+        self.pool = VerifyPool(cfg.verify_workers, cfg.verify_timeout_seconds)
 
     def __call__(
         self, prompt: str, completions: list[str], row: dict, completion_lengths: list[int]

@@ -1,11 +1,31 @@
-"""A reward plug-in that raises on a third of the prompts (for test_local)."""
+"""Reward plug-ins that fail on some prompts (for test_local and test_reward_faults).
+
+Which prompts fail is fixed by a hash of the prompt text, so runs are repeatable.
+"""
 
 from __future__ import annotations
 
+import time
 import zlib
 
 
+def _exact(completions, answer) -> list[float]:
+    return [1.0 if c.strip() == str(answer).strip() else 0.0 for c in completions]
+
+
 def score(prompts, completions, **row):
+    """Raises on a third of the prompts."""
     if zlib.crc32(prompts[0].encode()) % 3 == 0:
         raise ValueError("flaky reward")
-    return [1.0 if c.strip() == str(row["answer"]).strip() else 0.0 for c in completions]
+    return _exact(completions, row["answer"])
+
+
+def hang_or_raise(prompts, completions, **row):
+    """Sleeps forever on a quarter of the prompts, raises on another quarter, scores the rest."""
+    kind = zlib.crc32(prompts[0].encode()) % 4
+    if kind == 0:
+        while True:
+            time.sleep(1)
+    if kind == 1:
+        raise ValueError("flaky reward")
+    return _exact(completions, row["answer"])

@@ -84,7 +84,7 @@ def test_math_reward_with_math_verify_worker():
     # One spawned worker. Gold 1/2: boxed 0.5 (numeric fast path, 1); \sqrt{4} = 2 after
     # "answer is" (math-verify, 0); no answer at all (0, not extracted: 2 of 3 extracted).
     # Gold (x+1)^2: x^2+2x+1 expands to it (math-verify, 1); x^2+1 does not (0).
-    cfg = RewardConfig(name="math", verify_workers=1, timeout_seconds=30.0)
+    cfg = RewardConfig(name="math", verify_workers=1, verify_timeout_seconds=30.0)
     fn = setup_reward(cfg)
     try:
         res = fn(

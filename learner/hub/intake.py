@@ -1,0 +1,129 @@
+"""Intake: a returned group is validated on the socket thread, scored in the reward pool,
+filtered and handed to the ledger, which decides what its lease's end means for the gate.
+
+validate (socket thread, under the hub lock, cheap) → decode and score (a reward-pool thread
+and worker process, no lock) → filter and accept or reject (the pool thread, under the lock).
+While its reward is pending the group keeps its gate capacity (still in flight); a group
+dropped for any reason frees it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from asyncrl.buffer.leases import LeaseRecord
+from asyncrl.buffer.replay import BufferedGroup
+from asyncrl.learner.data import PromptSource
+from asyncrl.learner.hub.core import HubCore
+from asyncrl.learner.hub.generators import Generators
+from asyncrl.learner.hub.groups import GroupData
+from asyncrl.learner.rewards import has_variance
+from asyncrl.learner.rewards.pool import Failed, Outcome, RewardJob, RewardPool
+from asyncrl.protocol.codec import ProtocolError
+from asyncrl.protocol.messages import RolloutGroup
+from asyncrl.protocol.validate import RolloutLimits, validate_rollout
+
+
+class Intake:
+    def __init__(
+        self,
+        core: HubCore,
+        prompts: PromptSource,
+        tokenizer,
+        pool: RewardPool,
+        generators: Generators,
+        on_accepted,
+    ):
+        """`on_accepted()` runs under the lock after a group entered the buffer (gauges,
+        waking the trainer)."""
+        self.core = core
+        self.prompts = prompts
+        self.tokenizer = tokenizer
+        self.eos_id = tokenizer.eos_token_id
+        self.pool = pool
+        self.generators = generators
+        self.on_accepted = on_accepted
+        self.limits = RolloutLimits(
+            vocab_size=len(tokenizer), max_new_tokens=core.cfg.sampling.max_new_tokens
+        )
+        self.filter_zero_variance = core.cfg.buffer.filter_zero_variance
+
+    # ------------------------------------------------------------ socket thread
+    def on_rollout(self, msg: RolloutGroup, now: float) -> None:
+        core, gid = self.core, msg.generator_id
+        with core.lock:
+            got = core.ledger.on_group_received(msg.lease_id, gid)
+            if got == "invalid":
+                # Someone else's lease id: dropped without disturbing the real holder's lease.
+                holder = core.ledger.holder(msg.lease_id)
+                core.drop("invalid", f"lease {msg.lease_id} belongs to {holder}")
+                return
+            if isinstance(got, str):
+                core.drop(got, f"lease {msg.lease_id} from {gid} is {got}")
+                return
+            rec = got
+            try:
+                validate_rollout(msg, self.limits, rec.group_size, core.version)
+            except ProtocolError as exc:
+                core.ledger.on_group_rejected(rec, "invalid")
+                core.drop("invalid", f"group from {gid}: {exc}")
+                return
+            self.generators.touch(gid, None, int(msg.versions.max(initial=0)), now)
+            self.generators.record_work(gid, float(msg.lengths.sum()), msg.generate_seconds)
+        # The loop reads a rollout only while the pool has room, and only it submits.
+        submitted = self.pool.submit(
+            lambda: self._job(msg, rec), lambda out: self._scored(msg, rec, out)
+        )
+        if not submitted:
+            raise RuntimeError("reward pool queue full although the loop checked for room")
+
+    # ------------------------------------------------------------ pool threads
+    def _job(self, msg: RolloutGroup, rec: LeaseRecord) -> RewardJob:
+        prompt = self.prompts.prompts[rec.prompt_index]
+        texts = [self._decode(msg.tokens[s]) for s in msg.sample_slices()]
+        job = RewardJob(prompt.text, texts, prompt.row, [int(x) for x in msg.lengths])
+        if msg.baseline_tokens is not None:
+            job.baseline = self._decode(msg.baseline_tokens)
+            job.baseline_length = len(msg.baseline_tokens)
+        return job
+
+    def _decode(self, ids: np.ndarray) -> str:
+        ids = ids.tolist()
+        if self.eos_id is not None and self.eos_id in ids:
+            ids = ids[: ids.index(self.eos_id)]
+        return self.tokenizer.decode(ids, skip_special_tokens=True)
+
+    def _scored(self, msg: RolloutGroup, rec: LeaseRecord, out: Outcome) -> None:
+        core, gid = self.core, msg.generator_id
+        if isinstance(out, Failed):
+            with core.lock:
+                core.ledger.on_group_rejected(rec, out.cause)
+                if out.cause == "reward_timeout":
+                    core.drop("reward_timeout", f"group from {gid}: {out.detail}")
+                else:
+                    # A reward that fails on one group (a plug-in bug, a row without the
+                    # answer field) must not end intake for everyone: drop it, count it.
+                    core.metrics.reward_errors.inc()
+                    core.drop("invalid", f"reward failed on a group from {gid}: {out.detail}")
+            return
+        slices = msg.sample_slices()
+        data = GroupData(
+            prompt=self.prompts.prompts[rec.prompt_index],
+            responses=[np.array(msg.tokens[s]) for s in slices],
+            logprobs=[np.array(msg.logprobs[s]) for s in slices],
+            versions=[np.array(msg.versions[s]) for s in slices],
+            rewards=np.asarray(out.rewards, dtype=np.float32),
+            finish_reasons=list(msg.finish_reasons),
+            generator_id=gid,
+            baseline_reward=out.baseline_reward,
+            reward_metrics=dict(out.metrics),
+        )
+        with core.lock:
+            if self.filter_zero_variance and not has_variance(out.rewards):
+                core.ledger.on_group_rejected(rec, "filtered")
+                core.drop("filtered")
+                return
+            group = BufferedGroup(msg.lease_id, rec.prompt_index, msg.version, data.nbytes, data)
+            self.generators.seen.add(gid)
+            core.drop_all(core.ledger.on_group_accepted(rec, group))
+            self.on_accepted()

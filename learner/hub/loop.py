@@ -1,0 +1,189 @@
+"""The hub's socket loop: one thread owns the ZeroMQ sockets (they are not thread-safe),
+receives, guards and dispatches; it does no work of its own and never waits on a reward.
+
+Sockets: control (ROUTER: hello, leases, heartbeats, weight chunks, nccl), rollouts (PULL),
+weights (PUB: version announcements) and an inproc wake-up pair so an announcement goes out at
+once rather than at the next poll timeout. Every handler runs under a guard: a malformed
+message is counted by reason, anything else unexpected as `internal`; the loop goes on.
+"""
+
+from __future__ import annotations
+
+import functools
+import socket
+import threading
+import time
+from collections.abc import Callable
+
+import zmq
+
+from asyncrl.learner.hub.core import RateLimitedLog
+from asyncrl.learner.hub.serving import WeightServing
+from asyncrl.learner.metrics import LearnerMetrics
+from asyncrl.protocol.codec import DecodeLimits, ProtocolError
+from asyncrl.protocol.messages import NcclJoin, NcclPull, RolloutGroup, WeightsRequest
+from asyncrl.protocol.sockets import SocketFactory, recv, send
+
+# Messages handled per socket per turn, so one busy socket cannot starve the others.
+CONTROL_BATCH = 256
+ROLLOUT_BATCH = 64
+
+
+class SocketLoop:
+    def __init__(
+        self,
+        factory: SocketFactory,
+        metrics: LearnerMetrics,
+        log: RateLimitedLog,
+        serving: WeightServing,
+        *,
+        on_control: Callable[[object, float], object | None],
+        on_rollout: Callable[[RolloutGroup], None],
+        rollouts_open: Callable[[], bool],
+        housekeeping: Callable[[float], None],
+        housekeeping_every: float,
+    ):
+        """`on_control(msg, now)` answers a control message (None: nothing to send back);
+        `on_rollout` takes a group; rollouts are read only while `rollouts_open()` (the
+        reward pool has room), so a busy pool holds groups back in ZeroMQ's queues."""
+        self.factory = factory
+        self.metrics = metrics
+        self.log = log
+        self.serving = serving
+        self.on_control = on_control
+        self.on_rollout = on_rollout
+        self.rollouts_open = rollouts_open
+        self.housekeeping = housekeeping
+        self.housekeeping_every = housekeeping_every
+        self.decode_limits = DecodeLimits()
+        self.ports: dict[str, int] = {}
+        self.endpoints: dict[str, str] = {}
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._sockets: list = []  # closed by `stop`
+        self._wake_lock = threading.Lock()
+
+    def bind(self, host: str, control: int, rollouts: int, weights: int) -> None:
+        """Bind the sockets (port 0: any free port); `endpoints` then says where."""
+        f = self.factory
+        self.control = f.socket(zmq.ROUTER, server=True)
+        self.rollouts = f.socket(zmq.PULL, server=True)
+        self.pub = f.socket(zmq.PUB, server=True)
+        for name, sock, port in (
+            ("control", self.control, control),
+            ("rollouts", self.rollouts, rollouts),
+            ("weights", self.pub, weights),
+        ):
+            if port == 0:
+                port = sock.bind_to_random_port(f"tcp://{host}")
+            else:
+                sock.bind(f"tcp://{host}:{port}")
+            self.ports[name] = port
+        wake = f"inproc://asyncrl-hub-wake-{id(self)}"
+        self._wake_rx = f.context.socket(zmq.PULL)
+        self._wake_rx.bind(wake)
+        self._wake_tx = f.context.socket(zmq.PUSH)
+        self._wake_tx.connect(wake)
+        self._sockets = [self.control, self.rollouts, self.pub, self._wake_rx, self._wake_tx]
+        shown = host if host not in ("0.0.0.0", "*") else socket.gethostname()
+        self.endpoints = {k: f"tcp://{shown}:{p}" for k, p in self.ports.items()}
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="hub", daemon=True)
+        self._thread.start()
+
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        for s in self._sockets:
+            s.close(linger=0)
+
+    def wake(self) -> None:
+        """Called from any thread: run a turn of the loop now."""
+        with self._wake_lock:  # the PUSH end is shared by publishing threads
+            try:
+                self._wake_tx.send(b"", zmq.NOBLOCK)
+            except zmq.Again:
+                pass  # a thousand wake-ups are already queued
+
+    def _run(self) -> None:
+        poller = zmq.Poller()
+        poller.register(self.control, zmq.POLLIN)
+        poller.register(self.rollouts, zmq.POLLIN)
+        poller.register(self._wake_rx, zmq.POLLIN)
+        next_housekeeping = 0.0
+        while not self._stop.is_set():
+            # Held chunk requests are answered within a millisecond of their chunk's writing
+            # (about the time a 4 MiB chunk takes to copy).
+            events = dict(poller.poll(1 if self.serving.store.deferred else 50))
+            if self._wake_rx in events:
+                while self._wake_rx.poll(0):
+                    self._wake_rx.recv()
+            if self.control in events:
+                for _ in range(CONTROL_BATCH):
+                    if not self._guarded(self._control_once):
+                        break
+            self.serving.serve_deferred(self.control)
+            if self.rollouts in events:
+                for _ in range(ROLLOUT_BATCH):
+                    if not self.rollouts_open() or not self._guarded(self._rollout_once):
+                        break
+            ann = self.serving.take_announcement()
+            if ann is not None:
+                send(self.pub, ann)
+            now = time.time()
+            if now >= next_housekeeping:
+                self._guarded(functools.partial(self.housekeeping, now))
+                next_housekeeping = now + self.housekeeping_every
+
+    def _guarded(self, handle: Callable[[], bool | None]) -> bool:
+        """Run one handler; what it did not expect is counted, logged and survived."""
+        try:
+            return bool(handle())
+        except Exception:
+            self.metrics.malformed.labels(reason="internal").inc()
+            self.log.warning("internal", "hub handler failed", exc_info=True)
+            return True
+
+    def _recv(self, sock, routed: bool):
+        """(prefix, message); None when nothing is queued; False for a malformed message."""
+        try:
+            return recv(sock, self.decode_limits, routed=routed, flags=zmq.NOBLOCK)
+        except zmq.Again:
+            return None
+        except ProtocolError as exc:
+            self.metrics.malformed.labels(reason=exc.reason).inc()
+            self.log.warning("malformed", "dropped malformed message: %s", exc)
+            return False
+
+    def _control_once(self) -> bool:
+        got = self._recv(self.control, routed=True)
+        if not got:
+            return got is False
+        prefix, msg = got
+        if isinstance(msg, WeightsRequest):
+            self.serving.serve(self.control, prefix, msg)
+            return True
+        if isinstance(msg, (NcclJoin, NcclPull)):
+            reply = self.serving.on_nccl(msg)
+        else:
+            reply = self.on_control(msg, time.time())
+        if reply is not None:
+            send(self.control, reply, prefix=prefix)
+        return True
+
+    def _rollout_once(self) -> bool:
+        got = self._recv(self.rollouts, routed=False)
+        if not got:
+            return got is False
+        _, msg = got
+        self.metrics.received.inc()
+        if not isinstance(msg, RolloutGroup):
+            self.metrics.malformed.labels(reason="unexpected_type").inc()
+            return True
+        self.on_rollout(msg)
+        return True

@@ -1,0 +1,269 @@
+"""The hub on learner rank 0, composed of its parts: the socket loop (`loop`), intake with the
+reward pool (`intake`), weight serving (`serving`), generator housekeeping (`generators`),
+all sharing the ledger under one lock (`core`).
+
+The training thread talks to the hub only through the methods below; handlers of control
+messages (hello, lease requests, heartbeats, lease returns) are here too, each a call into
+the ledger.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+
+from asyncrl.buffer.ledger import Denied
+from asyncrl.buffer.replay import BufferedGroup
+from asyncrl.learner.data import PromptSource
+from asyncrl.learner.hub.core import HubCore, logger
+from asyncrl.learner.hub.generators import Generators
+from asyncrl.learner.hub.groups import spill, unspill
+from asyncrl.learner.hub.intake import Intake
+from asyncrl.learner.hub.loop import SocketLoop
+from asyncrl.learner.hub.serving import NcclService, WeightServing
+from asyncrl.learner.metrics import LearnerMetrics
+from asyncrl.learner.rewards.pool import RewardPool
+from asyncrl.learner.weights import PublishedWeights, WeightsStore
+from asyncrl.protocol.messages import (
+    Ack,
+    Heartbeat,
+    Hello,
+    Lease,
+    LeaseDenied,
+    LeaseRequest,
+    LeaseReturn,
+    Welcome,
+)
+from asyncrl.protocol.sockets import SocketFactory
+
+
+class Hub:
+    """Rank 0's service threads plus the state the trainer consumes."""
+
+    def __init__(
+        self,
+        cfg,
+        prompts: PromptSource,
+        tokenizer,
+        metrics: LearnerMetrics,
+        factory: SocketFactory | None = None,
+    ):
+        self.cfg = cfg
+        self.prompts = prompts
+        self.metrics = metrics
+        self.core = core = HubCore(cfg, metrics)
+        self.pool = RewardPool(cfg.reward)
+        self.serving = WeightServing(cfg.learner.weight_chunk_bytes, metrics, self._wake)
+        self.generators = Generators(core, self.serving.forget)
+        self.intake = Intake(core, prompts, tokenizer, self.pool, self.generators, self._accepted)
+        self.loop = SocketLoop(
+            factory or SocketFactory(),
+            metrics,
+            core.log,
+            self.serving,
+            on_control=self._on_control,
+            on_rollout=lambda msg: self.intake.on_rollout(msg, time.time()),
+            rollouts_open=lambda: not self.pool.saturated(),
+            housekeeping=self._housekeeping,
+            housekeeping_every=min(0.25, cfg.buffer.heartbeat_seconds / 4),
+        )
+        self.staleness_seen_max = 0
+        self.staleness_counts: Counter[int] = Counter()
+        metrics.max_staleness.set(cfg.buffer.max_staleness)
+
+    # ---------------------------------------------------------------- lifecycle
+    @property
+    def endpoints(self) -> dict[str, str]:
+        return self.loop.endpoints
+
+    @property
+    def weights(self) -> WeightsStore:
+        return self.serving.store
+
+    def attach_nccl(self, publisher: NcclService) -> None:
+        """Offer the nccl transport through `publisher` (built on the trainer's side)."""
+        self.serving.nccl = publisher
+
+    def start(self) -> None:
+        """Start the reward workers (a reward that cannot be built fails here), then serve."""
+        self.pool.start()
+        lc = self.cfg.learner
+        self.loop.bind(lc.bind_host, lc.control_port, lc.rollouts_port, lc.weights_port)
+        self.loop.start()
+        logger.info("hub listening: %s", self.endpoints)
+
+    def stop(self) -> None:
+        self.loop.stop()
+        self.pool.close()
+        self.serving.close()
+
+    def healthy(self) -> tuple[bool, str]:
+        if not self.loop.alive():
+            return False, "hub thread not running"
+        with self.core.lock:
+            n = len(self.generators.connected)
+            return True, f"ok version={self.core.version} generators={n}"
+
+    # ---------------------------------------------------------------- trainer API
+    def wait_for_groups(self, n: int, stop: threading.Event) -> list[BufferedGroup] | None:
+        """Block until `n` trainable groups exist at the current version; take them."""
+        core = self.core
+        with core.lock:
+            while not stop.is_set():
+                taken, dropped = core.ledger.on_groups_taken(n, core.version)
+                core.drop_all(dropped)
+                if taken is not None:
+                    for g in taken:
+                        s = core.version - g.version
+                        self.metrics.staleness.observe(s)
+                        self.staleness_seen_max = max(self.staleness_seen_max, s)
+                        self.staleness_counts[s] += 1
+                    self._update_gauges()
+                    return taken
+                core.lock.wait(timeout=0.2)
+        return None
+
+    def advance_version(self, version: int) -> None:
+        with self.core.lock:
+            self.core.version = version
+            self.metrics.policy_version.set(version)
+            self.core.lock.notify_all()
+
+    def publish(self, version: int, blob: bytes, path: str = "") -> None:
+        self.serving.publish(version, blob, path)
+
+    def begin_publish(self, version: int, writer) -> PublishedWeights:
+        return self.serving.begin_publish(version, writer)
+
+    def finish_publish(self, pub: PublishedWeights) -> None:
+        self.serving.finish_publish(pub)
+
+    def spare_buffer(self) -> bytearray | None:
+        """A retired version's buffer to write the next one into (or None)."""
+        return self.serving.store.spare()
+
+    def stats(self) -> dict:
+        """Counters for the trainer's log lines and summary."""
+        with self.core.lock:
+            led = self.core.ledger
+            return {
+                "accepted": led.accepted,
+                "in_flight": led.in_flight,
+                "waiting": led.waiting,
+                "consumed": led.consumed,
+                "staleness_seen_max": self.staleness_seen_max,
+                "staleness_counts": dict(sorted(self.staleness_counts.items())),
+                "generators_seen": sorted(self.generators.seen),
+                "generation_capacity": self.generators.capacity(),
+            }
+
+    def state_dict(self) -> dict:
+        """What a checkpoint needs to resume without losing or repeating work: the ledger's
+        counters, lease ids and prompts to re-issue, the waiting groups (spilled), and the
+        prompt cursor."""
+        with self.core.lock:
+            return {**self.core.ledger.state_dict(spill), "prompts": self.prompts.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        with self.core.lock:
+            self.prompts.load_state_dict(state["prompts"])
+            self.core.ledger.load_state_dict(state, lambda item: unspill(item, self.prompts))
+            self._update_gauges()
+
+    # ---------------------------------------------------------------- control handlers
+    def _on_control(self, msg, now: float):
+        with self.core.lock:
+            if isinstance(msg, LeaseRequest):
+                return self._on_lease_request(msg, now)
+            if isinstance(msg, Heartbeat):
+                self.generators.touch(msg.generator_id, None, msg.version, now)
+                ids = [int(x) for x in msg.lease_ids]
+                self.core.ledger.on_leases_extended(msg.generator_id, ids, now)
+                return Ack(self.core.version)
+            if isinstance(msg, Hello):
+                return self._on_hello(msg, now)
+            if isinstance(msg, LeaseReturn):
+                ids = [int(x) for x in msg.lease_ids]
+                self.core.ledger.on_leases_returned(msg.generator_id, ids)
+                return Ack(self.core.version)
+        self.metrics.malformed.labels(reason="unexpected_type").inc()
+        self.core.log.warning("unexpected", "unexpected %s on control socket", msg.TYPE)
+        return None
+
+    def _on_hello(self, msg: Hello, now: float) -> Welcome:
+        # Generators also say hello to re-sync a missed weights announcement; only a new
+        # (or previously expired) generator is news.
+        joined = self.generators.touch(msg.generator_id, msg.backend, msg.version, now)
+        (logger.info if joined else logger.debug)(
+            "generator %s %s (backend %s, version %d)",
+            msg.generator_id,
+            "joined" if joined else "re-synced",
+            msg.backend,
+            msg.version,
+        )
+        pub = self.serving.store.latest
+        b = self.cfg.buffer
+        return Welcome(
+            learner_version=self.core.version,
+            weights_version=pub.version if pub else -1,
+            weights_digest=pub.digest if pub else "",
+            weights_size=len(pub.blob) if pub else 0,
+            weights_chunks=pub.chunks if pub else 0,
+            heartbeat_seconds=float(b.heartbeat_seconds),
+            vocab_size=self.intake.limits.vocab_size,
+            rollouts_port=self.loop.ports["rollouts"],
+            weights_port=self.loop.ports["weights"],
+            weights_path=self.serving.path if pub else "",
+            lease_seconds=float(b.lease_seconds),
+            nccl=self.serving.nccl is not None,
+        )
+
+    def _on_lease_request(self, msg: LeaseRequest, now: float) -> Lease | LeaseDenied:
+        self.generators.touch(msg.generator_id, None, msg.version, now)
+        got = self.core.ledger.on_lease_requested(
+            msg.generator_id, msg.version, self.core.version, now, lambda: self.prompts.next().index
+        )
+        if isinstance(got, Denied):
+            self.metrics.leases_denied.labels(reason=got.reason).inc()
+            return LeaseDenied(got.reason, 0.5, self.core.version)
+        self.metrics.leases_issued.inc()
+        self.metrics.leases_in_flight.set(self.core.ledger.in_flight)
+        s = self.cfg.sampling
+        return Lease(
+            lease_id=got.lease_id,
+            prompt_ids=self.prompts.prompts[got.prompt_index].token_ids,
+            group_size=s.group_size,
+            temperature=s.temperature,
+            top_p=s.top_p,
+            top_k=s.top_k,
+            max_new_tokens=s.max_new_tokens,
+            deadline=got.deadline,
+            issued_version=msg.version,
+            greedy_baseline=self.cfg.advantage.name == "remax",
+            stop=list(s.stop),
+        )
+
+    # ---------------------------------------------------------------- housekeeping
+    def _housekeeping(self, now: float) -> None:
+        with self.core.lock:
+            expired = self.core.ledger.on_leases_expired(now)
+            self.metrics.leases_expired.inc(len(expired))
+            self.generators.reclaim_silent(now)
+            self._update_gauges()
+
+    def _accepted(self) -> None:
+        self._update_gauges()
+        self.core.lock.notify_all()
+
+    def _wake(self) -> None:
+        self.loop.wake()
+
+    def _update_gauges(self) -> None:
+        m, led = self.metrics, self.core.ledger
+        m.buffer_groups.set(led.waiting)
+        m.buffer_bytes.set(led.waiting_bytes)
+        m.leases_in_flight.set(led.in_flight)
+        m.generators_connected.set(len(self.generators.connected))
+        latest = self.serving.store.latest
+        m.generators_up_to_date.set(self.generators.up_to_date(latest.version if latest else -1))

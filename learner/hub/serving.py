@@ -1,0 +1,110 @@
+"""Weight serving: the `WeightsStore` answering chunk requests (held ones too), version
+announcements handed to the socket loop for the PUB socket, and the nccl join/pull requests
+passed to an attached publisher.
+
+Publishing runs on the training thread, the socket is the loop's: an announcement is left here
+and the loop woken (`wake`) to send it.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import Protocol
+
+from asyncrl.learner.metrics import LearnerMetrics
+from asyncrl.learner.weights import PublishedWeights, WeightsStore
+from asyncrl.protocol.messages import (
+    NcclGroup,
+    NcclJoin,
+    NcclPlan,
+    NcclPull,
+    WeightsAnnouncement,
+    WeightsRequest,
+)
+
+
+class NcclService(Protocol):
+    """What the hub needs of the nccl publisher (built on the trainer's side)."""
+
+    def join(self, msg: NcclJoin) -> NcclGroup: ...
+
+    def pull(self, msg: NcclPull) -> NcclPlan: ...
+
+    def forget(self, generator_id: str) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class WeightServing:
+    def __init__(self, chunk_bytes: int, metrics: LearnerMetrics, wake: Callable[[], None]):
+        self.store = WeightsStore(chunk_bytes)
+        self.metrics = metrics
+        self.wake = wake
+        self.path = ""  # where the disk transport wrote the latest version
+        self.nccl: NcclService | None = None
+        self._pending: WeightsAnnouncement | None = None
+        self._lock = threading.Lock()
+
+    # ------------------------------------------------------------ training thread
+    def publish(self, version: int, blob: bytes, path: str = "") -> None:
+        """Announce a finished version (`path`: where the disk transport wrote it)."""
+        pub = self.store.put(version, blob)
+        self.path = path
+        self.metrics.weight_bytes.inc(len(blob))
+        self._announce(
+            WeightsAnnouncement(pub.version, pub.digest, len(pub.blob), pub.chunks, path)
+        )
+
+    def begin_publish(self, version: int, writer) -> PublishedWeights:
+        """Announce a version as `writer` starts writing it (no digest yet): generators
+        between groups fetch chunks as they are written. `finish_publish` once
+        `writer.finish()` ran announces it again, complete."""
+        pub = self.store.begin(version, writer)
+        self.path = ""
+        self._announce(WeightsAnnouncement(pub.version, "", len(pub.blob), pub.chunks))
+        return pub
+
+    def finish_publish(self, pub: PublishedWeights) -> None:
+        self.store.complete(pub)
+        self.metrics.weight_bytes.inc(len(pub.blob))
+        # Wakes the loop for the last chunk, which waited for the digest. Generators that
+        # load in the middle of a generation wait for this announcement: they would rather
+        # keep decoding than stall while the learner is still writing.
+        self._announce(WeightsAnnouncement(pub.version, pub.digest, len(pub.blob), pub.chunks))
+
+    def _announce(self, ann: WeightsAnnouncement) -> None:
+        with self._lock:
+            self._pending = ann
+        self.wake()
+
+    # ------------------------------------------------------------ socket thread
+    def take_announcement(self) -> WeightsAnnouncement | None:
+        with self._lock:
+            ann, self._pending = self._pending, None
+        return ann
+
+    def serve(self, control, prefix: list[bytes], msg: WeightsRequest) -> None:
+        # The store has its own lock: chunks are served without taking the hub's.
+        self.metrics.weight_bytes_served.inc(self.store.serve(control, prefix, msg))
+
+    def serve_deferred(self, control) -> None:
+        """Answer held chunk requests whose chunk has been written since."""
+        if self.store.deferred:
+            self.metrics.weight_bytes_served.inc(self.store.serve_deferred(control))
+
+    def on_nccl(self, msg: NcclJoin | NcclPull) -> NcclGroup | NcclPlan:
+        if self.nccl is None:
+            why = "learner.weights_transport is not nccl"
+            if isinstance(msg, NcclJoin):
+                return NcclGroup("", 0, "", "", error=why)
+            return NcclPlan(msg.version, "", missing=True, reason=why)
+        return self.nccl.join(msg) if isinstance(msg, NcclJoin) else self.nccl.pull(msg)
+
+    def forget(self, generator_id: str) -> None:
+        if self.nccl is not None:
+            self.nccl.forget(generator_id)
+
+    def close(self) -> None:
+        if self.nccl is not None:
+            self.nccl.close()

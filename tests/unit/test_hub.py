@@ -1,0 +1,191 @@
+"""A real `Hub` on loopback, driven by a scripted generator (DEALER + PUSH sockets): hello,
+lease, rollout, accepted; and a reward that hangs, which must neither stop the socket loop
+nor keep its gate capacity past the deadline. Rewards run in the real pool (one spawned worker)
+with the plug-ins of tests/unit/reward_plugins.py."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+import zmq
+
+from asyncrl.launch.config import load_config
+from asyncrl.learner.data import PromptSource
+from asyncrl.learner.hub import GroupData, Hub
+from asyncrl.learner.metrics import LearnerMetrics
+from asyncrl.protocol.messages import (
+    Ack,
+    Heartbeat,
+    Hello,
+    Lease,
+    LeaseDenied,
+    LeaseRequest,
+    RolloutGroup,
+    Welcome,
+)
+from asyncrl.protocol.sockets import SocketFactory, recv, send
+
+EOS = 1
+
+
+class CharTokenizer:
+    """0 pad, 1 eos, then printable ASCII: ' ' is 2, '0' is 18, '~' is 96."""
+
+    eos_token_id = EOS
+
+    def __len__(self) -> int:
+        return 2 + 95
+
+    def __call__(self, text, add_special_tokens=False):
+        return {"input_ids": [ord(c) - 30 for c in text]}
+
+    def encode(self, text: str) -> list[int]:
+        return self(text)["input_ids"]
+
+    def decode(self, ids, skip_special_tokens=True) -> str:
+        return "".join(chr(i + 30) for i in ids if i > EOS)
+
+
+def _hub(prompt: str, timeout: float = 30.0) -> Hub:
+    # B=1, η=0: the gate allows (0+0+1)*1 = 1 group in flight or accepted at version 0.
+    cfg = load_config(
+        None,
+        [
+            "learner.bind_host=127.0.0.1",
+            "learner.control_port=0",
+            "learner.rollouts_port=0",
+            "learner.weights_port=0",
+            "train.groups_per_step=1",
+            "sampling.group_size=2",
+            "sampling.max_new_tokens=8",
+            "buffer.max_staleness=0",
+            "reward.name=plugin",
+            "reward.plugin=tests.unit.reward_plugins:moody",
+            "reward.workers=1",
+            f"reward.timeout_seconds={timeout}",
+        ],
+    )
+    tok = CharTokenizer()
+    rows = [{"prompt": prompt, "answer": "4"} for _ in range(3)]
+    hub = Hub(cfg, PromptSource(rows, tok, "prompt"), tok, LearnerMetrics())
+    hub.start()
+    return hub
+
+
+class Generator:
+    """The generator's side of the wire, one request at a time."""
+
+    def __init__(self, hub: Hub, gid: str = "g0"):
+        self.gid = gid
+        f = SocketFactory(linger_ms=0)
+        self.control = f.socket(zmq.DEALER, server=False)
+        self.control.connect(hub.endpoints["control"])
+        self.push = f.socket(zmq.PUSH, server=False)
+        self.push.connect(hub.endpoints["rollouts"])
+
+    def ask(self, msg, timeout_ms: int = 5000):
+        send(self.control, msg)
+        assert self.control.poll(timeout_ms), f"no reply to {type(msg).__name__}"
+        return recv(self.control)[1]
+
+    def rollout(self, lease: Lease, completions: list[str], version: int = 0) -> None:
+        tok = CharTokenizer()
+        ids = [tok.encode(c) + [EOS] for c in completions]
+        flat = np.array([t for s in ids for t in s], np.int32)
+        group = RolloutGroup(
+            lease_id=lease.lease_id,
+            generator_id=self.gid,
+            tokens=flat,
+            logprobs=np.full(len(flat), -0.5, np.float32),
+            versions=np.full(len(flat), version, np.int32),
+            lengths=np.array([len(s) for s in ids], np.int32),
+            finish_reasons=["stop"] * len(ids),
+            generate_seconds=0.5,
+        )
+        send(self.push, group)
+
+    def close(self) -> None:
+        self.control.close(0)
+        self.push.close(0)
+
+
+def _dropped(hub: Hub, reason: str) -> float:
+    return hub.metrics.dropped.labels(reason=reason)._value.get()
+
+
+def _wait(cond, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.02)
+
+
+def test_lease_rollout_accepted_and_taken():
+    hub = _hub("2+2=")
+    gen = Generator(hub)
+    try:
+        welcome = gen.ask(Hello("g0", "fake", -1))
+        assert isinstance(welcome, Welcome) and welcome.learner_version == 0
+        # Without weights (-1) the generator is refused as `version`.
+        assert gen.ask(LeaseRequest("g0", -1)) == LeaseDenied("version", 0.5, 0)
+        lease = gen.ask(LeaseRequest("g0", 0))
+        assert isinstance(lease, Lease) and lease.group_size == 2
+        assert CharTokenizer().decode(lease.prompt_ids) == "2+2="
+        # Gate: limit (0+0+1)*1 = 1, one in flight -> the next request is refused.
+        assert gen.ask(LeaseRequest("g0", 0)) == LeaseDenied("gate", 0.5, 0)
+        # Answer "4": rewards [1, 0] (variance, so not filtered) -> accepted.
+        gen.rollout(lease, ["4", "5"])
+        taken = hub.wait_for_groups(1, threading.Event())
+        assert [g.lease_id for g in taken] == [lease.lease_id]
+        data: GroupData = taken[0].payload
+        assert data.rewards.tolist() == [1.0, 0.0]
+        # The EOS token is part of the response sent back; decoding stopped at it.
+        assert [r.tolist() for r in data.responses] == [[22, EOS], [23, EOS]]
+        stats = hub.stats()
+        # accepted 1 (consumed 1, waiting 0), nothing in flight; staleness 0 - 0 = 0.
+        assert {k: stats[k] for k in ("accepted", "in_flight", "waiting", "consumed")} == {
+            "accepted": 1,
+            "in_flight": 0,
+            "waiting": 0,
+            "consumed": 1,
+        }
+        assert stats["staleness_counts"] == {0: 1} and stats["generators_seen"] == ["g0"]
+        # 4 response tokens (2 per sample with EOS) in 0.5 s of generation: 8 tokens/s.
+        assert stats["generation_capacity"] == pytest.approx(8.0)
+        # A second copy of the same group is a duplicate, dropped and counted.
+        gen.rollout(lease, ["4", "5"])
+        _wait(lambda: _dropped(hub, "duplicate") == 1)
+    finally:
+        gen.close()
+        hub.stop()
+
+
+def test_a_hanging_reward_neither_stops_the_loop_nor_keeps_capacity():
+    hub = _hub("hang", timeout=3.0)
+    gen = Generator(hub)
+    try:
+        gen.ask(Hello("g0", "fake", 0))
+        lease = gen.ask(LeaseRequest("g0", 0))
+        gen.rollout(lease, ["4", "5"])
+        # While the reward hangs the group is still in flight: capacity 1 - 0 - 1 = 0.
+        _wait(lambda: hub.stats()["in_flight"] == 1 and not hub.core.ledger.leases.open)
+        assert gen.ask(LeaseRequest("g0", 0)) == LeaseDenied("gate", 0.5, 0)
+        # ...and the socket loop answers at once (well inside the 3 s deadline).
+        t0 = time.monotonic()
+        assert isinstance(gen.ask(Heartbeat("g0", 0, [])), Ack)
+        assert time.monotonic() - t0 < 1.0
+        # After the deadline: dropped as reward_timeout, capacity free again, and the prompt
+        # is not re-issued (nothing queued).
+        _wait(lambda: _dropped(hub, "reward_timeout") == 1)
+        assert hub.stats()["in_flight"] == 0
+        assert not hub.core.ledger.reissue
+        assert isinstance(gen.ask(LeaseRequest("g0", 0)), Lease)
+        assert hub.metrics.reward_errors._value.get() == 0
+    finally:
+        gen.close()
+        t0 = time.monotonic()
+        hub.stop()
+        assert time.monotonic() - t0 < 12.0

@@ -1,0 +1,115 @@
+"""The reward pool: results of a normal reward, a raising reward reported as `reward_error`, a
+hanging one killed at its deadline and replaced, and a prompt shutdown. Workers are real
+spawned processes running plug-ins from tests/unit/reward_plugins.py."""
+
+from __future__ import annotations
+
+import queue
+import time
+
+import pytest
+
+from asyncrl.learner.rewards import RewardConfig
+from asyncrl.learner.rewards.pool import Failed, RewardJob, RewardPool, Scored
+
+PLUGINS = "tests.unit.reward_plugins"
+
+
+def _pool(fn: str, timeout: float = 30.0, workers: int = 1) -> RewardPool:
+    cfg = RewardConfig(
+        name="plugin", plugin=f"{PLUGINS}:{fn}", workers=workers, timeout_seconds=timeout
+    )
+    pool = RewardPool(cfg)
+    pool.start()
+    return pool
+
+
+def _score(pool: RewardPool, job: RewardJob, wait: float = 60.0):
+    """Submit one job and wait for its outcome (delivered on a pool thread)."""
+    results: queue.Queue = queue.Queue()
+    assert pool.submit(lambda: job, results.put)
+    return results.get(timeout=wait)
+
+
+def test_scores_a_group_and_its_baseline():
+    pool = _pool("exact")
+    try:
+        # Answer "4": completions "4" -> 1, "5" -> 0, "4" -> 1; the greedy baseline "5" -> 0.
+        job = RewardJob("2+2=", ["4", "5", "4"], {"answer": "4"}, [1, 1, 1], "5", 1)
+        assert _score(pool, job) == Scored([1.0, 0.0, 1.0], {}, 0.0)
+        # Without a baseline there is no baseline reward.
+        assert _score(pool, RewardJob("p", ["4"], {"answer": "4"}, [1])) == Scored([1.0])
+    finally:
+        pool.close()
+
+
+def test_a_raising_reward_is_an_error_and_the_worker_goes_on():
+    pool = _pool("moody")
+    try:
+        out = _score(pool, RewardJob("raise", ["a"], {"answer": "a"}, [1]))
+        assert isinstance(out, Failed) and out.cause == "reward_error"
+        assert "does not like the prompt" in out.detail
+        assert _score(pool, RewardJob("ok", ["a", "b"], {"answer": "a"}, [1, 1])) == Scored(
+            [1.0, 0.0]
+        )
+    finally:
+        pool.close()
+
+
+def test_a_hanging_reward_is_killed_at_its_deadline_and_replaced():
+    pool = _pool("moody", timeout=2.0)
+    try:
+        pid_before = pool._workers[0].proc.pid
+        t0 = time.monotonic()
+        out = _score(pool, RewardJob("hang", ["a"], {"answer": "a"}, [1]))
+        waited = time.monotonic() - t0
+        assert isinstance(out, Failed) and out.cause == "reward_timeout"
+        # Killed at the 2 s deadline, not later (generous bound for a loaded machine).
+        assert 2.0 <= waited < 10.0
+        # The next group is scored, by a fresh process.
+        assert _score(pool, RewardJob("ok", ["a"], {"answer": "a"}, [1])) == Scored([1.0])
+        assert pool._workers[0].proc.pid != pid_before
+    finally:
+        pool.close()
+
+
+def test_two_workers_score_side_by_side_while_one_hangs():
+    pool = _pool("moody", timeout=30.0, workers=2)
+    try:
+        results: queue.Queue = queue.Queue()
+        assert pool.submit(lambda: RewardJob("hang", ["a"], {"answer": "a"}, [1]), results.put)
+        # One worker is stuck for 30 s; the other scores this group long before.
+        ok = RewardJob("ok", ["b"], {"answer": "b"}, [1])
+        assert _score(pool, ok, wait=20.0) == Scored([1.0])
+    finally:
+        t0 = time.monotonic()
+        pool.close()
+        # Shutdown does not wait for the hanging reward: both workers are killed at once.
+        assert time.monotonic() - t0 < 5.0
+    assert all(w.proc is None for w in pool._workers)
+
+
+def test_the_queue_is_bounded():
+    pool = _pool("moody", timeout=30.0)
+    try:
+        # One worker hangs on the first job; 4 per worker more wait in the queue; the next
+        # submit is refused (the hub then stops reading rollouts).
+        hang = RewardJob("hang", ["a"], {"answer": "a"}, [1])
+        assert pool.submit(lambda: hang, lambda out: None)
+        deadline = time.monotonic() + 10
+        while not pool._queue.empty():  # wait until the worker's thread took it
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        for _ in range(4):
+            assert not pool.saturated()
+            assert pool.submit(lambda: hang, lambda out: None)
+        assert pool.saturated()
+        assert not pool.submit(lambda: hang, lambda out: None)
+    finally:
+        pool.close()
+
+
+def test_a_reward_that_cannot_be_built_fails_at_start():
+    pool = RewardPool(RewardConfig(name="plugin", plugin=f"{PLUGINS}:missing", workers=1))
+    with pytest.raises(RuntimeError, match="no attribute 'missing'"):
+        pool.start()
