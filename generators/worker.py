@@ -46,7 +46,7 @@ class GeneratorWorker:
         self.backend = backend
         self.metrics = metrics
         self.prefetch_lease = prefetch_lease
-        self.stop = stop or threading.Event()
+        self.stop = stop if stop is not None else threading.Event()
         self.session = Session(
             backend, generator_id, learner, factory or SocketFactory(), reconnect_seconds, self.stop
         )
