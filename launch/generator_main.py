@@ -7,10 +7,12 @@ import logging
 import signal
 import threading
 
+from asyncrl.launch.config import AsyncRLConfig
+
 logger = logging.getLogger(__name__)
 
 
-def generator_main(cfg) -> int:
+def generator_main(cfg: AsyncRLConfig) -> int:
     import torch
 
     from asyncrl.generators.metrics import GeneratorMetrics
