@@ -1,17 +1,21 @@
-"""Weight subscriber: fetch a published version in chunks, verify it, load it into a model.
-
-Chunks are requested with a small window of outstanding requests so loopback bandwidth is used
-without holding more than a few chunks in flight.
+"""The generator's side of the weight-blob format: assemble received chunks while hashing
+them, verify a blob, view it as tensors, copy them into a model. The transports that bring
+the bytes are `generators/fetchers/`; the format itself is `asyncrl.protocol.blob`.
 """
 
 from __future__ import annotations
 
-import logging
-import math
-
 import torch
 
-logger = logging.getLogger(__name__)
+from asyncrl.protocol.blob import (
+    DTYPE_TAGS,
+    MAX_WEIGHT_CHUNK_BYTES,
+    BlobError,
+    Checksum,
+    Serialized,
+    decode_header,
+    digest_of,
+)
 
 # Chunk requests a generator keeps outstanding, so ZeroMQ receives the next chunks while
 # one is copied and hashed (`asyncrl bench` uses it too). 8 and 16 measured no better.
@@ -32,13 +36,10 @@ def keep_chunk_memory() -> bool:
     faults (150 MB) per generator per 524 MB version, and `weights_ratio` 0.41-0.46 without
     this against 0.50-0.55 with it (2 cores, before streaming). Setting any threshold also
     freezes glibc's adaptive mmap threshold at 128 KiB, which would mmap every chunk afresh,
-    so both are set: chunks up to `MAX_WEIGHT_CHUNK_BYTES` (the bound of
-    `learner.weight_chunk_bytes`) come from the heap and up to 256 MiB of free heap stays
-    mapped."""
+    so both are set: chunks up to `MAX_WEIGHT_CHUNK_BYTES` (the bound of the learner's
+    weight chunks) come from the heap and up to 256 MiB of free heap stays mapped."""
     import ctypes
     import platform
-
-    from asyncrl.launch.config import MAX_WEIGHT_CHUNK_BYTES
 
     if platform.libc_ver()[0] != "glibc":
         return False
@@ -51,26 +52,6 @@ class WeightsError(RuntimeError):
     """The fetched weights are incomplete, corrupt or do not fit the model."""
 
 
-_DTYPES = {
-    "F64": torch.float64,
-    "F32": torch.float32,
-    "F16": torch.float16,
-    "BF16": torch.bfloat16,
-    "I64": torch.int64,
-    "I32": torch.int32,
-    "I16": torch.int16,
-    "I8": torch.int8,
-    "U8": torch.uint8,
-    "BOOL": torch.bool,
-}
-
-
-class VerifiedBlob(bytearray):
-    """A fetched blob whose digest was already checked while it arrived (no second pass)."""
-
-    digest: str = ""
-
-
 class ChunkAssembler:
     """Copies chunks into one buffer and hashes them as they arrive, in order, so both
     overlap with the transfer of the chunks still in flight (ZeroMQ receives on its own I/O
@@ -79,10 +60,8 @@ class ChunkAssembler:
     take longer than the copy)."""
 
     def __init__(self, size: int, chunks: int, reuse: bytearray | None = None):
-        from asyncrl.learner.weights import Checksum
-
-        fits = isinstance(reuse, VerifiedBlob) and len(reuse) == size
-        self.buf = reuse if fits else VerifiedBlob(size)
+        fits = isinstance(reuse, Serialized) and len(reuse) == size
+        self.buf = reuse if fits else Serialized(size)
         self.buf.digest = ""
         self.view = memoryview(self.buf)
         self.size, self.chunks = size, chunks
@@ -106,7 +85,7 @@ class ChunkAssembler:
     def complete(self) -> bool:
         return self.next == self.chunks
 
-    def finish(self, digest: str) -> VerifiedBlob:
+    def finish(self, digest: str) -> Serialized:
         if not self.complete or self.offset != self.size:
             raise WeightsError(f"got {self.offset} bytes, announced {self.size}")
         got = self.hasher.hexdigest()
@@ -119,11 +98,8 @@ class ChunkAssembler:
 
 def verify_and_decode(blob: bytes | bytearray, digest: str) -> dict[str, torch.Tensor]:
     """Check the digest, then view the safetensors payload as tensors without copying
-    (the caller copies them into the model; a second copy here would double load time)."""
-    from asyncrl.learner.weights import digest_of
-
-    if isinstance(blob, VerifiedBlob) and blob.digest == digest:
-        return decode_safetensors(blob)
+    (the caller copies them into the model; a second copy here would double load time). A
+    blob assembled here carries the digest checked on arrival: not hashed again."""
     got = digest_of(blob)
     if got != digest:
         raise WeightsError(f"digest mismatch: got {got}, announced {digest}")
@@ -132,32 +108,22 @@ def verify_and_decode(blob: bytes | bytearray, digest: str) -> dict[str, torch.T
 
 def decode_safetensors(blob: bytes | bytearray) -> dict[str, torch.Tensor]:
     """Tensors viewing `blob` (safetensors layout: u64 header length, JSON header, data)."""
-    import json
-    import struct
     import warnings
 
-    if len(blob) < 8:
-        raise WeightsError("weights blob shorter than a safetensors header")
-    (n,) = struct.unpack_from("<Q", blob, 0)
-    if 8 + n > len(blob):
-        raise WeightsError("safetensors header length exceeds the blob")
-    header = json.loads(bytes(blob[8 : 8 + n]))
-    base = 8 + n
+    try:
+        entries, base = decode_header(blob)
+    except BlobError as exc:
+        raise WeightsError(str(exc)) from exc
     out = {}
     with warnings.catch_warnings():
         # Read-only `bytes` input is fine: the tensors are only read (copied into the model).
         warnings.simplefilter("ignore", UserWarning)
-        for name, meta in header.items():
-            if name == "__metadata__":
-                continue
-            dtype = _DTYPES.get(meta["dtype"])
-            if dtype is None:
-                raise WeightsError(f"{name}: unsupported dtype {meta['dtype']}")
+        for name, meta in entries.items():
+            dtype_name, itemsize = DTYPE_TAGS[meta["dtype"]]
+            dtype = getattr(torch, dtype_name)
             begin, end = meta["data_offsets"]
             shape = meta["shape"]
-            count = (end - begin) // torch.empty(0, dtype=dtype).element_size()
-            if base + end > len(blob) or count != math.prod(shape):
-                raise WeightsError(f"{name}: data offsets do not match its shape")
+            count = (end - begin) // itemsize
             if count == 0:
                 out[name] = torch.empty(shape, dtype=dtype)
                 continue

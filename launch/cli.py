@@ -136,9 +136,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "generator":
         _setup_logging(f"generator[{cfg.generator.generator_id or '-'}]", args.log_level)
-        from asyncrl.generators.main import run_generator
+        from asyncrl.launch.generator_main import generator_main
 
-        return run_generator(cfg)
+        return generator_main(cfg)
     if args.command == "local":
         _setup_logging("local", args.log_level)
         from asyncrl.launch.local import run_local

@@ -1,11 +1,20 @@
-"""The interface every inference backend implements, and the types it returns."""
+"""The interface every inference backend implements, the capabilities it may declare, and the
+types it returns.
+
+Every backend samples and loads a verified blob (`Backend`). What only some engines can do is
+declared in `capabilities`, each with its protocol: the generator loop and the weight fetchers
+read the declaration and never probe a backend for methods or patch it from outside.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Literal, Protocol
 
 import numpy as np
+
+from asyncrl.protocol.messages import Lease, NcclPlan
 
 
 @dataclass(frozen=True)
@@ -15,6 +24,13 @@ class SamplingParams:
     top_k: int = 0
     max_new_tokens: int = 64
     stop: tuple[str, ...] = ()  # generation ends once the decoded response contains one
+
+
+def sampling_params(lease: Lease) -> SamplingParams:
+    """How the learner wants `lease`'s group sampled."""
+    return SamplingParams(
+        lease.temperature, lease.top_p, lease.top_k, lease.max_new_tokens, stop=tuple(lease.stop)
+    )
 
 
 @dataclass
@@ -28,12 +44,22 @@ class Sample:
     finish_reason: str  # "stop" | "length" | "abort"
 
 
+@dataclass(frozen=True)
+class Capabilities:
+    """What a backend can do beyond `Backend`; each flag promises one protocol below."""
+
+    inflight_loads: bool = False  # `InflightLoads`: loads new weights between decode steps
+    weight_directories: bool = False  # `WeightDirectories`: loads a version directory by path
+    distributed_groups: bool = False  # `DistributedGroups`: receives nccl broadcasts
+
+
 class Backend(Protocol):
     """An engine that samples completions and accepts new weights."""
 
     name: str
     version: int
     vocab_size: int
+    capabilities: Capabilities
 
     def generate(self, prompt_ids: np.ndarray, n: int, params: SamplingParams) -> list[Sample]:
         """Sample `n` completions of one prompt."""
@@ -49,3 +75,40 @@ class Backend(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+InflightMode = Literal["continue", "reprefill"]
+
+
+class InflightLoads(Backend, Protocol):
+    """`capabilities.inflight_loads`: a long generation need not finish on stale weights."""
+
+    def set_inflight_hook(
+        self, hook: Callable[[], None], mode: InflightMode, check_every: int
+    ) -> None:
+        """Call `hook` every `check_every` decode steps; it may load newer weights (and so
+        change `version`). `continue` keeps the KV cache of earlier tokens, `reprefill`
+        recomputes it with the new weights over the prompt and the tokens so far."""
+        ...
+
+
+class WeightDirectories(Backend, Protocol):
+    """`capabilities.weight_directories`: the engine reads a version directory itself (the
+    layout of `asyncrl.protocol.blob.write_version_dir`)."""
+
+    def update_from_disk(self, path: str, version: int) -> None: ...
+
+
+class DistributedGroups(Backend, Protocol):
+    """`capabilities.distributed_groups`: the engine joins the learner's weight-update group
+    and receives versions as the learner broadcasts them."""
+
+    def nccl_world_size(self) -> int:
+        """The learner plus every rank of the engine that loads weights."""
+        ...
+
+    def join_update_group(
+        self, address: str, port: int, group_name: str, backend: str, world_size: int
+    ) -> None: ...
+
+    def update_from_buckets(self, plan: NcclPlan, version: int, group_name: str) -> None: ...

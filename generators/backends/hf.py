@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import inspect
 import logging
+from collections.abc import Callable
 
 import numpy as np
 import torch
 
-from asyncrl.generators.backends.base import Sample, SamplingParams
+from asyncrl.generators.backends.base import Capabilities, InflightMode, Sample, SamplingParams
 from asyncrl.generators.weights import load_into_model, verify_and_decode
 
 logger = logging.getLogger(__name__)
@@ -40,6 +41,7 @@ class HFBackend:
     """Samples groups with a Hugging Face causal LM on CPU or CUDA."""
 
     name = "hf"
+    capabilities = Capabilities(inflight_loads=True)
 
     def __init__(
         self,
@@ -72,13 +74,20 @@ class HFBackend:
         # -1 until the learner's weights are loaded: the files on disk may not be what the
         # learner trains (it may have resumed), so we never claim a version we did not load.
         self.version = -1
-        # In-flight weight updates: the worker sets `between_tokens` to a callable that loads
-        # newer weights if any were announced; it runs every `check_every` decode steps.
-        # "continue" keeps the KV cache of earlier tokens (PipelineRL-style), "reprefill"
-        # recomputes it with the new weights over the prompt and the tokens so far.
-        self.between_tokens = None
-        self.check_every = 8
-        self.inflight_mode = "continue"
+        # In-flight weight updates (`set_inflight_hook`): off until a hook is set.
+        self._between_tokens: Callable[[], None] | None = None
+        self._check_every = 8
+        self._inflight_mode: InflightMode = "continue"
+
+    def set_inflight_hook(
+        self, hook: Callable[[], None], mode: InflightMode, check_every: int
+    ) -> None:
+        """`hook` loads newer weights if any were announced; it runs every `check_every`
+        decode steps. "continue" keeps the KV cache of earlier tokens (PipelineRL-style),
+        "reprefill" recomputes it with the new weights over the prompt and the tokens so far."""
+        self._between_tokens = hook
+        self._inflight_mode = mode
+        self._check_every = check_every
 
     @torch.no_grad()
     def generate(self, prompt_ids: np.ndarray, n: int, params: SamplingParams) -> list[Sample]:
@@ -125,10 +134,10 @@ class HFBackend:
             finished |= hit_eos
             if bool(finished.all()) or t == params.max_new_tokens - 1:
                 break
-            if self.between_tokens is not None and (t + 1) % self.check_every == 0:
+            if self._between_tokens is not None and (t + 1) % self._check_every == 0:
                 before = self.version
-                self.between_tokens()
-                if self.version != before and self.inflight_mode == "reprefill":
+                self._between_tokens()
+                if self.version != before and self._inflight_mode == "reprefill":
                     # Re-prefill: the next token is drawn from the new weights over the whole
                     # prefix, with no KV state left from the old weights.
                     prefix = torch.cat([ids, tokens[:, : t + 1]], dim=1)
@@ -167,16 +176,3 @@ class HFBackend:
 
     def close(self) -> None:
         pass
-
-
-def setup_backend(cfg, model_path: str, seed: int):
-    """Build the configured backend (`hf` here; `sglang` is imported lazily)."""
-    from asyncrl.learner.engine import resolve_device
-
-    if cfg.generator.backend == "hf":
-        return HFBackend(
-            model_path, device=resolve_device(cfg.model.device), dtype=cfg.model.dtype, seed=seed
-        )
-    from asyncrl.generators.backends.sglang import SGLangBackend
-
-    return SGLangBackend.from_config(cfg, model_path)

@@ -1,38 +1,28 @@
 """The SGLang backend: drive an SGLang HTTP server (launched here or attached to by URL).
 
 Only the standard library talks to the server, so this module imports without SGLang; the
-`sglang` package is needed only to launch a server (`pip install asyncrl[sglang]`). Payload
-shapes follow SGLang's RL guide (`docs/advanced_features/sglang_for_rl.md`) and
-`python/sglang/srt/managers/io_struct.py` (GenerateReqInput, UpdateWeightFromDiskReqInput,
-InitWeightsUpdateGroupReqInput, UpdateWeightsFromDistributedReqInput, PauseGenerationReqInput):
+`sglang` package is needed only to launch a server (`pip install asyncrl[sglang]`). The
+payloads are `sglang_api.py`. Weight updates follow SGLang's RL guide
+(`docs/advanced_features/sglang_for_rl.md`): `/pause_generation` (mode
+abort|retract|in_place) -> `/update_weights_from_disk` -> `/continue_generation`.
 
-- `/generate` takes `input_ids` (token ids: no re-tokenisation drift) and `sampling_params`;
-  with `return_logprob` each result's `meta_info.output_token_logprobs` lists
-  `[logprob, token_id, text|null]` per sampled token, computed as log softmax(logits / T)
-  and not renormalised after top-p/top-k (so keep top_p = 1 and top_k off for exact
-  behaviour logprobs, as the default sampling does); `meta_info.finish_reason.type` is
-  `stop`, `length` or `abort`; `meta_info.weight_version` echoes the last update's label.
-- `/update_weights_from_disk` takes `model_path` and `weight_version`; the RL guide's flow is
-  `/pause_generation` (mode abort|retract|in_place) -> update -> `/continue_generation`.
-- `/init_weights_update_group` blocks until every rank joined; `/update_weights_from_distributed`
-  takes names, dtypes, shapes, group_name, flush_cache, weight_version (and `load_format:
-  "flattened_bucket"` for one bucketed broadcast). Facts the publisher relies on (read from
-  the released wheels 0.4.10-0.5.23): the server joins with `rank_offset + tp_rank` through a
-  copy of torch's init_process_group (rendezvous on tcp://master, PrefixStore(group_name)), so
-  the learner must be rank 0 of an identical group, started concurrently with the HTTP call;
-  dtypes travel as `"bfloat16"` (getattr(torch, ...)); `weight_version` needs >= 0.5.2 and
-  `load_format` >= 0.5.6, and a flattened bucket must keep each tensor's byte offset a multiple
-  of its itemsize; from 0.5.21 the update must be wrapped in `/begin_weight_update` and
-  `/end_weight_update`, or the server never joins the broadcast and the learner hangs.
-  The publisher is `learner/nccl.py`; this backend's side is `nccl_world_size`,
-  `join_update_group` and `update_from_buckets` (flattened buckets only, so >= 0.5.6).
+The nccl transport: `/init_weights_update_group` blocks until every rank joined. Facts the
+publisher relies on (read from the released wheels 0.4.10-0.5.23): the server joins with
+`rank_offset + tp_rank` through a copy of torch's init_process_group (rendezvous on
+tcp://master, PrefixStore(group_name)), so the learner must be rank 0 of an identical group,
+started concurrently with the HTTP call; dtypes travel as `"bfloat16"` (getattr(torch, ...));
+`weight_version` needs >= 0.5.2 and `load_format` >= 0.5.6, and a flattened bucket must keep
+each tensor's byte offset a multiple of its itemsize; from 0.5.21 the update must be wrapped in
+`/begin_weight_update` and `/end_weight_update`, or the server never joins the broadcast and
+the learner hangs. The publisher is `learner/nccl.py`; this backend's side is
+`nccl_world_size`, `join_update_group` and `update_from_buckets` (flattened buckets only, so
+>= 0.5.6).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import re
 import subprocess
 import sys
 import time
@@ -44,18 +34,21 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from asyncrl.generators.backends.base import Sample, SamplingParams
+from asyncrl.generators.backends.base import Capabilities, Sample, SamplingParams
+from asyncrl.generators.backends.sglang_api import (
+    build_generate_request,
+    build_init_weights_group_request,
+    build_update_from_disk_request,
+    build_update_from_distributed_request,
+    parse_generate_response,
+    parse_version,
+)
+from asyncrl.protocol.blob import write_version_dir
 
 logger = logging.getLogger(__name__)
 
-FINISH = {"stop": "stop", "length": "length", "abort": "abort"}
 NCCL_MIN_VERSION = (0, 5, 6)  # load_format "flattened_bucket" on the distributed update
 SESSION_VERSION = (0, 5, 21)  # updates must sit between /begin_ and /end_weight_update
-
-
-def parse_version(text: str) -> tuple[int, ...]:
-    """'0.5.17' -> (0, 5, 17); '0.5.6.post1' and '0.5.21rc0' keep their leading numbers."""
-    return tuple(int(m.group()) if (m := re.match(r"\d+", p)) else 0 for p in text.split(".")[:3])
 
 
 class SGLangConfig(BaseModel):
@@ -94,125 +87,12 @@ class SGLangError(RuntimeError):
     """The server answered with an error or not at all."""
 
 
-# ------------------------------------------------------------------ pure request/response
-
-
-def build_generate_request(
-    prompt_ids: np.ndarray, n: int, params: SamplingParams, greedy: bool = False
-) -> dict:
-    """`n` copies of one prompt in a batch (SGLang's radix cache shares the prefix)."""
-    sampling = {
-        "temperature": 0.0 if greedy else float(params.temperature),
-        "top_p": float(params.top_p),
-        "top_k": int(params.top_k) if params.top_k > 0 else -1,
-        "max_new_tokens": int(params.max_new_tokens),
-    }
-    if params.stop:
-        sampling["stop"] = list(params.stop)
-    ids = [int(x) for x in np.asarray(prompt_ids).tolist()]
-    return {
-        "input_ids": [ids for _ in range(n)],
-        "sampling_params": sampling,
-        "return_logprob": True,
-        # -1: logprobs of the generated tokens only, none for the prompt.
-        "logprob_start_len": -1,
-    }
-
-
-def parse_generate_response(payload, fallback_version: int) -> list[Sample]:
-    """SGLang's /generate result (a list for batched input) -> our samples."""
-    items = payload if isinstance(payload, list) else [payload]
-    samples = []
-    for item in items:
-        meta = item.get("meta_info") or {}
-        entries = meta.get("output_token_logprobs") or []
-        tokens = np.array([int(e[1]) for e in entries], dtype=np.int32)
-        logprobs = np.array([float(e[0]) for e in entries], dtype=np.float32)
-        reason = meta.get("finish_reason") or {}
-        kind = reason.get("type") if isinstance(reason, dict) else str(reason)
-        samples.append(
-            Sample(
-                tokens=tokens,
-                logprobs=logprobs,
-                versions=_token_versions(meta, len(tokens), fallback_version),
-                finish_reason=FINISH.get(kind or "", "abort"),
-            )
-        )
-    return samples
-
-
-def _token_versions(meta: dict, n: int, fallback: int) -> np.ndarray:
-    """Per-token versions. Recent SGLang reports `meta_info.weight_versions`, spans
-    `{"version", "start", "end"}` over output tokens, when an update landed while the request
-    ran (python/sglang/srt/utils/weight_versions.py, add_weight_versions_to_meta_info);
-    older servers report only `weight_version`, the label current when the request finished
-    (tokenizer_manager: `meta_info["weight_version"] = server_args.weight_version`)."""
-    versions = np.full(n, _version_label(meta.get("weight_version"), fallback), dtype=np.int32)
-    for span in meta.get("weight_versions") or []:
-        start, end = max(int(span["start"]), 0), min(int(span["end"]), n)
-        versions[start:end] = _version_label(span.get("version"), fallback)
-    return versions
-
-
-def _version_label(label, fallback: int) -> int:
-    try:
-        return int(label)
-    except (TypeError, ValueError):
-        return fallback
-
-
-def build_update_from_disk_request(model_path: str, version: int) -> dict:
-    return {"model_path": model_path, "weight_version": str(version), "flush_cache": True}
-
-
-def build_init_weights_group_request(
-    master_address: str,
-    master_port: int,
-    rank_offset: int,
-    world_size: int,
-    group_name: str = "weight_update_group",
-    backend: str = "nccl",
-) -> dict:
-    return {
-        "master_address": master_address,
-        "master_port": int(master_port),
-        "rank_offset": int(rank_offset),
-        "world_size": int(world_size),
-        "group_name": group_name,
-        "backend": backend,
-    }
-
-
-def build_update_from_distributed_request(
-    names: list[str],
-    dtypes: list[str],
-    shapes: list[list[int]],
-    version: int,
-    group_name: str = "weight_update_group",
-    bucketed: bool = False,
-) -> dict:
-    if not len(names) == len(dtypes) == len(shapes):
-        raise ValueError("names, dtypes and shapes must have one entry per parameter")
-    req = {
-        "names": list(names),
-        "dtypes": list(dtypes),
-        "shapes": [list(map(int, s)) for s in shapes],
-        "group_name": group_name,
-        "flush_cache": True,
-        "weight_version": str(version),
-    }
-    if bucketed:
-        req["load_format"] = "flattened_bucket"
-    return req
-
-
-# ------------------------------------------------------------------ backend
-
-
 class SGLangBackend:
-    """The `Backend` interface over an SGLang server."""
+    """The `Backend` interface over an SGLang server: the server reads weight directories
+    and joins nccl weight-update groups."""
 
     name = "sglang"
+    capabilities = Capabilities(weight_directories=True, distributed_groups=True)
 
     def __init__(self, model_path: str, cfg: SGLangConfig):
         self.model_path = model_path
@@ -226,10 +106,6 @@ class SGLangBackend:
         self._wait_healthy()
         config = json.loads((Path(model_path) / "config.json").read_text())
         self.vocab_size = int(config["vocab_size"])
-
-    @classmethod
-    def from_config(cls, cfg, model_path: str) -> SGLangBackend:
-        return cls(model_path, cfg.generator.sglang)
 
     # -------------------------------------------------------------- server
     def _launch(self) -> str:
@@ -339,6 +215,8 @@ class SGLangBackend:
 
     def load_weights(self, blob, digest: str, version: int) -> None:
         """Verify, write atomically as a model directory, and have the server load it."""
+        # Here, not at the top: the config schema imports this module, and must not pull in
+        # torch (the command line answers --help and config errors before torch loads).
         from asyncrl.generators.weights import WeightsError, verify_and_decode
 
         verify_and_decode(blob, digest)  # raises on a bad digest before the server is touched
@@ -351,8 +229,6 @@ class SGLangBackend:
         """`weights_dir/v<version>/` with the base model's config and the new safetensors,
         written atomically (the same layout as the learner's disk transport). Only this
         version is kept: the server holds the previous one in memory, not on disk."""
-        from asyncrl.learner.weights import write_version_dir
-
         path = write_version_dir(self.cfg.weights_dir, version, blob, self.model_path, keep=1)
         return Path(path)
 

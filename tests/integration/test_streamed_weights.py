@@ -14,6 +14,7 @@ import time
 
 import torch
 
+from asyncrl.generators.backends.base import Capabilities
 from asyncrl.generators.metrics import GeneratorMetrics
 from asyncrl.generators.weights import verify_and_decode
 from asyncrl.generators.worker import GeneratorWorker
@@ -28,6 +29,7 @@ class RecordingBackend:
 
     name = "recording"
     vocab_size = 100
+    capabilities = Capabilities()
 
     def __init__(self):
         self.version = -1

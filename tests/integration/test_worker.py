@@ -15,7 +15,7 @@ import numpy as np
 import torch
 import zmq
 
-from asyncrl.generators.backends.base import Sample
+from asyncrl.generators.backends.base import Capabilities, Sample
 from asyncrl.generators.metrics import GeneratorMetrics
 from asyncrl.generators.weights import verify_and_decode
 from asyncrl.generators.worker import GeneratorWorker
@@ -136,6 +136,7 @@ class StubBackend:
 
     name = "stub"
     vocab_size = 100
+    capabilities = Capabilities()
 
     def __init__(self, seconds: float = 0.0):
         self.version = 0
@@ -275,11 +276,15 @@ class DecodingBackend(StubBackend):
     """Calls the worker's between-tokens hook every 10 ms while a group generates, as the hf
     backend does between decode steps, and records the version at each step."""
 
+    capabilities = Capabilities(inflight_loads=True)
+
     def __init__(self):
         super().__init__()
         self.between_tokens = None  # set by the worker (in-flight updates on)
-        self.inflight_mode = "continue"
         self.steps: list[int] = []
+
+    def set_inflight_hook(self, hook, mode, check_every):
+        self.between_tokens = hook
 
     def generate(self, prompt_ids, n, params):
         self.calls += 1

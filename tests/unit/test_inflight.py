@@ -49,9 +49,7 @@ def backend_with_update(model_dir: str, mode: str) -> tuple[HFBackend, torch.nn.
         if backend.version == 0:
             backend.load_weights(blob5, d5, 5)
 
-    backend.between_tokens = hook
-    backend.check_every = 2
-    backend.inflight_mode = mode
+    backend.set_inflight_hook(hook, mode, check_every=2)
     from transformers import AutoModelForCausalLM
 
     new_model = AutoModelForCausalLM.from_pretrained(model_dir)

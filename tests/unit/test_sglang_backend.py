@@ -12,10 +12,8 @@ import pytest
 import torch
 
 from asyncrl.generators.backends.base import SamplingParams
-from asyncrl.generators.backends.sglang import (
-    SGLangBackend,
-    SGLangConfig,
-    SGLangError,
+from asyncrl.generators.backends.sglang import SGLangBackend, SGLangConfig, SGLangError
+from asyncrl.generators.backends.sglang_api import (
     build_generate_request,
     build_init_weights_group_request,
     build_update_from_distributed_request,

@@ -1,0 +1,1 @@
+"""Weight fetchers: one file per transport that brings a version into the backend."""

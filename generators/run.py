@@ -1,0 +1,70 @@
+"""One generator process, once the launch layer has resolved its inputs: build the backend,
+run the generate loop until stopped, close the backend."""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+from collections.abc import Callable
+
+from asyncrl.generators.backends.base import Backend
+from asyncrl.generators.config import GeneratorConfig
+from asyncrl.generators.metrics import GeneratorMetrics
+from asyncrl.generators.worker import GeneratorWorker
+from asyncrl.protocol.sockets import SocketFactory
+
+HealthCheck = Callable[[], tuple[bool, str]]
+
+
+def default_generator_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+def build_backend(
+    config: GeneratorConfig, model_path: str, device: str, dtype: str, seed: int
+) -> Backend:
+    """The configured backend (`sglang` is imported only when chosen)."""
+    if config.backend == "hf":
+        from asyncrl.generators.backends.hf import HFBackend
+
+        return HFBackend(model_path, device=device, dtype=dtype, seed=seed)
+    from asyncrl.generators.backends.sglang import SGLangBackend
+
+    return SGLangBackend(model_path, config.sglang)
+
+
+def run_generator(
+    config: GeneratorConfig,
+    model_path: str,
+    device: str,
+    dtype: str,
+    factory: SocketFactory,
+    metrics: GeneratorMetrics,
+    stop: threading.Event,
+    ready: Callable[[str, HealthCheck], None],
+) -> int:
+    """Generate for the learner at `config.learner` until `stop` is set. `ready(generator_id,
+    health)` is called once the backend is up, before the loop starts: the caller serves
+    `metrics` and the health check from then on."""
+    generator_id = config.generator_id or default_generator_id()
+    seed = config.seed * 1_000_003 + sum(map(ord, generator_id))
+    backend = build_backend(config, model_path, device, dtype, seed)
+    worker = GeneratorWorker(
+        backend,
+        generator_id,
+        config.learner,
+        metrics,
+        factory=factory,
+        reconnect_seconds=config.reconnect_seconds,
+        inflight_updates=config.inflight_updates,
+        inflight_check_tokens=config.inflight_check_tokens,
+        prefetch_lease=config.prefetch_lease,
+        stop=stop,
+    )
+    ready(generator_id, worker.healthy)
+    try:
+        worker.run()
+    finally:
+        backend.close()
+    return 0

@@ -1,0 +1,292 @@
+"""The generator's session with the learner: sockets, hello, leases, heartbeats, sends.
+
+Three sockets talk to the learner's hub: a DEALER for requests (hello, leases, weight chunks),
+a PUSH for rollout groups and a SUB for weight announcements; a heartbeat thread uses its own
+DEALER. A learner that stays silent for `reconnect_seconds` surfaces as `LearnerGone`, and the
+caller rebuilds the session with backoff. Nothing here ever blocks in a send, and once `stop`
+is set nothing waits long for a learner that may already have exited.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from urllib.parse import urlparse
+
+import zmq
+
+from asyncrl.generators.backends.base import Backend
+from asyncrl.protocol.codec import ProtocolError
+from asyncrl.protocol.messages import (
+    Heartbeat,
+    Hello,
+    Lease,
+    LeaseDenied,
+    LeaseRequest,
+    LeaseReturn,
+    Message,
+    RolloutGroup,
+    WeightsAnnouncement,
+    Welcome,
+)
+from asyncrl.protocol.sockets import SocketFactory, recv, send
+
+logger = logging.getLogger(__name__)
+
+# How long a generator that was told to stop still waits for a learner to take its last
+# group or its returned lease.
+SHUTDOWN_GRACE_SECONDS = 2.0
+
+
+class Stopping(Exception):
+    """Raised inside the loop when a shutdown makes waiting for the learner pointless."""
+
+
+class LearnerGone(RuntimeError):
+    """No reply from the learner within the reconnect timeout."""
+
+
+class Session:
+    """One connection to the learner at a time: `connect` opens it, `close` ends it."""
+
+    def __init__(
+        self,
+        backend: Backend,
+        generator_id: str,
+        learner: str,
+        factory: SocketFactory,
+        reconnect_seconds: float,
+        stop: threading.Event,
+    ):
+        self.backend = backend
+        self.generator_id = generator_id
+        self.learner = learner
+        self.factory = factory
+        self.reconnect_seconds = reconnect_seconds
+        self.stop = stop
+        self.connected = False
+        self.last_error = ""
+        self.lease_seconds = 0.0
+        self.heartbeat_seconds = 0.0
+        self._held: set[int] = set()
+        self._held_lock = threading.Lock()
+        # Lease prefetch: a LeaseRequest is out whose reply has not been taken; `_early` keeps
+        # that reply when it arrives while we wait for another (a weight chunk, an ack).
+        self._prefetching = False
+        self._early: Message | None = None
+        self._socks: list[zmq.Socket] = []
+        self._hb: threading.Thread | None = None
+        self._hb_stop = threading.Event()
+
+    # ---------------------------------------------------------------- connection
+    def connect(self) -> Welcome:
+        """Say hello and open the rollout and announcement sockets the welcome names."""
+        self.control = self._dealer()
+        self._socks = [self.control]
+        welcome = self.hello()
+        if not isinstance(welcome, Welcome):
+            raise LearnerGone(f"expected welcome, got {welcome.TYPE}")
+        host = urlparse(self.learner).hostname
+        self.push = self.factory.socket(zmq.PUSH, server=False)
+        self.push.connect(f"tcp://{host}:{welcome.rollouts_port}")
+        self.sub = self.factory.socket(zmq.SUB, server=False)
+        self.sub.setsockopt(zmq.SUBSCRIBE, b"")
+        self.sub.connect(f"tcp://{host}:{welcome.weights_port}")
+        self._socks += [self.push, self.sub]
+        self.heartbeat_seconds = welcome.heartbeat_seconds
+        self.lease_seconds = welcome.lease_seconds
+        self._prefetching, self._early = False, None  # a new socket: nothing is outstanding
+        self.connected = True
+        self.last_error = ""
+        logger.info("connected to %s (learner version %d)", self.learner, welcome.learner_version)
+        self._hb_stop = threading.Event()
+        self._hb = threading.Thread(target=self._heartbeats, name="heartbeat", daemon=True)
+        self._hb.start()
+        return welcome
+
+    def close(self) -> None:
+        self.connected = False
+        if self._hb is not None:
+            self._hb_stop.set()
+            self._hb.join(timeout=5)
+            self._hb = None
+        for s in self._socks:
+            s.close(linger=500)
+        self._socks = []
+
+    def hello(self) -> Message:
+        """Hello; the reply is a Welcome naming the learner's latest weights."""
+        return self.request(Hello(self.generator_id, self.backend.name, self.backend.version))
+
+    # ---------------------------------------------------------------- leases
+    def next_lease(self) -> Message:
+        """The prefetched lease if one is out, else the reply to a fresh request. A prefetched
+        denial is stale by the time it is read (our last group has landed since): ask again."""
+        if self._prefetching:
+            reply = self.reply(lease=True)
+            if isinstance(reply, Lease):
+                return reply
+        return self.request(LeaseRequest(self.generator_id, self.backend.version))
+
+    def prefetch_lease(self) -> None:
+        """Ask for the next lease now; its reply waits in the socket until `next_lease`."""
+        self.send(LeaseRequest(self.generator_id, self.backend.version))
+        self._prefetching = True
+
+    def return_prefetched(self) -> None:
+        """Shutting down: hand a prefetched lease back so the learner re-issues it at once
+        instead of after its deadline."""
+        if not self._prefetching:
+            return
+        try:
+            reply = self.reply(lease=True, stoppable=True)
+            if isinstance(reply, Lease):
+                self.send(LeaseReturn(self.generator_id, [reply.lease_id]))
+                self.reply(stoppable=True)  # the ack: the return landed before sockets close
+                logger.info("returned prefetched lease %d", reply.lease_id)
+        except (LearnerGone, Stopping):
+            pass  # the lease expires on the learner and is re-issued then
+
+    @contextmanager
+    def holding(self, lease: Lease) -> Iterator[None]:
+        """Heartbeats name `lease` as worked on while the block runs."""
+        with self._held_lock:
+            self._held.add(lease.lease_id)
+        try:
+            yield
+        finally:
+            with self._held_lock:
+                self._held.discard(lease.lease_id)
+
+    def push_group(self, group: RolloutGroup) -> None:
+        # The PUSH socket blocks at its high-water mark rather than dropping: bounded here
+        # so a vanished learner cannot hang us (the lease then expires and is re-issued).
+        self._send_on(self.push, group, "rollouts socket not writable")
+
+    # ---------------------------------------------------------------- announcements
+    def announcements(self) -> Iterator[WeightsAnnouncement]:
+        """The weight announcements received so far, without waiting."""
+        while True:
+            try:
+                _, msg = recv(self.sub, flags=zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            except ProtocolError as exc:
+                logger.warning("malformed announcement dropped: %s", exc)
+                continue
+            if isinstance(msg, WeightsAnnouncement):
+                yield msg
+
+    def wait_announcement(self, seconds: float) -> None:
+        """Sleep until an announcement arrives or `seconds` pass."""
+        self.sub.poll(int(seconds * 1000), zmq.POLLIN)
+
+    # ---------------------------------------------------------------- requests
+    def request(self, msg: Message) -> Message:
+        self.send(msg)
+        # Shutting down: no new work is wanted, so do not wait out a silent learner.
+        return self.reply(lease=isinstance(msg, LeaseRequest), stoppable=True)
+
+    def send(self, msg: Message) -> None:
+        self._send_on(self.control, msg, f"could not send {msg.TYPE}")
+
+    def reply(self, lease: bool = False, stoppable: bool = False) -> Message:
+        """The next reply on the control socket. The reply to a prefetched lease request may
+        arrive while we wait for another: it is kept aside and returned only to a caller that
+        asks for a lease reply (`lease`), which skips anything else. `stoppable`: give up with
+        Stopping once shutdown begins. LearnerGone after `reconnect_seconds` of silence."""
+        deadline = time.time() + self.reconnect_seconds
+        while True:
+            if lease and self._early is not None:
+                reply, self._early, self._prefetching = self._early, None, False
+                return reply
+            if not self.control.poll(200):
+                if time.time() >= deadline:
+                    raise LearnerGone(f"no reply within {self.reconnect_seconds}s")
+                if stoppable and self.stop.is_set():
+                    raise Stopping()
+                continue
+            _, reply = recv(self.control)
+            deadline = time.time() + self.reconnect_seconds
+            is_lease = isinstance(reply, (Lease, LeaseDenied))
+            if is_lease and self._prefetching and self._early is None:
+                self._early = reply
+            elif lease and not is_lease:
+                logger.debug("stray %s reply dropped while waiting for a lease", reply.TYPE)
+            else:
+                return reply
+
+    def drain_replies(self, n: int) -> None:
+        """Take the replies to `n` requests still outstanding (a fetch given up)."""
+        for _ in range(n):
+            try:
+                self.reply()
+            except LearnerGone:
+                return
+
+    def _send_on(self, sock: zmq.Socket, msg: Message, what: str) -> None:
+        """Send once `sock` takes it, without ever blocking in the send itself: the learner
+        can vanish between the poll that said writable and the send, and a blocking send
+        would then wait out SNDTIMEO (PUSH: forever) instead of the shutdown grace."""
+        start = time.time()
+        while True:
+            self._wait_writable(sock, what, start)
+            try:
+                send(sock, msg, flags=zmq.NOBLOCK)
+                return
+            except zmq.Again:
+                time.sleep(0.05)  # the peer left after the poll: wait for writable again
+
+    def _wait_writable(self, sock: zmq.Socket, what: str, start: float) -> None:
+        """Wait until `sock` takes a message (a DEALER or PUSH with no learner connected
+        does not): LearnerGone after `reconnect_seconds`, Stopping after a short grace once
+        shutdown began, so SIGTERM is not held up by a learner that already exited."""
+        while not sock.poll(200, zmq.POLLOUT):
+            waited = time.time() - start
+            if self.stop.is_set() and waited >= SHUTDOWN_GRACE_SECONDS:
+                raise Stopping()
+            if waited >= self.reconnect_seconds:
+                raise LearnerGone(f"{what}: no learner connected")
+
+    def _dealer(self) -> zmq.Socket:
+        """A control-socket connection. With IMMEDIATE set a DEALER send blocks while no
+        learner is connected, so sends are bounded: a vanished learner must surface as
+        LearnerGone (reconnect) and never hang the generator or its shutdown."""
+        sock = self.factory.socket(zmq.DEALER, server=False)
+        sock.setsockopt(zmq.SNDTIMEO, int(self.reconnect_seconds * 1000))
+        sock.connect(self.learner)
+        return sock
+
+    def _heartbeats(self) -> None:
+        sock = self._dealer()
+        # A beat is skipped, never waited for, while no learner is connected: a send blocked
+        # for reconnect_seconds would hold up the shutdown that joins this thread.
+        sock.setsockopt(zmq.SNDTIMEO, int(self.heartbeat_seconds * 1000))
+        try:
+            while not self._hb_stop.wait(self.heartbeat_seconds):
+                with self._held_lock:
+                    held = sorted(self._held)
+                if not sock.poll(200, zmq.POLLOUT):
+                    continue  # the main loop notices the learner is gone and reconnects
+                try:
+                    send(sock, Heartbeat(self.generator_id, self.backend.version, held))
+                except zmq.Again:
+                    continue  # the main loop notices the learner is gone and reconnects
+                if sock.poll(int(self.heartbeat_seconds * 1000)):
+                    sock.recv_multipart()
+        finally:
+            sock.close(linger=0)
+
+
+def announcement_of(welcome: Welcome) -> WeightsAnnouncement:
+    """The latest version a Welcome describes, as if it had been announced."""
+    return WeightsAnnouncement(
+        welcome.weights_version,
+        welcome.weights_digest,
+        welcome.weights_size,
+        welcome.weights_chunks,
+        welcome.weights_path,
+    )
