@@ -155,7 +155,8 @@ class LeaseRequest(Message):
 
 @message("lease")
 class Lease(Message):
-    """One prompt group to generate, returned with `lease_id` before `deadline` (unix seconds)."""
+    """One prompt group to generate, returned with `lease_id` before `deadline` (unix seconds):
+    `group_size` samples of `prompt_ids`, drawn as `sampling` says."""
 
     lease_id: int
     prompt_ids: NDArray[np.int32]
