@@ -46,15 +46,6 @@ TARGETS = {
 }
 
 
-def _pair(ctx: zmq.Context, a: int, b: int) -> tuple[zmq.Socket, zmq.Socket]:
-    factory = SocketFactory(context=ctx)
-    server = factory.socket(a, server=True)
-    port = server.bind_to_random_port("tcp://127.0.0.1")
-    client = factory.socket(b, server=False)
-    client.connect(f"tcp://127.0.0.1:{port}")
-    return server, client
-
-
 def _rollout_group(g: int = 8, t: int = 1000, seed: int = 0) -> RolloutGroup:
     rng = np.random.default_rng(seed)
     n = g * t

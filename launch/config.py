@@ -12,38 +12,20 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, Field, ValidationError, model_validator
 
 from asyncrl.buffer.config import BufferConfig
 from asyncrl.generators.config import GeneratorConfig
 from asyncrl.launch.tiny import TinyTaskConfig
 from asyncrl.learner.loss_config import AdvantageConfig, ObjectiveConfig
 from asyncrl.learner.rewards import RewardConfig
+from asyncrl.protocol.settings import ModelConfig, SamplingConfig, SecurityConfig
+from asyncrl.protocol.settings import StrictModel as _Strict
 
 PRESETS_DIR = Path(__file__).parent / "presets"
 # Largest `learner.weight_chunk_bytes`: glibc's largest heap block on 64-bit; larger ones are
 # mapped afresh for every received chunk (see generators.weights.keep_chunk_memory).
 MAX_WEIGHT_CHUNK_BYTES = 32 << 20
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
-
-class ModelConfig(_Strict):
-    path: str | None = Field(
-        None,
-        description="Hugging Face model directory (local path). Empty: build and use the "
-        "embedded tiny model (see `tiny`).",
-    )
-    dtype: Literal["float32", "bfloat16", "float16"] = Field(
-        "float32",
-        description="Parameter/compute dtype of learner and hf generators. bfloat16 "
-        "needs a GPU with bf16 support.",
-    )
-    device: Literal["auto", "cpu", "cuda"] = Field(
-        "auto", description="Where learner and hf generators run; auto = cuda if available."
-    )
 
 
 class DataConfig(_Strict):
@@ -61,21 +43,6 @@ class DataConfig(_Strict):
     answer_field: str = Field("answer", description="Row field holding the ground truth.")
     eval_size: int = Field(256, ge=1, description="At most this many held-out rows are scored.")
     shuffle_seed: int = Field(0, description="Seed of the per-epoch prompt order.")
-
-
-class SamplingConfig(_Strict):
-    group_size: int = Field(8, ge=1, le=1024, description="Completions per prompt (G).")
-    temperature: float = Field(
-        1.0, gt=0.0, description="Sampling temperature; the learner scores with the same value."
-    )
-    top_p: float = Field(1.0, gt=0.0, le=1.0, description="Nucleus truncation; 1 = off.")
-    top_k: int = Field(0, ge=0, description="Top-k truncation; 0 = off.")
-    max_new_tokens: int = Field(8, ge=1, description="Response length limit in tokens.")
-    stop: list[str] = Field(
-        default_factory=list,
-        description="Stop strings besides EOS: a sample ends (finish reason 'stop') with the "
-        "token that completes one; that token is kept so logprobs stay aligned.",
-    )
 
 
 class TrainConfig(_Strict):
@@ -190,18 +157,6 @@ class LearnerConfig(_Strict):
     weights_dir: str | None = Field(
         None,
         description="Shared directory for the disk transport (same path on every host).",
-    )
-
-
-class SecurityConfig(_Strict):
-    curve_dir: str | None = Field(
-        None,
-        description="CurveZMQ key directory from `asyncrl keys`; set = every socket is "
-        "encrypted and only generators holding an allowed client key may lease, push rollouts "
-        "or receive weights. Empty = no authentication (trusted networks only).",
-    )
-    client_name: str = Field(
-        "client", description="Which client key pair (NAME.key_secret) a generator uses."
     )
 
 

@@ -11,7 +11,6 @@ import json
 import logging
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -20,14 +19,9 @@ import urllib.request
 from pathlib import Path
 
 from asyncrl.launch.config import AsyncRLConfig, dump_config
+from asyncrl.protocol.sockets import free_port
 
 logger = logging.getLogger(__name__)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _cmd(role: str, config_path: Path, log_level: str, extra: list[str]) -> list[str]:

@@ -15,6 +15,7 @@ each side resolves with `getattr(torch, name)`.
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import struct
@@ -86,6 +87,15 @@ class Checksum:
         return f"xxh3:{self._h.hexdigest()}"
 
 
+def _element_count(name: str, shape) -> int:
+    """Elements of a tensor of `shape`: a list (or tuple) of non-negative ints, nothing else,
+    so a hostile header can neither raise an unexpected error nor cancel signs into a size
+    that matches its byte range."""
+    if not isinstance(shape, (list, tuple)) or not all(type(d) is int and d >= 0 for d in shape):
+        raise BlobError(f"{name}: shape {str(shape)[:64]} is not a list of sizes")
+    return math.prod(shape)
+
+
 def digest_of(blob: bytes | bytearray | memoryview) -> str:
     """The digest of a whole blob (taken from a `Serialized` that already knows it)."""
     if isinstance(blob, Serialized) and blob.digest:
@@ -104,10 +114,7 @@ def encode_header(entries: dict[str, tuple[str, list[int]]]) -> tuple[bytes, dic
     for name, (tag, shape) in entries.items():
         if tag not in DTYPE_TAGS:
             raise BlobError(f"{name}: unsupported dtype tag {tag}")
-        count = 1
-        for d in shape:
-            count *= int(d)
-        nbytes = count * DTYPE_TAGS[tag][1]
+        nbytes = _element_count(name, shape) * DTYPE_TAGS[tag][1]
         header[name] = {
             "dtype": tag,
             "shape": list(shape),
@@ -142,11 +149,11 @@ def decode_header(blob) -> tuple[dict, int]:
             tag, shape, (begin, end) = meta["dtype"], meta["shape"], meta["data_offsets"]
         except (TypeError, KeyError, ValueError):
             raise BlobError(f"{name}: malformed header entry") from None
-        if tag not in DTYPE_TAGS:
-            raise BlobError(f"{name}: unsupported dtype {tag}")
-        count = 1
-        for d in shape:
-            count *= int(d)
+        if not isinstance(tag, str) or tag not in DTYPE_TAGS:
+            raise BlobError(f"{name}: unsupported dtype {str(tag)[:16]}")
+        count = _element_count(name, shape)
+        if type(begin) is not int or type(end) is not int:
+            raise BlobError(f"{name}: data offsets are not integers")
         fits = 0 <= begin <= end and base + end <= len(blob)
         if not fits or end - begin != count * DTYPE_TAGS[tag][1]:
             raise BlobError(f"{name}: data offsets do not match its shape")
@@ -164,15 +171,20 @@ def write_version_dir(root: str, version: int, blob, model_path: str, keep: int 
     final = version_dir(root, version)
     tmp = base / f".v{version}.{os.getpid()}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    for name in ("config.json", "generation_config.json"):
-        src = Path(model_path) / name
-        if src.exists():
-            shutil.copy(src, tmp / name)
-    with open(tmp / "model.safetensors", "wb") as f:
-        f.write(blob)
-        f.flush()
-        os.fsync(f.fileno())
+    try:
+        tmp.mkdir()
+        for name in ("config.json", "generation_config.json"):
+            src = Path(model_path) / name
+            if src.exists():
+                shutil.copy(src, tmp / name)
+        with open(tmp / "model.safetensors", "wb") as f:
+            f.write(blob)
+            f.flush()
+            os.fsync(f.fileno())
+    except BaseException:
+        # A full disk is the usual cause: leave no half-written copy behind to fill it more.
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
     versions = sorted(

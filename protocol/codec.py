@@ -1,9 +1,11 @@
 """Encode and decode wire messages as ZeroMQ multipart frames.
 
-Frame 0 is a msgpack header: `{"v": schema, "t": type, "f": scalar fields, "a": [[name, dtype,
+Frame 0 is a msgpack header: `{"v": schema, "t": type, "f": header fields, "a": [[name, dtype,
 shape], ...]}`; each array listed in "a" follows as one raw frame, decoded with
-`numpy.frombuffer` without copying. No pickle, no msgpack ext types, explicit size limits:
-a hostile frame can cost at most the bytes it occupies.
+`numpy.frombuffer` without copying. A header field declared as a pydantic model travels as a
+map and is validated by that model (strict types, its bounds, extra keys refused). No pickle,
+no msgpack ext types, explicit size limits: a hostile frame can cost at most the bytes it
+occupies.
 
 Every decoding failure raises `ProtocolError` with a short, bounded `reason` that the receiver
 uses as a metric label.
@@ -13,10 +15,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 import msgpack
 import numpy as np
+from pydantic import BaseModel, ValidationError
 
 from asyncrl.protocol.messages import MESSAGE_TYPES, SCHEMA_VERSION, Message
 
@@ -48,12 +51,13 @@ _DTYPES = {"int32", "float32", "uint8"}
 
 def encode(msg: Message) -> list:
     """Return the multipart frames for `msg` (header bytes, then one buffer per array)."""
-    header_fields = {}
-    for name in msg.FIELDS:
-        header_fields[name] = getattr(msg, name)
+    schema = msg.SCHEMA
+    header_fields = {name: getattr(msg, name) for name in schema.scalars}
+    for name, model in schema.models.items():
+        header_fields[name] = _dump_model(name, getattr(msg, name), model)
     arrays_meta = []
     frames: list = [None]
-    for name, dtype in msg.ARRAYS.items():
+    for name, dtype in schema.arrays.items():
         value = getattr(msg, name)
         if value is None:
             continue
@@ -64,6 +68,15 @@ def encode(msg: Message) -> list:
     header = {"v": SCHEMA_VERSION, "t": msg.TYPE, "f": header_fields, "a": arrays_meta}
     frames[0] = msgpack.packb(header, use_bin_type=True)
     return frames
+
+
+def _dump_model(name: str, value, model: type[BaseModel]) -> dict:
+    """The map for a model field. An instance of a subclass (the `sampling` config section for
+    a lease's `SamplingParams`) sends only the declared model's fields: the receiver refuses
+    extra keys."""
+    if not isinstance(value, model):
+        raise TypeError(f"{name} must be a {model.__name__}, not {type(value).__name__}")
+    return value.model_dump(mode="json", include=set(model.model_fields))
 
 
 def _refuse_ext(code, data):
@@ -84,6 +97,23 @@ def _check_scalar(name: str, value, types: tuple[type, ...]) -> None:
         raise ProtocolError("field", f"{name} has type {type(value).__name__}")
     if isinstance(value, float) and not math.isfinite(value):
         raise ProtocolError("field", f"{name} is not finite")
+
+
+def _load_model(name: str, value, model: type[BaseModel]) -> BaseModel:
+    """Validate a model field's map strictly: no coercion (a string is not a number), the
+    model's bounds, no extra keys, and, as for every header float, finite numbers only."""
+    if not isinstance(value, dict):
+        raise ProtocolError("field", f"{name} has type {type(value).__name__}")
+    for key, item in value.items():
+        nested = item if isinstance(item, list) else [item]
+        if any(isinstance(x, float) and not math.isfinite(x) for x in nested):
+            raise ProtocolError("field", f"{name}.{key[:32]} is not finite")
+    try:
+        return model.model_validate(value, strict=True)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])[:64]
+        raise ProtocolError("field", f"{name}.{where}: {first['msg'][:96]}") from None
 
 
 def decode(frames: Sequence, limits: DecodeLimits = DEFAULT_LIMITS) -> Message:
@@ -125,18 +155,22 @@ def decode(frames: Sequence, limits: DecodeLimits = DEFAULT_LIMITS) -> Message:
     if not isinstance(raw_fields, dict) or not isinstance(arrays_meta, list):
         raise ProtocolError("header", "missing f or a")
 
+    schema = cls.SCHEMA
     kwargs = {}
-    for name, types in cls.FIELDS.items():
+    for name in schema.header_fields:
         if name not in raw_fields:
-            if _has_default(cls, name):
+            if name in schema.optional:
                 continue
             raise ProtocolError("field", f"missing {name}")
         value = raw_fields[name]
-        _check_scalar(name, value, types)
+        if name in schema.models:
+            kwargs[name] = _load_model(name, value, schema.models[name])
+            continue
+        _check_scalar(name, value, schema.scalars[name])
         if isinstance(value, list) and not all(isinstance(x, (int, str)) for x in value):
             raise ProtocolError("field", f"{name} has nested values")
         kwargs[name] = value
-    if set(raw_fields) - set(cls.FIELDS):
+    if set(raw_fields).difference(schema.header_fields):
         raise ProtocolError("field", "unknown field")
 
     if len(arrays_meta) != len(frames) - 1:
@@ -145,9 +179,9 @@ def decode(frames: Sequence, limits: DecodeLimits = DEFAULT_LIMITS) -> Message:
         if not (isinstance(meta, list) and len(meta) == 3):
             raise ProtocolError("array", "bad descriptor")
         name, dtype, shape = meta
-        if name not in cls.ARRAYS or name in kwargs:
+        if name not in schema.arrays or name in kwargs:
             raise ProtocolError("array", f"unexpected array {str(name)[:32]}")
-        if dtype != cls.ARRAYS[name] or dtype not in _DTYPES:
+        if dtype != schema.arrays[name] or dtype not in _DTYPES:
             raise ProtocolError("array", f"{name} has dtype {str(dtype)[:16]}")
         if (
             not isinstance(shape, list)
@@ -161,16 +195,7 @@ def decode(frames: Sequence, limits: DecodeLimits = DEFAULT_LIMITS) -> Message:
         if expected > limits.max_array_bytes or len(buf) != expected:
             raise ProtocolError("array", f"{name} size mismatch")
         kwargs[name] = np.frombuffer(buf, dtype=dtype).reshape(shape)
-    for name in cls.ARRAYS:
-        if name not in kwargs and not _has_default(cls, name):
+    for name in schema.arrays:
+        if name not in kwargs and name not in schema.optional:
             raise ProtocolError("array", f"missing {name}")
     return cls(**kwargs)
-
-
-def _has_default(cls: type[Message], name: str) -> bool:
-    from dataclasses import MISSING
-
-    for f in fields(cls):
-        if f.name == name:
-            return f.default is not MISSING or f.default_factory is not MISSING
-    return False

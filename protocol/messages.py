@@ -1,31 +1,113 @@
 """Wire message types exchanged between the learner hub and generators.
 
-Each message is a plain dataclass. Scalar fields travel in the msgpack header; numpy arrays
-travel as separate raw frames (see `protocol.codec`). `FIELDS` and `ARRAYS` on each class are
-the schema the codec validates against, so adding a field means touching one place.
+Each message is a dataclass declared once, by its annotations: `@message("name")` derives the
+wire schema from them (`Message.SCHEMA`), which `protocol.codec` validates against. Scalars
+(`int`, `float`, `str`, `bool`, `list`) travel in the msgpack header; a pydantic model travels
+there as a map and is validated by that model on decode; numpy arrays (`NDArray[dtype]`, the
+dtype being the one allowed on the wire) travel as separate raw frames. Adding a field means
+writing one annotation.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import types
+import typing
 from dataclasses import dataclass, field
 from typing import ClassVar
 
 import numpy as np
+from numpy.typing import NDArray
+from pydantic import BaseModel
 
-SCHEMA_VERSION = 1
+from asyncrl.protocol.settings import SamplingParams
+
+SCHEMA_VERSION = 2
+
+# What a scalar annotation accepts on the wire. msgpack writes a float that happens to be
+# integral as it was given, so float fields take ints too.
+_SCALAR_TYPES: dict[type, tuple[type, ...]] = {
+    int: (int,),
+    float: (float, int),
+    str: (str,),
+    bool: (bool,),
+    list: (list,),
+}
 
 
-@dataclass
+@dataclass(frozen=True)
+class Schema:
+    """The wire form of one message type, derived from its dataclass fields.
+
+    `scalars`: header field -> accepted Python types; `models`: header field -> the pydantic
+    model its map is validated with; `arrays`: frame field -> its only accepted dtype;
+    `optional`: fields with a default, which a sender may leave out."""
+
+    scalars: dict[str, tuple[type, ...]]
+    models: dict[str, type[BaseModel]]
+    arrays: dict[str, str]
+    optional: frozenset[str]
+
+    @property
+    def header_fields(self) -> tuple[str, ...]:
+        return (*self.scalars, *self.models)
+
+
 class Message:
-    """Base class: `TYPE` names the message on the wire; `FIELDS` maps scalar field -> types;
-    `ARRAYS` maps array field -> allowed dtype."""
+    """Base class of wire messages: `TYPE` names the message on the wire; `SCHEMA` is derived
+    by `@message` from the fields."""
 
     TYPE: ClassVar[str] = ""
-    FIELDS: ClassVar[dict[str, tuple[type, ...]]] = {}
-    ARRAYS: ClassVar[dict[str, str]] = {}
+    SCHEMA: ClassVar[Schema] = Schema({}, {}, {}, frozenset())
 
 
-@dataclass
+MESSAGE_TYPES: dict[str, type[Message]] = {}
+
+
+def _array_dtype(hint) -> str | None:
+    """'int32' for `NDArray[np.int32]` (optionally `| None`), None for any other annotation."""
+    if isinstance(hint, types.UnionType):
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        return _array_dtype(args[0]) if len(args) == 1 else None
+    if typing.get_origin(hint) is not np.ndarray:
+        return None
+    (scalar,) = typing.get_args(typing.get_args(hint)[-1])
+    return np.dtype(scalar).name
+
+
+def message(type_name: str):
+    """Class decorator: make `cls` a dataclass, derive its wire `SCHEMA` from the resolved
+    annotations and register it under `type_name`. An annotation the codec cannot carry is a
+    TypeError at import, never a surprise on the wire."""
+
+    def wrap(cls: type[Message]) -> type[Message]:
+        cls = dataclass(cls)
+        if type_name in MESSAGE_TYPES:
+            raise TypeError(f"message type {type_name!r} is declared twice")
+        hints = typing.get_type_hints(cls)
+        scalars, models, arrays, optional = {}, {}, {}, set()
+        for f in dataclasses.fields(cls):
+            hint = hints[f.name]
+            origin = typing.get_origin(hint) or hint
+            if (dtype := _array_dtype(hint)) is not None:
+                arrays[f.name] = dtype
+            elif isinstance(hint, type) and issubclass(hint, BaseModel):
+                models[f.name] = hint
+            elif origin in _SCALAR_TYPES:
+                scalars[f.name] = _SCALAR_TYPES[origin]
+            else:
+                raise TypeError(f"{cls.__name__}.{f.name}: no wire form for {hint!r}")
+            if f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING:
+                optional.add(f.name)
+        cls.TYPE = type_name
+        cls.SCHEMA = Schema(scalars, models, arrays, frozenset(optional))
+        MESSAGE_TYPES[type_name] = cls
+        return cls
+
+    return wrap
+
+
+@message("hello")
 class Hello(Message):
     """First message of a generator; the reply is a `Welcome`."""
 
@@ -33,11 +115,8 @@ class Hello(Message):
     backend: str
     version: int
 
-    TYPE: ClassVar[str] = "hello"
-    FIELDS: ClassVar = {"generator_id": (str,), "backend": (str,), "version": (int,)}
 
-
-@dataclass
+@message("welcome")
 class Welcome(Message):
     """Reply to `Hello`: what the generator needs to start, including the latest weights."""
 
@@ -54,24 +133,8 @@ class Welcome(Message):
     lease_seconds: float = 0.0  # lease duration before heartbeats; 0 = not announced
     nccl: bool = False  # the learner broadcasts weights to servers that join a group (NcclJoin)
 
-    TYPE: ClassVar[str] = "welcome"
-    FIELDS: ClassVar = {
-        "learner_version": (int,),
-        "weights_version": (int,),
-        "weights_digest": (str,),
-        "weights_size": (int,),
-        "weights_chunks": (int,),
-        "heartbeat_seconds": (float, int),
-        "vocab_size": (int,),
-        "rollouts_port": (int,),
-        "weights_port": (int,),
-        "weights_path": (str,),
-        "lease_seconds": (float, int),
-        "nccl": (bool,),
-    }
 
-
-@dataclass
+@message("heartbeat")
 class Heartbeat(Message):
     """Periodic liveness signal; lists the leases the generator still works on."""
 
@@ -79,11 +142,8 @@ class Heartbeat(Message):
     version: int
     lease_ids: list[int] = field(default_factory=list)
 
-    TYPE: ClassVar[str] = "heartbeat"
-    FIELDS: ClassVar = {"generator_id": (str,), "version": (int,), "lease_ids": (list,)}
 
-
-@dataclass
+@message("lease_request")
 class LeaseRequest(Message):
     """Ask for one prompt group. `version` is the weights version the generator holds: the gate
     uses it, so a generator that has not loaded recent weights cannot take work it would make
@@ -92,43 +152,22 @@ class LeaseRequest(Message):
     generator_id: str
     version: int
 
-    TYPE: ClassVar[str] = "lease_request"
-    FIELDS: ClassVar = {"generator_id": (str,), "version": (int,)}
 
-
-@dataclass
+@message("lease")
 class Lease(Message):
-    """One prompt group to generate, returned with `lease_id` before `deadline` (unix seconds)."""
+    """One prompt group to generate, returned with `lease_id` before `deadline` (unix seconds):
+    `group_size` samples of `prompt_ids`, drawn as `sampling` says."""
 
     lease_id: int
-    prompt_ids: np.ndarray
+    prompt_ids: NDArray[np.int32]
     group_size: int
-    temperature: float
-    top_p: float
-    top_k: int
-    max_new_tokens: int
+    sampling: SamplingParams
     deadline: float
     issued_version: int
     greedy_baseline: bool = False
-    stop: list[str] = field(default_factory=list)  # stop strings (besides EOS)
-
-    TYPE: ClassVar[str] = "lease"
-    FIELDS: ClassVar = {
-        "lease_id": (int,),
-        "group_size": (int,),
-        "temperature": (float, int),
-        "top_p": (float, int),
-        "top_k": (int,),
-        "max_new_tokens": (int,),
-        "deadline": (float, int),
-        "issued_version": (int,),
-        "greedy_baseline": (bool,),
-        "stop": (list,),
-    }
-    ARRAYS: ClassVar = {"prompt_ids": "int32"}
 
 
-@dataclass
+@message("lease_denied")
 class LeaseDenied(Message):
     """No lease now: `reason` is `gate` (staleness limit), `exhausted` (dataset done) or
     `version` (the generator must load newer weights first)."""
@@ -137,32 +176,23 @@ class LeaseDenied(Message):
     retry_after: float
     learner_version: int
 
-    TYPE: ClassVar[str] = "lease_denied"
-    FIELDS: ClassVar = {"reason": (str,), "retry_after": (float, int), "learner_version": (int,)}
 
-
-@dataclass
+@message("lease_return")
 class LeaseReturn(Message):
     """A generator gives a lease back unfinished (shutdown); it is re-issued at once."""
 
     generator_id: str
     lease_ids: list[int]
 
-    TYPE: ClassVar[str] = "lease_return"
-    FIELDS: ClassVar = {"generator_id": (str,), "lease_ids": (list,)}
 
-
-@dataclass
+@message("ack")
 class Ack(Message):
     """Generic reply to heartbeats and lease returns; carries the learner's version."""
 
     learner_version: int
 
-    TYPE: ClassVar[str] = "ack"
-    FIELDS: ClassVar = {"learner_version": (int,)}
 
-
-@dataclass
+@message("rollout_group")
 class RolloutGroup(Message):
     """G completions of one leased prompt, flattened: sample i's tokens are
     `tokens[offsets[i]:offsets[i]+lengths[i]]`, with `logprobs` and `versions` aligned to them.
@@ -170,28 +200,13 @@ class RolloutGroup(Message):
 
     lease_id: int
     generator_id: str
-    tokens: np.ndarray  # int32 [sum(lengths)]
-    logprobs: np.ndarray  # float32 [sum(lengths)], behaviour logprob of each sampled token
-    versions: np.ndarray  # int32 [sum(lengths)], weights version that sampled each token
-    lengths: np.ndarray  # int32 [G]
+    tokens: NDArray[np.int32]  # [sum(lengths)]
+    logprobs: NDArray[np.float32]  # [sum(lengths)], behaviour logprob of each sampled token
+    versions: NDArray[np.int32]  # [sum(lengths)], weights version that sampled each token
+    lengths: NDArray[np.int32]  # [G]
     finish_reasons: list[str]
     generate_seconds: float
-    baseline_tokens: np.ndarray | None = None  # int32, the greedy sample (remax) if asked
-
-    TYPE: ClassVar[str] = "rollout_group"
-    FIELDS: ClassVar = {
-        "lease_id": (int,),
-        "generator_id": (str,),
-        "finish_reasons": (list,),
-        "generate_seconds": (float, int),
-    }
-    ARRAYS: ClassVar = {
-        "tokens": "int32",
-        "logprobs": "float32",
-        "versions": "int32",
-        "lengths": "int32",
-        "baseline_tokens": "int32",
-    }
+    baseline_tokens: NDArray[np.int32] | None = None  # the greedy sample (remax) if asked
 
     @property
     def group_size(self) -> int:
@@ -208,7 +223,7 @@ class RolloutGroup(Message):
         return int(self.versions.min()) if self.versions.size else -1
 
 
-@dataclass
+@message("weights_announcement")
 class WeightsAnnouncement(Message):
     """Published on the weights PUB socket whenever a new version can be fetched. An empty
     `digest` means the version is announced as its serialisation starts (zmq transport):
@@ -220,28 +235,16 @@ class WeightsAnnouncement(Message):
     chunks: int
     path: str = ""  # disk transport: a directory on shared storage holding this version
 
-    TYPE: ClassVar[str] = "weights_announcement"
-    FIELDS: ClassVar = {
-        "version": (int,),
-        "digest": (str,),
-        "size": (int,),
-        "chunks": (int,),
-        "path": (str,),
-    }
 
-
-@dataclass
+@message("weights_request")
 class WeightsRequest(Message):
     """Fetch one chunk of a published version over the control socket."""
 
     version: int
     index: int
 
-    TYPE: ClassVar[str] = "weights_request"
-    FIELDS: ClassVar = {"version": (int,), "index": (int,)}
 
-
-@dataclass
+@message("weights_chunk")
 class WeightsChunk(Message):
     """One chunk of serialized weights; `data` is empty with `missing=True` when the version
     is no longer held (the generator then waits for the next announcement). The last chunk
@@ -249,16 +252,12 @@ class WeightsChunk(Message):
 
     version: int
     index: int
-    data: np.ndarray  # uint8
+    data: NDArray[np.uint8]
     missing: bool = False
     digest: str = ""
 
-    TYPE: ClassVar[str] = "weights_chunk"
-    FIELDS: ClassVar = {"version": (int,), "index": (int,), "missing": (bool,), "digest": (str,)}
-    ARRAYS: ClassVar = {"data": "uint8"}
 
-
-@dataclass
+@message("nccl_join")
 class NcclJoin(Message):
     """Ask for a weight-update group for this generator's server (`world_size` = 1 + its
     tensor-parallel ranks); a generator that joins again gets a fresh group."""
@@ -266,11 +265,8 @@ class NcclJoin(Message):
     generator_id: str
     world_size: int
 
-    TYPE: ClassVar[str] = "nccl_join"
-    FIELDS: ClassVar = {"generator_id": (str,), "world_size": (int,)}
 
-
-@dataclass
+@message("nccl_group")
 class NcclGroup(Message):
     """Where the group meets: the server joins it with rank offset 1 while the learner joins
     as rank 0. `error` says why none was made (no NCCL transport offered)."""
@@ -281,17 +277,8 @@ class NcclGroup(Message):
     backend: str
     error: str = ""
 
-    TYPE: ClassVar[str] = "nccl_group"
-    FIELDS: ClassVar = {
-        "address": (str,),
-        "port": (int,),
-        "group_name": (str,),
-        "backend": (str,),
-        "error": (str,),
-    }
 
-
-@dataclass
+@message("nccl_pull")
 class NcclPull(Message):
     """Broadcast `version` into my group; the reply is an `NcclPlan`."""
 
@@ -299,11 +286,8 @@ class NcclPull(Message):
     version: int
     group_name: str
 
-    TYPE: ClassVar[str] = "nccl_pull"
-    FIELDS: ClassVar = {"generator_id": (str,), "version": (int,), "group_name": (str,)}
 
-
-@dataclass
+@message("nccl_plan")
 class NcclPlan(Message):
     """The buckets the learner is about to broadcast, in order, flattened for the wire:
     bucket i holds the next `counts[i]` tensors of `names`/`dtypes` (torch names), tensor j
@@ -319,19 +303,6 @@ class NcclPlan(Message):
     counts: list = field(default_factory=list)
     missing: bool = False
     reason: str = ""
-
-    TYPE: ClassVar[str] = "nccl_plan"
-    FIELDS: ClassVar = {
-        "version": (int,),
-        "digest": (str,),
-        "names": (list,),
-        "dtypes": (list,),
-        "ranks": (list,),
-        "dims": (list,),
-        "counts": (list,),
-        "missing": (bool,),
-        "reason": (str,),
-    }
 
     def buckets(self) -> list[tuple[list[str], list[str], list[list[int]]]]:
         """(names, dtypes, shapes) per bucket; ValueError when the fields disagree."""
@@ -349,26 +320,3 @@ class NcclPlan(Message):
             out.append((self.names[t : t + c], self.dtypes[t : t + c], shapes[t : t + c]))
             t += c
         return out
-
-
-MESSAGE_TYPES: dict[str, type[Message]] = {
-    cls.TYPE: cls
-    for cls in (
-        Hello,
-        Welcome,
-        Heartbeat,
-        LeaseRequest,
-        Lease,
-        LeaseDenied,
-        LeaseReturn,
-        Ack,
-        RolloutGroup,
-        WeightsAnnouncement,
-        WeightsRequest,
-        WeightsChunk,
-        NcclJoin,
-        NcclGroup,
-        NcclPull,
-        NcclPlan,
-    )
-}

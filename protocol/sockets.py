@@ -15,6 +15,7 @@ import zmq
 
 from asyncrl.protocol.codec import DEFAULT_LIMITS, DecodeLimits, decode, encode
 from asyncrl.protocol.messages import Message
+from asyncrl.protocol.settings import SecurityConfig
 
 logger = logging.getLogger(__name__)
 
@@ -58,7 +59,7 @@ def load_curve_keys(key_dir: str, role: str, client_name: str = "client") -> Cur
     return CurveKeys(public, secret, server_public=server_public)
 
 
-def setup_socket_factory(security, role: str) -> SocketFactory:
+def setup_socket_factory(security: SecurityConfig, role: str) -> SocketFactory:
     """The factory for a role from `SecurityConfig` (plain sockets when no key dir is set)."""
     if not security.curve_dir:
         return SocketFactory()

@@ -5,7 +5,6 @@ engine undoes DeepSpeed's averaging)."""
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from asyncrl.protocol.sockets import free_port
 from tests.integration.conftest import REPO
 
 WORKER = Path(__file__).with_name("dist_worker.py")
@@ -23,13 +23,6 @@ def tiny_model(tiny_causal_lm) -> str:
     return tiny_causal_lm
 
 
-def free_port() -> int:
-    # torchrun's static rendezvous does not resolve port 0 for the workers: pick one.
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def train(model: str, out: Path, world: int, overrides: list[str]) -> dict:
     cmd = [sys.executable, str(WORKER), "--model", model, "--out", str(out), *overrides]
     if world > 1:
@@ -38,6 +31,7 @@ def train(model: str, out: Path, world: int, overrides: list[str]) -> dict:
             "-m",
             "torch.distributed.run",
             f"--nproc-per-node={world}",
+            # torchrun's static rendezvous does not resolve port 0 for the workers: pick one.
             f"--master-port={free_port()}",
             *cmd[1:],
         ]

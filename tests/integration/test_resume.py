@@ -11,24 +11,21 @@ from __future__ import annotations
 
 import json
 import signal
-import socket
 import subprocess
 import time
 from pathlib import Path
 
+from asyncrl.protocol.sockets import free_port
 from tests.integration.conftest import next_event, scrape, start_cli
 
 STEPS, ETA, B = 30, 2, 4
 
 
 def _free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
+    ports: set[int] = set()
+    while len(ports) < n:  # the OS may hand out a port it just gave again: keep them distinct
+        ports.add(free_port())
+    return sorted(ports)
 
 
 def _version(metrics_url: str) -> float:

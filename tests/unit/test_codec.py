@@ -5,7 +5,16 @@ import numpy as np
 import pytest
 
 from asyncrl.protocol.codec import DecodeLimits, ProtocolError, decode, encode
-from asyncrl.protocol.messages import Lease, LeaseRequest, RolloutGroup, WeightsChunk
+from asyncrl.protocol.messages import (
+    MESSAGE_TYPES,
+    Lease,
+    LeaseRequest,
+    Message,
+    RolloutGroup,
+    WeightsChunk,
+    message,
+)
+from asyncrl.protocol.settings import SamplingConfig, SamplingParams
 
 
 def _group(**kw):
@@ -46,11 +55,76 @@ def test_scalar_only_message_round_trip():
     assert out == LeaseRequest("gen-1", 12)
 
 
+def _lease(**kw):
+    base = dict(
+        lease_id=1,
+        prompt_ids=np.array([1, 2, 3], np.int32),
+        group_size=8,
+        sampling=SamplingParams(temperature=1.0, top_p=1.0, top_k=0, max_new_tokens=16),
+        deadline=123.5,
+        issued_version=2,
+    )
+    base.update(kw)
+    return Lease(**base)
+
+
 def test_lease_round_trip_with_defaults():
-    lease = Lease(1, np.array([1, 2, 3], np.int32), 8, 1.0, 1.0, 0, 16, 123.5, 2)
-    out = decode(_frames(lease))
+    out = decode(_frames(_lease()))
     assert out.greedy_baseline is False
     np.testing.assert_array_equal(out.prompt_ids, [1, 2, 3])
+
+
+def test_lease_sampling_round_trip():
+    sampling = SamplingParams(temperature=0.7, top_p=0.9, top_k=5, max_new_tokens=3, stop=["\n"])
+    out = decode(_frames(_lease(sampling=sampling)))
+    assert isinstance(out.sampling, SamplingParams) and out.sampling == sampling
+    # The config section is a SamplingParams plus group_size: a lease built from it carries
+    # only the five per-request settings, so the receiver's extra-key check still holds.
+    section = SamplingConfig(group_size=4, temperature=0.5)
+    frames = _frames(_lease(sampling=section))
+    sent = msgpack.unpackb(frames[0], raw=False)["f"]["sampling"]
+    assert sorted(sent) == ["max_new_tokens", "stop", "temperature", "top_k", "top_p"]
+    assert decode(frames).sampling == SamplingParams(temperature=0.5)
+    with pytest.raises(TypeError, match="sampling must be a SamplingParams"):
+        encode(_lease(sampling={"temperature": 1.0}))
+
+
+def _set_sampling(**values):
+    def mutate(header, frames):
+        header["f"]["sampling"].update(values)
+
+    return mutate
+
+
+@pytest.mark.parametrize(
+    "mutate,detail",
+    [
+        # Bounds of SamplingParams: temperature > 0, 0 < top_p <= 1, top_k >= 0, max_new >= 1.
+        (_set_sampling(temperature=0.0), "sampling.temperature"),
+        (_set_sampling(top_p=1.5), "sampling.top_p"),
+        (_set_sampling(top_k=-1), "sampling.top_k"),
+        (_set_sampling(max_new_tokens=0), "sampling.max_new_tokens"),
+        # Strict types: no coercion of strings, floats or bools into numbers.
+        (_set_sampling(max_new_tokens="16"), "sampling.max_new_tokens"),
+        (_set_sampling(top_k=2.0), "sampling.top_k"),
+        (_set_sampling(temperature=True), "sampling.temperature"),
+        (_set_sampling(stop=[1]), "sampling.stop.0"),
+        (_set_sampling(stop="\n"), "sampling.stop"),
+        # Non-finite numbers pass `gt=0` in pydantic; the codec refuses them like any float.
+        (_set_sampling(temperature=float("inf")), "sampling.temperature is not finite"),
+        (_set_sampling(top_p=float("nan")), "sampling.top_p is not finite"),
+        # Extra keys are refused, as on the message itself (a newer sender must bump the schema).
+        (_set_sampling(group_size=8), "sampling.group_size"),
+        (lambda h, f: h["f"].update(sampling=[1.0, 1.0]), "sampling has type list"),
+        (lambda h, f: h["f"].pop("sampling"), "missing sampling"),
+    ],
+)
+def test_hostile_sampling_values_are_a_protocol_error(mutate, detail):
+    frames = _tamper(_lease(), mutate)
+    with pytest.raises(ProtocolError) as exc:
+        decode(frames)
+    assert exc.value.reason == "field"
+    assert exc.value.detail.startswith(detail)
 
 
 def test_empty_array_round_trip():
@@ -105,3 +179,43 @@ def test_garbage_and_limits():
         decode(big, DecodeLimits(max_array_bytes=8))
     with pytest.raises(ProtocolError, match="header"):
         decode(big, DecodeLimits(max_header_bytes=10))
+
+
+def test_schema_is_derived_from_the_annotations():
+    # RolloutGroup declares lease_id: int, generator_id: str, four NDArray fields,
+    # finish_reasons: list[str], generate_seconds: float, baseline_tokens: NDArray | None = None.
+    schema = RolloutGroup.SCHEMA
+    assert schema.scalars == {
+        "lease_id": (int,),
+        "generator_id": (str,),
+        "finish_reasons": (list,),
+        "generate_seconds": (float, int),
+    }
+    assert schema.arrays == {
+        "tokens": "int32",
+        "logprobs": "float32",
+        "versions": "int32",
+        "lengths": "int32",
+        "baseline_tokens": "int32",
+    }
+    assert schema.models == {} and schema.optional == {"baseline_tokens"}
+    assert Lease.SCHEMA.models == {"sampling": SamplingParams}
+    assert Lease.SCHEMA.arrays == {"prompt_ids": "int32"}
+    assert Lease.SCHEMA.optional == {"greedy_baseline"}
+    assert WeightsChunk.SCHEMA.arrays == {"data": "uint8"}
+
+
+def test_a_field_without_wire_form_or_a_second_type_name_fails_at_declaration():
+    with pytest.raises(TypeError, match="Odd.mapping: no wire form"):
+
+        @message("odd")
+        class Odd(Message):
+            mapping: dict[str, int]
+
+    with pytest.raises(TypeError, match="'lease' is declared twice"):
+
+        @message("lease")
+        class Twice(Message):
+            n: int
+
+    assert "odd" not in MESSAGE_TYPES and MESSAGE_TYPES["lease"] is Lease

@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from asyncrl.protocol.codec import DecodeLimits, ProtocolError, decode, encode
 from asyncrl.protocol.messages import (
+    SCHEMA_VERSION,
     Heartbeat,
     Hello,
     Lease,
@@ -20,6 +21,7 @@ from asyncrl.protocol.messages import (
     WeightsChunk,
     WeightsRequest,
 )
+from asyncrl.protocol.settings import SamplingParams
 
 ints = st.integers(min_value=-(2**62), max_value=2**62)
 small = st.integers(min_value=0, max_value=10_000)
@@ -67,10 +69,15 @@ messages = st.one_of(
             lambda x: np.array(x, np.int32)
         ),
         group_size=st.integers(1, 64),
-        temperature=floats,
-        top_p=floats,
-        top_k=small,
-        max_new_tokens=small,
+        # Within SamplingParams' bounds: temperature > 0, 0 < top_p <= 1, max_new_tokens >= 1.
+        sampling=st.builds(
+            SamplingParams,
+            temperature=st.floats(0, 1e6, exclude_min=True),
+            top_p=st.floats(0, 1, exclude_min=True),
+            top_k=small,
+            max_new_tokens=st.integers(1, 10_000),
+            stop=st.lists(names, max_size=4),
+        ),
         deadline=floats,
         issued_version=ints,
         greedy_baseline=st.booleans(),
@@ -136,6 +143,40 @@ def test_mutated_frames_only_raise_protocol_error(msg, data):
     assert type(out).TYPE
 
 
+plain_values = st.recursive(
+    st.none() | st.booleans() | ints | st.floats() | names,
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(names, children, max_size=4),
+    max_leaves=12,
+)
+
+
+@SETTINGS
+@given(
+    st.dictionaries(
+        st.sampled_from(["temperature", "top_p", "top_k", "max_new_tokens", "stop"]) | names,
+        plain_values,
+        max_size=6,
+    )
+    | plain_values
+)
+def test_hostile_lease_sampling_only_raises_protocol_error(sampling):
+    # Whatever a learner puts in a lease's sampling map (NaN and inf included), the generator's
+    # decode returns a Lease whose settings are within SamplingParams' bounds, or refuses it.
+    lease = Lease(1, np.zeros(2, np.int32), 2, SamplingParams(), 10.0, 0)
+    frames = [bytes(f) for f in encode(lease)]
+    header = msgpack.unpackb(frames[0], raw=False)
+    header["f"]["sampling"] = sampling
+    frames[0] = msgpack.packb(header, use_bin_type=True)
+    try:
+        out = decode(frames)
+    except ProtocolError as exc:
+        assert exc.reason == "field"
+        return
+    s = out.sampling
+    assert 0 < s.temperature < float("inf") and 0 < s.top_p <= 1
+    assert s.top_k >= 0 and s.max_new_tokens >= 1 and all(isinstance(x, str) for x in s.stop)
+
+
 @SETTINGS
 @given(
     st.recursive(
@@ -156,7 +197,7 @@ def test_arbitrary_msgpack_headers_only_raise_protocol_error(header):
 def test_declared_sizes_beyond_limits_are_refused_before_allocation():
     # A header claiming a 2^40-element array with a tiny frame must fail on the limit check.
     header = {
-        "v": 1,
+        "v": SCHEMA_VERSION,
         "t": "weights_chunk",
         "f": {"version": 1, "index": 0, "missing": False},
         "a": [["data", "uint8", [2**40]]],

@@ -1,0 +1,73 @@
+"""Settings both roles must agree on: the model, the sampling of a lease, the CURVE keys.
+
+They live in `protocol/` because the learner and the generators read them alike and must not
+import each other; `launch.config` composes them into a run's configuration. The per-request
+sampling settings are declared once, in `SamplingParams`: the config section extends it with
+the group size, and a `Lease` carries it on the wire, validated by this same model on decode
+(see `protocol.codec`), so a generator bounds what a learner may ask of it.
+
+No torch here: `protocol/` is imported by every process, including the light ones.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class StrictModel(BaseModel):
+    """Unknown keys refused and assignments validated: a typo in a YAML file, an override or a
+    live `asyncrl ctl set` fails with the field's name instead of being ignored."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(StrictModel):
+    path: str | None = Field(
+        None,
+        description="Hugging Face model directory (local path). Empty: build and use the "
+        "embedded tiny model (see `tiny`).",
+    )
+    dtype: Literal["float32", "bfloat16", "float16"] = Field(
+        "float32",
+        description="Parameter/compute dtype of learner and hf generators. bfloat16 "
+        "needs a GPU with bf16 support.",
+    )
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="Where learner and hf generators run; auto = cuda if available."
+    )
+
+
+class SamplingParams(StrictModel):
+    """How to sample one request: what a lease asks a generator to do."""
+
+    temperature: float = Field(
+        1.0, gt=0.0, description="Sampling temperature; the learner scores with the same value."
+    )
+    top_p: float = Field(1.0, gt=0.0, le=1.0, description="Nucleus truncation; 1 = off.")
+    top_k: int = Field(0, ge=0, description="Top-k truncation; 0 = off.")
+    max_new_tokens: int = Field(8, ge=1, description="Response length limit in tokens.")
+    stop: list[str] = Field(
+        default_factory=list,
+        description="Stop strings besides EOS: a sample ends (finish reason 'stop') with the "
+        "token that completes one; that token is kept so logprobs stay aligned.",
+    )
+
+
+class SamplingConfig(SamplingParams):
+    """The `sampling` section: the settings of every lease, and how many samples it asks for."""
+
+    group_size: int = Field(8, ge=1, le=1024, description="Completions per prompt (G).")
+
+
+class SecurityConfig(StrictModel):
+    curve_dir: str | None = Field(
+        None,
+        description="CurveZMQ key directory from `asyncrl keys`; set = every socket is "
+        "encrypted and only generators holding an allowed client key may lease, push rollouts "
+        "or receive weights. Empty = no authentication (trusted networks only).",
+    )
+    client_name: str = Field(
+        "client", description="Which client key pair (NAME.key_secret) a generator uses."
+    )
