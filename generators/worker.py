@@ -15,7 +15,7 @@ from typing import Literal
 
 import numpy as np
 
-from asyncrl.generators.backends.base import Backend, InflightMode, sampling_params
+from asyncrl.generators.backends.base import Backend, InflightMode
 from asyncrl.generators.metrics import GeneratorMetrics
 from asyncrl.generators.session import LearnerGone, Session, Stopping
 from asyncrl.generators.updates import WeightUpdates
@@ -115,12 +115,12 @@ class GeneratorWorker:
         with self.session.holding(lease):
             t = time.time()
             self.weights.inflight_load_seconds = 0.0
-            samples = self.backend.generate(
-                lease.prompt_ids, lease.group_size, sampling_params(lease)
-            )
+            samples = self.backend.generate(lease.prompt_ids, lease.group_size, lease.sampling)
             baseline = None
             if lease.greedy_baseline:
-                baseline = self.backend.generate_greedy(lease.prompt_ids, lease.max_new_tokens)
+                baseline = self.backend.generate_greedy(
+                    lease.prompt_ids, lease.sampling.max_new_tokens
+                )
             # Generation work only: weight loads in the middle of it are not generating, and
             # the learner reports generate_seconds as the generators' busy time.
             dt = time.time() - t - self.weights.inflight_load_seconds

@@ -14,23 +14,8 @@ from typing import Literal, Protocol
 
 import numpy as np
 
-from asyncrl.protocol.messages import Lease, NcclPlan
-
-
-@dataclass(frozen=True)
-class SamplingParams:
-    temperature: float = 1.0
-    top_p: float = 1.0
-    top_k: int = 0
-    max_new_tokens: int = 64
-    stop: tuple[str, ...] = ()  # generation ends once the decoded response contains one
-
-
-def sampling_params(lease: Lease) -> SamplingParams:
-    """How the learner wants `lease`'s group sampled."""
-    return SamplingParams(
-        lease.temperature, lease.top_p, lease.top_k, lease.max_new_tokens, stop=tuple(lease.stop)
-    )
+from asyncrl.protocol.messages import NcclPlan
+from asyncrl.protocol.settings import SamplingParams
 
 
 @dataclass

@@ -15,8 +15,9 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from asyncrl.generators.backends.base import Capabilities, InflightMode, Sample, SamplingParams
+from asyncrl.generators.backends.base import Capabilities, InflightMode, Sample
 from asyncrl.generators.weights import load_into_model, verify_and_decode
+from asyncrl.protocol.settings import SamplingParams
 
 logger = logging.getLogger(__name__)
 
@@ -160,7 +161,7 @@ class HFBackend:
             )
         return samples
 
-    def _stop_hits(self, tokens: torch.Tensor, stop: tuple[str, ...]) -> torch.Tensor:
+    def _stop_hits(self, tokens: torch.Tensor, stop: list[str]) -> torch.Tensor:
         """Rows whose decoded response so far contains a stop string. Decoding only the last
         few tokens would miss strings split across tokens, so rows are decoded whole; stop
         strings are for short structured answers, not for long chains of thought."""

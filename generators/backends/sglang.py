@@ -34,7 +34,7 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from asyncrl.generators.backends.base import Capabilities, Sample, SamplingParams
+from asyncrl.generators.backends.base import Capabilities, Sample
 from asyncrl.generators.backends.sglang_api import (
     build_generate_request,
     build_init_weights_group_request,
@@ -44,6 +44,7 @@ from asyncrl.generators.backends.sglang_api import (
     parse_version,
 )
 from asyncrl.protocol.blob import write_version_dir
+from asyncrl.protocol.settings import SamplingParams
 
 logger = logging.getLogger(__name__)
 

@@ -23,7 +23,8 @@ import re
 
 import numpy as np
 
-from asyncrl.generators.backends.base import Sample, SamplingParams
+from asyncrl.generators.backends.base import Sample
+from asyncrl.protocol.settings import SamplingParams
 
 FINISH = {"stop": "stop", "length": "length", "abort": "abort"}
 

@@ -234,14 +234,10 @@ class Hub:
             lease_id=got.lease_id,
             prompt_ids=self.prompts.prompts[got.prompt_index].token_ids,
             group_size=s.group_size,
-            temperature=s.temperature,
-            top_p=s.top_p,
-            top_k=s.top_k,
-            max_new_tokens=s.max_new_tokens,
+            sampling=s,  # the codec sends SamplingParams' fields of the section
             deadline=got.deadline,
             issued_version=msg.version,
             greedy_baseline=self.cfg.advantage.name == "remax",
-            stop=list(s.stop),
         )
 
     # ---------------------------------------------------------------- housekeeping

@@ -63,11 +63,14 @@ def _receive(req: dict) -> None:
 def _generate(req: dict) -> list[dict]:
     import numpy as np
 
-    from asyncrl.generators.backends.base import SamplingParams
+    from asyncrl.protocol.settings import SamplingParams
 
     sp = req["sampling_params"]
     params = SamplingParams(
-        sp["temperature"], sp.get("top_p", 1.0), max(0, sp.get("top_k", -1)), sp["max_new_tokens"]
+        temperature=sp["temperature"],
+        top_p=sp.get("top_p", 1.0),
+        top_k=max(0, sp.get("top_k", -1)),
+        max_new_tokens=sp["max_new_tokens"],
     )
     prompt = np.asarray(req["input_ids"][0], np.int32)
     label = STATE["version"] or "default"

@@ -65,16 +65,24 @@ def _reference_logprobs(model_path: str, tensors, prompt: np.ndarray, tokens: np
 
 
 def test_generate_and_update_weights(server):
-    from asyncrl.generators.backends.base import SamplingParams
     from asyncrl.learner.weights import digest_of, serialize_named_tensors
+    from asyncrl.protocol.settings import SamplingParams
 
     backend = server
-    samples = backend.generate(np.array([1, 2, 3], np.int32), 4, SamplingParams(1.0, 1, 0, 8))
+    samples = backend.generate(
+        np.array([1, 2, 3], np.int32),
+        4,
+        SamplingParams(temperature=1.0, top_p=1, top_k=0, max_new_tokens=8),
+    )
     assert len(samples) == 4
     assert all((s.logprobs <= 1e-3).all() and len(s.tokens) >= 1 for s in samples)
     blob = serialize_named_tensors(_params(backend.model_path, 1.0))
     backend.load_weights(blob, digest_of(blob), 1)
-    after = backend.generate(np.array([1, 2, 3], np.int32), 2, SamplingParams(1.0, 1, 0, 8))
+    after = backend.generate(
+        np.array([1, 2, 3], np.int32),
+        2,
+        SamplingParams(temperature=1.0, top_p=1, top_k=0, max_new_tokens=8),
+    )
     assert all((s.versions == 1).all() for s in after)
 
 
@@ -113,7 +121,9 @@ def test_weights_broadcast_into_the_server(server):
             plan = publisher.pull(NcclPull("live", version, group.group_name))
             assert not plan.missing and len(plan.names) >= 1
             backend.update_from_buckets(plan, version, group.group_name)
-            out = backend.generate(prompt, 4, SamplingParams(1.0, 1, 0, 8))
+            out = backend.generate(
+                prompt, 4, SamplingParams(temperature=1.0, top_p=1, top_k=0, max_new_tokens=8)
+            )
             assert all((s.versions == version).all() for s in out)
             # The server samples from what was broadcast: its logprobs are the reference
             # model's under these weights, and not under the other version's. Serving is

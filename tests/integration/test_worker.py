@@ -33,6 +33,7 @@ from asyncrl.protocol.messages import (
     WeightsRequest,
     Welcome,
 )
+from asyncrl.protocol.settings import SamplingParams
 from asyncrl.protocol.sockets import SocketFactory, recv, send
 
 
@@ -111,7 +112,8 @@ class ScriptedLearner:
             if self.issued >= self.leases:
                 return LeaseDenied("gate", 0.05, 0)
             self.issued += 1
-            return Lease(self.issued, np.array([1, 2], np.int32), 2, 1.0, 1.0, 0, 4, 0.0, 0)
+            params = SamplingParams(temperature=1.0, top_p=1.0, top_k=0, max_new_tokens=4)
+            return Lease(self.issued, np.array([1, 2], np.int32), 2, params, 0.0, 0)
         if isinstance(msg, WeightsRequest):
             self.chunk_requests += 1
             pub = self.store.get(msg.version)

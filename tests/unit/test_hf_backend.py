@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from asyncrl.generators.backends.base import SamplingParams
 from asyncrl.generators.backends.hf import HFBackend
 from asyncrl.launch.tiny import CHARS
+from asyncrl.protocol.settings import SamplingParams
 
 PROMPT = np.array([5, 6, 7, 8], np.int32)
 

@@ -13,12 +13,12 @@ import numpy as np
 import pytest
 import torch
 
-from asyncrl.generators.backends.base import SamplingParams
 from asyncrl.generators.backends.hf import HFBackend
 from asyncrl.learner.logprobs import token_logprobs
 from asyncrl.learner.weights import digest_of, serialize_named_tensors
 from asyncrl.protocol.codec import ProtocolError
 from asyncrl.protocol.messages import RolloutGroup
+from asyncrl.protocol.settings import SamplingParams
 from asyncrl.protocol.validate import RolloutLimits, validate_rollout
 
 

@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 import torch
 
-from asyncrl.generators.backends.base import SamplingParams
 from asyncrl.generators.backends.sglang import SGLangBackend, SGLangConfig, SGLangError
 from asyncrl.generators.backends.sglang_api import (
     build_generate_request,
@@ -21,10 +20,15 @@ from asyncrl.generators.backends.sglang_api import (
 )
 from asyncrl.generators.weights import WeightsError
 from asyncrl.learner.weights import digest_of, serialize_named_tensors
+from asyncrl.protocol.settings import SamplingParams
 
 
 def test_generate_request_uses_token_ids_and_logprobs():
-    req = build_generate_request(np.array([5, 6, 7], np.int32), 2, SamplingParams(0.7, 1.0, 0, 16))
+    req = build_generate_request(
+        np.array([5, 6, 7], np.int32),
+        2,
+        SamplingParams(temperature=0.7, top_p=1.0, top_k=0, max_new_tokens=16),
+    )
     assert req == {
         "input_ids": [[5, 6, 7], [5, 6, 7]],
         "sampling_params": {"temperature": 0.7, "top_p": 1.0, "top_k": -1, "max_new_tokens": 16},
