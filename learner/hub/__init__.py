@@ -7,12 +7,3 @@ from asyncrl.learner.hub.groups import GroupData
 from asyncrl.learner.hub.service import Hub
 
 __all__ = ["GroupData", "Hub"]
-
-
-def default_generator_id() -> str:
-    # Kept only until generators/main.py imports its own (issue 14: the roles never import
-    # each other); the lead's merge removes it.
-    import os
-    import socket
-
-    return f"{socket.gethostname()}-{os.getpid()}"
