@@ -28,8 +28,7 @@ from asyncrl.buffer.leases import LeaseRecord, LeaseTable
 from asyncrl.buffer.replay import BufferedGroup, Dropped, ReplayBuffer
 from asyncrl.learner.data import Prompt, PromptSource
 from asyncrl.learner.metrics import LearnerMetrics
-from asyncrl.learner.nccl import NcclPublisher
-from asyncrl.learner.rewards import has_variance
+from asyncrl.learner.rewards import has_variance, setup_reward
 from asyncrl.learner.weights import PublishedWeights, WeightsStore
 from asyncrl.protocol.codec import DecodeLimits, ProtocolError
 from asyncrl.protocol.messages import (
@@ -105,14 +104,13 @@ class Hub:
         cfg,
         prompts: PromptSource,
         tokenizer,
-        reward_fn,
         metrics: LearnerMetrics,
         factory: SocketFactory | None = None,
     ):
         self.cfg = cfg
         self.prompts = prompts
         self.tokenizer = tokenizer
-        self.reward_fn = reward_fn
+        self.reward_fn = setup_reward(cfg.reward)
         self.metrics = metrics
         self.factory = factory or SocketFactory()
         self.eos_id = tokenizer.eos_token_id
@@ -148,11 +146,29 @@ class Hub:
         self.metrics.max_staleness.set(cfg.buffer.max_staleness)
         self.endpoints: dict[str, str] = {}
         self.weights_path = ""
-        self.nccl: NcclPublisher | None = None  # set by `serve_nccl` (nccl transport)
+        self.nccl = None  # set by `attach_nccl` (nccl transport)
 
-    def serve_nccl(self, device: str) -> None:
-        """Offer the nccl transport, broadcasting from `device` (the engine's)."""
-        self.nccl = NcclPublisher(self.cfg, self.weights, self.metrics, device)
+    def attach_nccl(self, publisher) -> None:
+        """Offer the nccl transport: `publisher` answers NcclJoin / NcclPull and forgets
+        silent generators' channels (the learner closes it after `stop`)."""
+        self.nccl = publisher
+
+    def spare_buffer(self) -> bytearray | None:
+        return self.weights.spare()
+
+    def stats(self) -> dict:
+        """What the learner reports about intake and consumption."""
+        with self._lock:
+            return {
+                "accepted": self.gate.accepted,
+                "in_flight": self.gate.in_flight,
+                "waiting": len(self.buffer),
+                "consumed": self.consumed,
+                "staleness_seen_max": self.staleness_seen_max,
+                "staleness_counts": dict(self.staleness_counts),
+                "generators_seen": sorted(self.lease_generators),
+                "generation_capacity": self.generation_capacity(),
+            }
 
     # ---------------------------------------------------------------- lifecycle
     def start(self) -> None:
@@ -192,8 +208,6 @@ class Hub:
             self._thread.join(timeout=10)
         for s in (self.control, self.rollouts, self.pub, self._wake_rx, self._wake_tx):
             s.close(linger=0)
-        if self.nccl is not None:
-            self.nccl.close()
         self.reward_fn.close()
 
     # ---------------------------------------------------------------- trainer API
@@ -411,7 +425,7 @@ class Hub:
 
     def _on_nccl(self, msg: NcclJoin | NcclPull) -> NcclGroup | NcclPlan:
         if self.nccl is None:
-            why = "learner.weights_transport is not nccl"
+            why = "learner.weights.type is not nccl"
             if isinstance(msg, NcclJoin):
                 return NcclGroup("", 0, "", "", error=why)
             return NcclPlan(msg.version, "", missing=True, reason=why)

@@ -50,7 +50,6 @@ def _hub(small_overrides):
     from asyncrl.learner.data import PromptSource, load_rows
     from asyncrl.learner.hub import Hub
     from asyncrl.learner.metrics import LearnerMetrics
-    from asyncrl.learner.rewards import setup_reward
     from asyncrl.learner.trainer import resolve_data
 
     cfg = load_config(
@@ -67,7 +66,7 @@ def _hub(small_overrides):
     data = resolve_data(cfg)
     tok = AutoTokenizer.from_pretrained(data.model_path)
     prompts = PromptSource(load_rows(data.train_path), tok, cfg.data.prompt_field, seed=0)
-    hub = Hub(cfg, prompts, tok, setup_reward(cfg.reward), LearnerMetrics())
+    hub = Hub(cfg, prompts, tok, LearnerMetrics())
     hub.start()
     return hub
 
