@@ -16,9 +16,9 @@ def run_generator(cfg) -> int:
     from asyncrl.generators.metrics import GeneratorMetrics
     from asyncrl.generators.weights import keep_chunk_memory
     from asyncrl.generators.worker import GeneratorWorker
+    from asyncrl.launch.assets import resolve_data
     from asyncrl.launch.serve import start_metrics_server
     from asyncrl.learner.hub import default_generator_id
-    from asyncrl.learner.trainer import resolve_data
     from asyncrl.protocol.sockets import setup_socket_factory
 
     if not keep_chunk_memory():

@@ -38,7 +38,7 @@ def keep_chunk_memory() -> bool:
     import ctypes
     import platform
 
-    from asyncrl.launch.config import MAX_WEIGHT_CHUNK_BYTES
+    from asyncrl.protocol.blob import MAX_WEIGHT_CHUNK_BYTES
 
     if platform.libc_ver()[0] != "glibc":
         return False
@@ -79,7 +79,7 @@ class ChunkAssembler:
     take longer than the copy)."""
 
     def __init__(self, size: int, chunks: int, reuse: bytearray | None = None):
-        from asyncrl.learner.weights import Checksum
+        from asyncrl.protocol.blob import Checksum
 
         fits = isinstance(reuse, VerifiedBlob) and len(reuse) == size
         self.buf = reuse if fits else VerifiedBlob(size)
@@ -120,7 +120,7 @@ class ChunkAssembler:
 def verify_and_decode(blob: bytes | bytearray, digest: str) -> dict[str, torch.Tensor]:
     """Check the digest, then view the safetensors payload as tensors without copying
     (the caller copies them into the model; a second copy here would double load time)."""
-    from asyncrl.learner.weights import digest_of
+    from asyncrl.protocol.blob import digest_of
 
     if isinstance(blob, VerifiedBlob) and blob.digest == digest:
         return decode_safetensors(blob)

@@ -316,7 +316,7 @@ class GeneratorWorker:
         instead) when the path is not visible here or the load fails."""
         from pathlib import Path
 
-        from asyncrl.learner.weights import digest_of
+        from asyncrl.protocol.blob import digest_of
 
         file = Path(ann.path) / "model.safetensors"
         if not ann.path or not file.exists():

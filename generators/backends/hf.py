@@ -171,7 +171,7 @@ class HFBackend:
 
 def setup_backend(cfg, model_path: str, seed: int):
     """Build the configured backend (`hf` here; `sglang` is imported lazily)."""
-    from asyncrl.learner.engine import resolve_device
+    from asyncrl.launch.assets import resolve_device
 
     if cfg.generator.backend == "hf":
         return HFBackend(

@@ -351,7 +351,7 @@ class SGLangBackend:
         """`weights_dir/v<version>/` with the base model's config and the new safetensors,
         written atomically (the same layout as the learner's disk transport). Only this
         version is kept: the server holds the previous one in memory, not on disk."""
-        from asyncrl.learner.weights import write_version_dir
+        from asyncrl.protocol.blob import write_version_dir
 
         path = write_version_dir(self.cfg.weights_dir, version, blob, self.model_path, keep=1)
         return Path(path)
