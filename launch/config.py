@@ -16,13 +16,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from asyncrl.generators.backends.sglang import SGLangConfig
 from asyncrl.launch.tiny import TinyTaskConfig
+from asyncrl.learner.config import DataConfig, LearnerConfig, TrainConfig
 from asyncrl.learner.loss_config import AdvantageConfig, ObjectiveConfig
 from asyncrl.learner.rewards import RewardConfig
 
 PRESETS_DIR = Path(__file__).parent / "presets"
-# Largest `learner.weight_chunk_bytes`: glibc's largest heap block on 64-bit; larger ones are
-# mapped afresh for every received chunk (see generators.weights.keep_chunk_memory).
-MAX_WEIGHT_CHUNK_BYTES = 32 << 20
 
 
 class _Strict(BaseModel):
@@ -45,23 +43,6 @@ class ModelConfig(_Strict):
     )
 
 
-class DataConfig(_Strict):
-    train_path: str | None = Field(
-        None,
-        description="Prompt dataset for RL: JSONL file with one object per line. Empty: "
-        "the embedded tiny task's train split.",
-    )
-    eval_path: str | None = Field(
-        None,
-        description="Held-out JSONL for greedy accuracy. Empty: the tiny task's split, "
-        "or no evaluation when train_path is set without eval_path.",
-    )
-    prompt_field: str = Field("prompt", description="Row field holding the prompt text.")
-    answer_field: str = Field("answer", description="Row field holding the ground truth.")
-    eval_size: int = Field(256, ge=1, description="At most this many held-out rows are scored.")
-    shuffle_seed: int = Field(0, description="Seed of the per-epoch prompt order.")
-
-
 class SamplingConfig(_Strict):
     group_size: int = Field(8, ge=1, le=1024, description="Completions per prompt (G).")
     temperature: float = Field(
@@ -74,62 +55,6 @@ class SamplingConfig(_Strict):
         default_factory=list,
         description="Stop strings besides EOS: a sample ends (finish reason 'stop') with the "
         "token that completes one; that token is kept so logprobs stay aligned.",
-    )
-
-
-class TrainConfig(_Strict):
-    groups_per_step: int = Field(8, ge=1, description="Prompt groups per optimizer step (B).")
-    steps: int = Field(
-        120, ge=1, description="Optimizer steps to run (this process's target policy version)."
-    )
-    max_seconds: float = Field(
-        0.0, ge=0.0, description="Stop after this much RL wall time; 0 = no limit."
-    )
-    lr: float = Field(2e-4, gt=0.0, description="Peak learning rate (AdamW).")
-    weight_decay: float = Field(0.0, ge=0.0, description="AdamW weight decay.")
-    warmup_steps: int = Field(5, ge=0, description="Linear LR warmup steps.")
-    grad_clip: float = Field(1.0, ge=0.0, description="Gradient norm clip; 0 = off.")
-    micro_batch_size: int = Field(64, ge=1, description="Sequences per forward/backward pass.")
-    token_balanced: bool = Field(
-        True,
-        description="Pack micro-batches by token count (longest rows first into the "
-        "lightest micro-batch) instead of consecutive rows; each is trimmed to its own longest "
-        "row. Same gradient either way (token-mean); less padding and a flatter memory peak.",
-    )
-    mini_batches: int = Field(
-        1,
-        ge=1,
-        description="Optimizer steps per batch: the batch is split into this many mini-batches "
-        "(PPO-style). More than one step per batch makes the learner score π_prox first.",
-    )
-    ppo_epochs: int = Field(
-        1, ge=1, description="Passes over each batch (each pass = mini_batches optimizer steps)."
-    )
-    optimizer: Literal["adamw", "sgd"] = Field(
-        "adamw",
-        description="adamw (default) or plain sgd (makes parameter updates proportional to "
-        "gradients: used by tests that compare gradients across layouts).",
-    )
-    zero_stage: int = Field(0, ge=0, le=3, description="DeepSpeed ZeRO stage (0-3).")
-    seed: int = Field(0, description="Seed of learner RNGs.")
-    eval_every: int = Field(
-        20, ge=0, description="Held-out evaluation every N steps; 0 = only before and after."
-    )
-    log_every: int = Field(5, ge=1, description="Progress line every N steps.")
-    publish_every: int = Field(1, ge=1, description="Publish weights every N steps.")
-    checkpoint_every: int = Field(
-        0,
-        ge=0,
-        description="Save a checkpoint every N steps (and always on SIGTERM and at the "
-        "end); 0 = only on SIGTERM and at the end.",
-    )
-    threads: int = Field(
-        0, ge=0, description="torch intra-op threads for the learner; 0 = leave torch's default."
-    )
-    deepspeed: dict[str, Any] = Field(
-        default_factory=dict,
-        description="Raw DeepSpeed config merged over the generated one, "
-        "for anything not modelled here.",
     )
 
 
@@ -160,65 +85,6 @@ class BufferConfig(_Strict):
         gt=0,
         description="Generator heartbeat interval; a "
         "generator silent for two intervals loses its leases.",
-    )
-
-
-class LearnerConfig(_Strict):
-    bind_host: str = Field(
-        "127.0.0.1", description="Interface the learner binds (0.0.0.0 for a fleet on other hosts)."
-    )
-    control_port: int = Field(
-        5555, ge=0, le=65535, description="ROUTER port: leases, heartbeats, weight chunks."
-    )
-    rollouts_port: int = Field(5556, ge=0, le=65535, description="PULL port: rollout groups.")
-    weights_port: int = Field(5557, ge=0, le=65535, description="PUB port: weight announcements.")
-    metrics_port: int = Field(
-        9400, ge=0, le=65535, description="Prometheus /metrics port; 0 = any free port."
-    )
-    output_dir: str = Field("runs/latest", description="Where summaries and checkpoints go.")
-    weight_chunk_bytes: int = Field(
-        4 << 20,
-        ge=1024,
-        le=MAX_WEIGHT_CHUNK_BYTES,
-        description="Size of one weight chunk. At most 32 MiB (MAX_WEIGHT_CHUNK_BYTES): glibc "
-        "maps larger blocks afresh for every received chunk.",
-    )
-    weights_transport: Literal["zmq", "disk", "nccl"] = Field(
-        "zmq",
-        description="zmq: generators fetch chunks over the control socket. disk: each version is "
-        "also written to learner.weights_dir (shared storage) and generators load it from "
-        "there (SGLang: /update_weights_from_disk). nccl: SGLang generators have their server "
-        "join a weight-update group with the learner and receive each version as bucketed "
-        "broadcasts (/update_weights_from_distributed; SGLang >= 0.5.6). Chunks stay available "
-        "as the fallback (and for hf generators) with every transport.",
-    )
-    nccl_host: str | None = Field(
-        None,
-        description="nccl transport: the learner's address as the SGLang servers reach it (the "
-        "group rendezvous listens there). Empty: bind_host, or this host's name when bind_host "
-        "is 0.0.0.0.",
-    )
-    nccl_bucket_bytes: int = Field(
-        256 << 20,
-        ge=1 << 20,
-        description="nccl transport: most bytes per broadcast (and per learner GPU staging "
-        "buffer); a larger tensor gets a bucket of its own.",
-    )
-    nccl_backend: Literal["auto", "nccl", "gloo"] = Field(
-        "auto",
-        description="nccl transport: the weight-update group's collective backend. auto: nccl "
-        "when the learner runs on CUDA, else gloo. gloo also serves a learner and a server that "
-        "share one GPU (NCCL refuses two ranks on one device), at host-copy speed.",
-    )
-    nccl_timeout_seconds: float = Field(
-        300.0,
-        gt=0,
-        description="nccl transport: how long a group may take to form and one bucket to "
-        "broadcast before the generator's group is given up (it can join again).",
-    )
-    weights_dir: str | None = Field(
-        None,
-        description="Shared directory for the disk transport (same path on every host).",
     )
 
 
@@ -305,11 +171,6 @@ class AsyncRLConfig(_Strict):
             raise ValueError(
                 "model.path is set but data.train_path is not: the embedded tiny "
                 "task only fits the embedded model; set data.train_path"
-            )
-        if self.learner.weights_transport == "disk" and not self.learner.weights_dir:
-            raise ValueError(
-                "learner.weights_transport is 'disk': set learner.weights_dir to a directory "
-                "every generator can read"
             )
         sequences = self.train.groups_per_step * self.sampling.group_size
         if self.train.mini_batches > sequences:

@@ -22,7 +22,8 @@ from asyncrl.generators.backends.sglang import (
     parse_generate_response,
 )
 from asyncrl.generators.weights import WeightsError
-from asyncrl.learner.weights import digest_of, serialize_named_tensors
+from asyncrl.learner.weights import serialize_named_tensors
+from asyncrl.protocol.blob import digest_of
 
 
 def test_generate_request_uses_token_ids_and_logprobs():
