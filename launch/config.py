@@ -9,7 +9,7 @@ Unknown keys and bad values fail at start with a message naming the field and wh
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -273,15 +273,18 @@ def dump_config(cfg: AsyncRLConfig) -> str:
 
 
 def describe_fields(model: type[BaseModel] = AsyncRLConfig, prefix: str = "") -> list[str]:
-    """One line per field: dotted name, default, description (for docs and --help-config)."""
+    """One line per field: dotted name, default, description (for docs and --help-config).
+    A `type`-tagged union of sections lists every member's fields (its `type` line first)."""
     out = []
     for name, f in model.model_fields.items():
         ann = f.annotation
-        if isinstance(ann, type) and issubclass(ann, BaseModel):
-            out.extend(describe_fields(ann, f"{prefix}{name}."))
+        sections = [a for a in (get_args(ann) or (ann,)) if isinstance(a, type)]
+        if sections and all(issubclass(a, BaseModel) for a in sections):
+            for section in sections:
+                out.extend(describe_fields(section, f"{prefix}{name}."))
         else:
-            out.append(
-                f"{prefix}{name} = {f.get_default(call_default_factory=True)!r}: "
-                f"{f.description or ''}"
-            )
+            default = "(required)"
+            if not f.is_required():
+                default = repr(f.get_default(call_default_factory=True))
+            out.append(f"{prefix}{name} = {default}: {f.description or ''}")
     return out
