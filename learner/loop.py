@@ -67,12 +67,13 @@ class StepLoop:
         self.tokens_trained = 0.0
         self.busy_seconds = 0.0  # update + publish: the learner's time when it never waits
         self.rl_seconds = 0.0
+        self._last_log = (0.0, 0.0)  # (time, tokens trained) at the last progress line
         self.accuracy = accuracy  # the latest held-out accuracy, for the progress line
 
     def run(self) -> None:
         train = self.cfg.train
         t0 = time.time()
-        self._last_log = (t0, 0.0)
+        self._last_log = (t0, self.tokens_trained)
         while self.version < train.steps:
             if broadcast_flag(self._should_stop(t0), self.engine.world):
                 break
