@@ -37,8 +37,8 @@ class EventReporter:
         )
 
     def ready(self, event: dict) -> None:
-        endpoints = event.pop("endpoints")
-        line = {"event": "learner_ready", "endpoints": endpoints, "metrics": self.metrics_url}
+        # The field order of the event as it always was: event, endpoints, metrics, the rest.
+        line = {"event": "learner_ready", "endpoints": None, "metrics": self.metrics_url}
         self.events.write(json.dumps({**line, **event}) + "\n")
         self.events.flush()
 
