@@ -204,11 +204,11 @@ def _fetch_process(endpoint: str, rounds: int, wrapped: bool, jobs, done, ready,
 
 def _weights_trial(ctx, tensors, raw_blob: bytes | None, generators: int, rounds: int):
     """`rounds` publishes to `generators` fetcher processes, timed one by one. With
-    `raw_blob` None: the real path as `Learner._publish` takes it with the zmq transport
-    (announce, serialise into a recycled buffer with its checksum while generators fetch
-    the chunks written so far, WeightsChunk messages, assemble into the previous buffer,
-    verify, decode); otherwise raw chunks of the given bytes over the same sockets and
-    window. Returns the per-round seconds and the last blob."""
+    `raw_blob` None: the real path as `ZmqPublisher` takes it (announce, serialise into a
+    recycled buffer with its checksum while generators fetch the chunks written so far,
+    WeightsChunk messages, assemble into the previous buffer, verify, decode); otherwise raw
+    chunks of the given bytes over the same sockets and window. Returns the per-round seconds
+    and the last blob."""
     import multiprocessing as mp
 
     from asyncrl.learner.weights import BlobWriter, WeightsStore
@@ -317,7 +317,7 @@ def bench_objective(quick: bool) -> dict:
     from asyncrl.learner.advantages import compute_advantages
     from asyncrl.learner.engine import Batch, Engine, init_distributed
     from asyncrl.learner.objectives import policy_loss
-    from asyncrl.learner.trainer import train_step
+    from asyncrl.learner.step import train_step
 
     cfg = load_config("tiny-cpu", [])
     assets = setup_tiny_assets(cfg.tiny)
@@ -336,12 +336,12 @@ def bench_objective(quick: bool) -> dict:
     adv, _ = compute_advantages(rewards, cfg.advantage)
     batch = Batch(ids, torch.ones_like(ids), resp, mu, adv.reshape(-1))
     reps = 5 if quick else 20
-    train_step(engine, batch, cfg)  # warm up
+    train_step(engine, batch, cfg.train, cfg.objective, cfg.sampling.temperature)  # warm up
     step, obj = [], []
     lp = (-torch.rand(n, length - 1, generator=gen)).requires_grad_(True)
     for _ in range(reps):
         t = time.perf_counter()
-        train_step(engine, batch, cfg)
+        train_step(engine, batch, cfg.train, cfg.objective, cfg.sampling.temperature)
         step.append(time.perf_counter() - t)
         t = time.perf_counter()
         compute_advantages(rewards, cfg.advantage)

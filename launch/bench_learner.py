@@ -1,6 +1,6 @@
 """`asyncrl bench --only learner`: the learner's training throughput and model FLOPs utilisation.
 
-The real update (`learner.trainer.train_step`: DeepSpeed engine, chunked log-probs, the
+The real update (`learner.step.train_step`: DeepSpeed engine, chunked log-probs, the
 configured objective) runs on random-init Qwen2 models of a few sizes, on the best device
 here: bf16 with ZeRO-2 on CUDA, fp32 with ZeRO-0 on CPU. MFU is reported twice: against a
 dense matrix product measured in the same run (a ratio taken side by side, as every bench
@@ -120,7 +120,7 @@ def bench_size(name: str, device: str, quick: bool, seq_len: int, sequences: int
 
     from asyncrl.launch.config import load_config
     from asyncrl.learner.engine import Batch, Engine
-    from asyncrl.learner.trainer import train_step
+    from asyncrl.learner.step import train_step
 
     size = SIZES[name]
     dtype = "bfloat16" if device == "cuda" else "float32"
@@ -149,12 +149,13 @@ def bench_size(name: str, device: str, quick: bool, seq_len: int, sequences: int
         engine = Engine(path, cfg.train, dtype, device, 0, 1, sequences)
         if device == "cuda":
             torch.cuda.reset_peak_memory_stats()
-        train_step(engine, batch, cfg)  # warm-up: allocations, kernel selection
+        # Warm-up: allocations, kernel selection.
+        train_step(engine, batch, cfg.train, cfg.objective, cfg.sampling.temperature)
         _sync(device)
         times = []
         for _ in range(2 if quick else 5):
             t = time.perf_counter()
-            train_step(engine, batch, cfg)
+            train_step(engine, batch, cfg.train, cfg.objective, cfg.sampling.temperature)
             _sync(device)
             times.append(time.perf_counter() - t)
         peak_gb = torch.cuda.max_memory_allocated() / 1e9 if device == "cuda" else None
@@ -179,7 +180,8 @@ def bench_learner(quick: bool, sizes: list[str] | None = None) -> dict:
 
     import torch
 
-    from asyncrl.learner.engine import init_distributed, resolve_device
+    from asyncrl.launch.assets import resolve_device
+    from asyncrl.learner.engine import init_distributed
 
     device = resolve_device("auto")
     init_distributed(device)

@@ -126,9 +126,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "learner":
         events = _claim_stdout()
         _setup_logging("learner", args.log_level)
-        from asyncrl.learner.trainer import Learner
+        from asyncrl.launch.learner_main import run
 
-        Learner(cfg, resume=args.resume, events=events).run()
+        run(cfg, args.resume, events)
         if int(os.environ.get("WORLD_SIZE", "1")) > 1:
             from asyncrl.learner.engine import exit_multi_rank
 

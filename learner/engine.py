@@ -12,15 +12,18 @@ import importlib
 import logging
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NoReturn
+from typing import NoReturn, TypeVar
 
 import torch
 import torch.distributed as dist
 
+from asyncrl.protocol.sockets import free_port
+
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 def init_distributed(device: str) -> tuple[int, int]:
@@ -33,7 +36,7 @@ def init_distributed(device: str) -> tuple[int, int]:
     os.environ.setdefault("LOCAL_RANK", "0")
     os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
     if "MASTER_PORT" not in os.environ:
-        os.environ["MASTER_PORT"] = str(_free_port())
+        os.environ["MASTER_PORT"] = str(free_port())
     backend = "nccl" if device == "cuda" else "gloo"
     if not dist.is_initialized():
         deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False)
@@ -62,18 +65,26 @@ def exit_multi_rank(code: int) -> NoReturn:
     os._exit(code)
 
 
-def _free_port() -> int:
-    import socket
+def rank_zero_first(fn: Callable[[], T]) -> T:
+    """`fn()` on rank 0, then on the other ranks: what rank 0 builds and caches (the tiny
+    assets), the rest find in the cache instead of building it again alongside."""
+    rank, world = dist.get_rank(), dist.get_world_size()
+    if rank == 0:
+        out = fn()
+    if world > 1:
+        dist.barrier()
+    if rank != 0:
+        out = fn()
+    return out
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
-
-def resolve_device(choice: str) -> str:
-    if choice == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return choice
+def broadcast_flag(flag: bool, world: int) -> bool:
+    """Rank 0's `flag` on every rank (ranks must agree to stop or go on together)."""
+    if world == 1:
+        return flag
+    t = torch.tensor([1 if flag else 0])
+    dist.broadcast(t, src=0)
+    return bool(t.item())
 
 
 @dataclass
@@ -198,7 +209,7 @@ def _merge(base: dict, over: dict) -> dict:
 
 
 class Engine:
-    """A DeepSpeed-wrapped causal LM with the operations the trainer needs."""
+    """A DeepSpeed-wrapped causal LM with the operations the training step needs."""
 
     def __init__(
         self,

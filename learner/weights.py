@@ -15,83 +15,18 @@ reads from it.
 
 from __future__ import annotations
 
-import json
-import math
-import struct
 import threading
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-import xxhash
 
+from asyncrl.protocol.blob import DTYPE_TAGS, Checksum, Serialized, digest_of, encode_header
 from asyncrl.protocol.messages import WeightsChunk, WeightsRequest
 from asyncrl.protocol.sockets import send
 
-
-class Serialized(bytearray):
-    """A serialised state whose digest was computed while it was written."""
-
-    digest: str = ""
-
-
-class Checksum:
-    """Running 64-bit XXH3 of a byte stream, fed in order (chunk by chunk on the generator).
-
-    Integrity, not authenticity: it catches truncation, a torn or recycled buffer and a stale
-    file; who may publish is CurveZMQ's job. It is paid once per publish and once per load by
-    every generator, on the critical path of both: XXH3 runs at ~14 GB/s here, zlib's CRC-32
-    at 3.5 and sha256 at 1.5 (which made verification cost more than the transfer)."""
-
-    def __init__(self) -> None:
-        self._h = xxhash.xxh3_64()
-
-    def update(self, data) -> None:
-        self._h.update(data)  # releases the GIL on large buffers
-
-    def copy(self, dst: memoryview, src) -> None:
-        """`dst[:] = src`, hashing `src` on the way. In 256 KiB pieces, so each piece is
-        hashed while the copy left it in the core's cache: the hash then costs a fifth of
-        the copy instead of a second pass over memory (measured: 0.085 s per 524 MB for
-        both here, 0.125 s when a second thread hashes behind the copy, 0.075 s to copy
-        alone). Python's slice assignment is a plain memcpy."""
-        src = memoryview(src).cast("B")
-        if src.nbytes != dst.nbytes:
-            raise ValueError(f"copy of {src.nbytes} bytes into {dst.nbytes}")
-        for i in range(0, src.nbytes, _PIECE):
-            piece = src[i : i + _PIECE]
-            dst[i : i + _PIECE] = piece
-            self._h.update(piece)
-
-    def hexdigest(self) -> str:
-        return f"xxh3:{self._h.hexdigest()}"
-
-
-# Bytes copied and hashed per step of `Checksum.copy`: fits the L2 cache with room to spare
-# (64 KiB measured 10% slower, 1 MiB 15%).
-_PIECE = 256 << 10
-
-
-def digest_of(blob: bytes | bytearray | memoryview) -> str:
-    if isinstance(blob, Serialized) and blob.digest:
-        return blob.digest
-    c = Checksum()
-    c.update(blob)
-    return c.hexdigest()
-
-
-_ST_DTYPES = {
-    torch.float64: "F64",
-    torch.float32: "F32",
-    torch.float16: "F16",
-    torch.bfloat16: "BF16",
-    torch.int64: "I64",
-    torch.int32: "I32",
-    torch.int16: "I16",
-    torch.int8: "I8",
-    torch.uint8: "U8",
-    torch.bool: "BOOL",
-}
+# torch dtype -> safetensors tag, from the format's table.
+_TAGS = {getattr(torch, name): tag for tag, (name, _) in DTYPE_TAGS.items()}
 
 
 class BlobWriter:
@@ -103,24 +38,14 @@ class BlobWriter:
     (`WeightsStore.spare`), written over when the size fits."""
 
     def __init__(self, specs: dict[str, tuple[tuple[int, ...], torch.dtype]], reuse=None) -> None:
-        self.header: dict = {}
-        offset = 0
-        for name, (shape, dtype) in specs.items():
-            nbytes = math.prod(shape) * torch.empty(0, dtype=dtype).element_size()
-            self.header[name] = {
-                "dtype": _ST_DTYPES[dtype],
-                "shape": list(shape),
-                "data_offsets": [offset, offset + nbytes],
-            }
-            offset += nbytes
-        head = json.dumps(self.header, separators=(",", ":")).encode()
-        head += b" " * (-len(head) % 8)  # the data section starts 8-byte aligned
-        size = 8 + len(head) + offset
+        prefix, self.header, data_bytes = encode_header(
+            {name: (_TAGS[dtype], list(shape)) for name, (shape, dtype) in specs.items()}
+        )
+        size = len(prefix) + data_bytes
         fits = isinstance(reuse, Serialized) and len(reuse) == size
         self.out = reuse if fits else Serialized(size)
-        self.out[:8] = struct.pack("<Q", len(head))
-        self.out[8 : 8 + len(head)] = head
-        self.base = 8 + len(head)
+        self.out[: len(prefix)] = prefix
+        self.base = len(prefix)
         self._order = iter(self.header)
         self._view = memoryview(self.out)
         self._hasher = Checksum()
@@ -134,7 +59,7 @@ class BlobWriter:
         if name != expected:
             raise ValueError(f"wrote {name}, but the layout expects {expected} next")
         meta = self.header[name]
-        if list(tensor.shape) != meta["shape"] or _ST_DTYPES[tensor.dtype] != meta["dtype"]:
+        if list(tensor.shape) != meta["shape"] or _TAGS[tensor.dtype] != meta["dtype"]:
             raise ValueError(f"{name}: {tensor.dtype} {tuple(tensor.shape)} is not its layout")
         begin, end = (self.base + x for x in meta["data_offsets"])
         if begin == end:
@@ -304,36 +229,3 @@ class WeightsStore:
             if pub is not None and pub.version == version:
                 return pub
         return None
-
-
-def write_version_dir(root: str, version: int, blob, model_path: str, keep: int = 2) -> str:
-    """`root/v<version>/` with `model.safetensors` and the base model's config files, built
-    under a temporary name and renamed so readers never see a partial version (the `disk`
-    transport; SGLang's /update_weights_from_disk reads such a directory). Keeps the newest
-    `keep` versions: a generator may still be reading the previous one."""
-    import os
-    import shutil
-    from pathlib import Path
-
-    base = Path(root)
-    base.mkdir(parents=True, exist_ok=True)
-    final = base / f"v{version}"
-    tmp = base / f".v{version}.{os.getpid()}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    for name in ("config.json", "generation_config.json"):
-        src = Path(model_path) / name
-        if src.exists():
-            shutil.copy(src, tmp / name)
-    with open(tmp / "model.safetensors", "wb") as f:
-        f.write(blob)
-        f.flush()
-        os.fsync(f.fileno())
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(tmp, final)
-    versions = sorted(
-        (int(p.name[1:]) for p in base.glob("v*") if p.name[1:].isdigit()), reverse=True
-    )
-    for old in versions[keep:]:
-        shutil.rmtree(base / f"v{old}", ignore_errors=True)
-    return str(final)

@@ -45,7 +45,7 @@ def main() -> int:
         init_distributed,
         shutdown_distributed,
     )
-    from asyncrl.learner.trainer import train_step
+    from asyncrl.learner.step import train_step
     from asyncrl.learner.weights import BlobWriter
 
     cfg = load_config(
@@ -65,7 +65,7 @@ def main() -> int:
     vocab = engine.model.config.vocab_size
     batch = broadcast_batch(fixed_batch(vocab) if rank == 0 else None, rank, world)
     for _ in range(2):
-        train_step(engine, batch, cfg)
+        train_step(engine, batch, cfg.train, cfg.objective, cfg.sampling.temperature)
     params = engine.cpu_parameters()
     # The publisher's path: each parameter copied into the blob as it is gathered. It must
     # hold exactly the parameters gathered whole (both are collective under ZeRO-3).

@@ -24,7 +24,7 @@ import torch
 import torch.distributed as dist
 import xxhash
 
-from asyncrl.learner.nccl import join_group
+from asyncrl.learner.publishers.nccl_channel import join_group
 
 STATE: dict = {"groups": {}, "tensors": {}, "version": None, "updates": 0, "hf": None}
 

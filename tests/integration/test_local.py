@@ -73,8 +73,8 @@ def test_disk_weight_transport(small_overrides, tmp_path):
             *small_overrides,
             "train.steps=4",
             "local.generators=1",
-            "learner.weights_transport=disk",
-            f"learner.weights_dir={shared}",
+            "learner.weights.type=disk",
+            f"learner.weights.dir={shared}",
         ],
         timeout=600,
     )

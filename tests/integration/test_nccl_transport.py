@@ -20,10 +20,11 @@ import xxhash
 from asyncrl.generators.backends.sglang import SGLangBackend, SGLangConfig
 from asyncrl.launch.config import load_config
 from asyncrl.learner.metrics import LearnerMetrics
-from asyncrl.learner.nccl import NcclPublisher, free_port
+from asyncrl.learner.publishers.nccl import NcclServer
 from asyncrl.learner.weights import WeightsStore, serialize_named_tensors
 from asyncrl.protocol.codec import decode, encode
 from asyncrl.protocol.messages import NcclJoin, NcclPull
+from asyncrl.protocol.sockets import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -70,14 +71,14 @@ def setup(tmp_path):
     cfg = load_config(
         "tiny-cpu",
         [
-            "learner.weights_transport=nccl",
-            f"learner.nccl_bucket_bytes={1 << 20}",
-            "learner.nccl_timeout_seconds=20",
+            "learner.weights.type=nccl",
+            f"learner.weights.bucket_bytes={1 << 20}",
+            "learner.weights.timeout_seconds=20",
         ],
     )
     store = WeightsStore(cfg.learner.weight_chunk_bytes)
     metrics = LearnerMetrics()
-    publisher = NcclPublisher(cfg, store, metrics, device="cpu")
+    publisher = NcclServer(cfg.learner.weights, cfg.learner.bind_host, store, metrics, "cpu")
     sg = SGLangConfig(url=f"http://127.0.0.1:{port}", startup_timeout=60)
     backend = SGLangBackend(str(tmp_path), sg)
     yield backend, publisher, store, metrics, proc
@@ -161,12 +162,14 @@ import torch
 from asyncrl.generators.backends.sglang import SGLangBackend, SGLangConfig
 from asyncrl.launch.config import load_config
 from asyncrl.learner.metrics import LearnerMetrics
-from asyncrl.learner.nccl import NcclPublisher
+from asyncrl.learner.publishers.nccl import NcclServer
 from asyncrl.learner.weights import WeightsStore, serialize_named_tensors
 from asyncrl.protocol.messages import NcclJoin, NcclPull
+from asyncrl.protocol.sockets import free_port
 url, model = sys.argv[1], sys.argv[2]
 store = WeightsStore(1 << 20)
-pub = NcclPublisher(load_config("tiny-cpu", []), store, LearnerMetrics(), "cpu")
+lc = load_config("tiny-cpu", ["learner.weights.type=nccl"]).learner
+pub = NcclServer(lc.weights, lc.bind_host, store, LearnerMetrics(), "cpu")
 b = SGLangBackend(model, SGLangConfig(url=url))
 g = pub.join(NcclJoin("g", 2))
 b.join_update_group(g.address, g.port, g.group_name, g.backend, 2)
@@ -209,7 +212,7 @@ def test_a_run_publishes_every_version_over_the_group(small_overrides, tiny_cach
                 "local.generators=1",
                 "generator.backend=sglang",
                 f"generator.sglang.url=http://127.0.0.1:{port}",
-                "learner.weights_transport=nccl",
+                "learner.weights.type=nccl",
             ],
             timeout=600,
         )

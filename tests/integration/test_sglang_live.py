@@ -65,7 +65,8 @@ def _reference_logprobs(model_path: str, tensors, prompt: np.ndarray, tokens: np
 
 
 def test_generate_and_update_weights(server):
-    from asyncrl.learner.weights import digest_of, serialize_named_tensors
+    from asyncrl.learner.weights import serialize_named_tensors
+    from asyncrl.protocol.blob import digest_of
     from asyncrl.protocol.settings import SamplingParams
 
     backend = server
@@ -94,7 +95,7 @@ def test_weights_broadcast_into_the_server(server):
     from asyncrl.generators.backends.base import SamplingParams
     from asyncrl.launch.config import load_config
     from asyncrl.learner.metrics import LearnerMetrics
-    from asyncrl.learner.nccl import NcclPublisher
+    from asyncrl.learner.publishers.nccl import NcclServer
     from asyncrl.learner.weights import WeightsStore, serialize_named_tensors
     from asyncrl.protocol.messages import NcclJoin, NcclPull
 
@@ -102,14 +103,15 @@ def test_weights_broadcast_into_the_server(server):
     cfg = load_config(
         "tiny-cpu",
         [
-            "learner.weights_transport=nccl",
-            "learner.nccl_backend=gloo",
-            "learner.nccl_bucket_bytes=1048576",
+            "learner.weights.type=nccl",
+            "learner.weights.backend=gloo",
+            "learner.weights.bucket_bytes=1048576",
         ],
     )
     store = WeightsStore(cfg.learner.weight_chunk_bytes)
     metrics = LearnerMetrics()
-    publisher = NcclPublisher(cfg, store, metrics, device="cuda")
+    lc = cfg.learner
+    publisher = NcclServer(lc.weights, lc.bind_host, store, metrics, "cuda")
     try:
         world = backend.nccl_world_size()
         group = publisher.join(NcclJoin("live", world))

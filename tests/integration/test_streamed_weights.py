@@ -19,7 +19,8 @@ from asyncrl.generators.metrics import GeneratorMetrics
 from asyncrl.generators.weights import verify_and_decode
 from asyncrl.generators.worker import GeneratorWorker
 from asyncrl.launch.config import load_config
-from asyncrl.learner.weights import BlobWriter, digest_of
+from asyncrl.learner.weights import BlobWriter
+from asyncrl.protocol.blob import digest_of
 
 
 class RecordingBackend:
@@ -49,10 +50,10 @@ class RecordingBackend:
 def _hub(small_overrides):
     from transformers import AutoTokenizer
 
+    from asyncrl.launch.assets import resolve_data
     from asyncrl.learner.data import PromptSource, load_rows
     from asyncrl.learner.hub import Hub
     from asyncrl.learner.metrics import LearnerMetrics
-    from asyncrl.learner.trainer import resolve_data
 
     cfg = load_config(
         "tiny-cpu",

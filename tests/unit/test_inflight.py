@@ -15,7 +15,8 @@ import torch
 
 from asyncrl.generators.backends.hf import HFBackend
 from asyncrl.learner.logprobs import token_logprobs
-from asyncrl.learner.weights import digest_of, serialize_named_tensors
+from asyncrl.learner.weights import serialize_named_tensors
+from asyncrl.protocol.blob import digest_of
 from asyncrl.protocol.codec import ProtocolError
 from asyncrl.protocol.messages import RolloutGroup
 from asyncrl.protocol.settings import SamplingParams

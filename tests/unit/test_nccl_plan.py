@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from asyncrl.learner.nccl import plan_buckets
+from asyncrl.learner.publishers.nccl_channel import plan_buckets
 from asyncrl.learner.weights import serialize_named_tensors
 from asyncrl.protocol.codec import decode, encode
 from asyncrl.protocol.messages import NcclPlan

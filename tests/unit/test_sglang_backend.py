@@ -19,7 +19,8 @@ from asyncrl.generators.backends.sglang_api import (
     parse_generate_response,
 )
 from asyncrl.generators.weights import WeightsError
-from asyncrl.learner.weights import digest_of, serialize_named_tensors
+from asyncrl.learner.weights import serialize_named_tensors
+from asyncrl.protocol.blob import digest_of
 from asyncrl.protocol.settings import SamplingParams
 
 

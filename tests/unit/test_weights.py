@@ -15,7 +15,8 @@ from asyncrl.generators.weights import (
     decode_safetensors,
     verify_and_decode,
 )
-from asyncrl.learner.weights import WeightsStore, digest_of, serialize_named_tensors
+from asyncrl.learner.weights import WeightsStore, serialize_named_tensors
+from asyncrl.protocol.blob import digest_of
 from asyncrl.protocol.codec import encode
 from asyncrl.protocol.messages import WeightsRequest
 from asyncrl.protocol.sockets import recv
@@ -195,7 +196,7 @@ def test_blob_writer_takes_tensors_in_layout_order_only():
 def test_copy_and_hash_in_pieces_equals_one_pass():
     # 2.5 pieces of 256 KiB: the last piece is partial; the digest must equal one pass over
     # the same bytes, and the copy must be exact.
-    from asyncrl.learner.weights import Checksum
+    from asyncrl.protocol.blob import Checksum
 
     src = torch.randint(0, 256, ((5 << 20) // 2 // 4 + 3,), dtype=torch.uint8).numpy()
     dst = bytearray(src.nbytes)

@@ -1,5 +1,5 @@
-"""The NCCL weight transport: the hub broadcasts a published version into a generator's
-inference server over a collective group of its own.
+"""The nccl transport's groups: bucket plans and one channel (process group + broadcast
+thread) per generator. `publishers/nccl.py` hands them out from the hub.
 
 Each generator that asks (`NcclJoin`) gets a channel: a process group of world size
 1 + the server's tensor-parallel ranks, the learner being rank 0, created the way SGLang's
@@ -19,12 +19,9 @@ clean up without ending the process, and the broadcast waits with a timeout.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import queue
-import socket
-import struct
 import threading
 import time
 from dataclasses import dataclass, field
@@ -33,24 +30,10 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
-from asyncrl.protocol.messages import NcclGroup, NcclJoin, NcclPlan, NcclPull
+from asyncrl.protocol.blob import DTYPE_TAGS, decode_header
+from asyncrl.protocol.sockets import free_port
 
 logger = logging.getLogger(__name__)
-
-# safetensors dtype tags -> the torch attribute names SGLang resolves with getattr(torch, ...)
-_TORCH_NAMES = {
-    "F64": "float64",
-    "F32": "float32",
-    "F16": "float16",
-    "BF16": "bfloat16",
-    "I64": "int64",
-    "I32": "int32",
-    "I16": "int16",
-    "I8": "int8",
-    "U8": "uint8",
-    "BOOL": "bool",
-}
-_ITEMSIZE = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1}
 
 
 @dataclass
@@ -69,13 +52,8 @@ def plan_buckets(blob, bucket_bytes: int) -> list[Bucket]:
     tensor gets a bucket of its own). A bucket also ends where a tensor's offset inside it
     would not be a multiple of its item size: the receiver views each tensor in the bucket
     with its dtype, which needs aligned offsets."""
-    (n,) = struct.unpack_from("<Q", blob, 0)
-    header = json.loads(bytes(blob[8 : 8 + n]))
-    base = 8 + n
-    entries = sorted(
-        ((k, v) for k, v in header.items() if k != "__metadata__"),
-        key=lambda kv: kv[1]["data_offsets"][0],
-    )
+    header, base = decode_header(blob)
+    entries = sorted(header.items(), key=lambda kv: kv[1]["data_offsets"][0])
     buckets: list[Bucket] = []
     for name, meta in entries:
         begin, end = (base + x for x in meta["data_offsets"])
@@ -85,21 +63,15 @@ def plan_buckets(blob, bucket_bytes: int) -> list[Bucket]:
             cur is None
             or cur.end != begin
             or (end - cur.start > bucket_bytes and cur.names)
-            or (begin - cur.start) % _ITEMSIZE.get(tag, 1)
+            or (begin - cur.start) % DTYPE_TAGS[tag][1]
         ):
             cur = Bucket(begin, begin)
             buckets.append(cur)
         cur.end = end
         cur.names.append(name)
-        cur.dtypes.append(_TORCH_NAMES[tag])
+        cur.dtypes.append(DTYPE_TAGS[tag][0])
         cur.shapes.append(list(meta["shape"]))
     return buckets
-
-
-def free_port(host: str) -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
 
 
 def join_group(
@@ -275,102 +247,3 @@ def _staging(device: str, nbytes: int) -> torch.Tensor:
     if buf is None or buf.numel() < nbytes:
         buf = _STAGING[device] = torch.empty(nbytes, dtype=torch.uint8, device=device)
     return buf[:nbytes]
-
-
-class NcclPublisher:
-    """The hub's side of the nccl transport: one channel per generator, answering
-    `NcclJoin` and `NcclPull` from the weights store the zmq transport serves as well. Used
-    from the hub thread only; channels report back through `metrics` (thread-safe)."""
-
-    def __init__(self, cfg, store, metrics, device: str):
-        lc = cfg.learner
-        self.host = lc.nccl_host or (
-            lc.bind_host if lc.bind_host not in ("0.0.0.0", "*") else socket.gethostname()
-        )
-        self.bucket_bytes = lc.nccl_bucket_bytes
-        self.timeout = lc.nccl_timeout_seconds
-        self.backend = lc.nccl_backend
-        if self.backend == "auto":
-            self.backend = "nccl" if device == "cuda" else "gloo"
-        self.store = store
-        self.metrics = metrics
-        self.device = device
-        self.channels: dict[str, NcclChannel] = {}
-        self._closed: list[NcclChannel] = []  # closing, to be joined at shutdown
-        self._serial = 0
-        self._plan: tuple[int, list[Bucket]] | None = None  # the latest version's buckets
-
-    def join(self, msg: NcclJoin) -> NcclGroup:
-        if msg.world_size < 2:
-            return NcclGroup("", 0, "", "", error=f"world_size {msg.world_size} < 2")
-        self.forget(msg.generator_id)
-        self._serial += 1
-        ch = NcclChannel(
-            msg.generator_id,
-            self.host,
-            msg.world_size,
-            self.backend,
-            self.device,
-            self.timeout,
-            self._serial,
-            on_done=self._on_done,
-        )
-        self.channels[msg.generator_id] = ch
-        logger.info(
-            "generator %s joins weight-update group %s at %s:%d (world %d, %s)",
-            msg.generator_id,
-            ch.group_name,
-            ch.address,
-            ch.port,
-            ch.world_size,
-            ch.backend,
-        )
-        return NcclGroup(ch.address, ch.port, ch.group_name, ch.backend)
-
-    def pull(self, msg: NcclPull) -> NcclPlan:
-        ch = self.channels.get(msg.generator_id)
-        if ch is None or ch.group_name != msg.group_name:
-            return NcclPlan(msg.version, "", missing=True, reason="no such group: join again")
-        if ch.failed:
-            self.forget(msg.generator_id)
-            return NcclPlan(msg.version, "", missing=True, reason=ch.failed)
-        pub = self.store.get(msg.version)
-        if pub is None:
-            return NcclPlan(msg.version, "", missing=True, reason="version no longer held")
-        if self._plan is None or self._plan[0] != pub.version:
-            self._plan = (pub.version, plan_buckets(pub.blob, self.bucket_bytes))
-        buckets = self._plan[1]
-        ch.submit(pub, buckets)
-        shapes = [s for b in buckets for s in b.shapes]
-        return NcclPlan(
-            pub.version,
-            pub.digest,
-            names=[n for b in buckets for n in b.names],
-            dtypes=[d for b in buckets for d in b.dtypes],
-            ranks=[len(s) for s in shapes],
-            dims=[x for s in shapes for x in s],
-            counts=[len(b.names) for b in buckets],
-        )
-
-    def forget(self, generator_id: str) -> None:
-        """Close a generator's channel (it joined again, went silent, or its group broke)
-        without waiting: the hub thread calls this."""
-        ch = self.channels.pop(generator_id, None)
-        if ch is not None:
-            ch.close()
-            self._closed = [c for c in self._closed if c.alive] + [ch]
-
-    def close(self) -> None:
-        """At shutdown: every group torn down before the process may exit."""
-        for gid in list(self.channels):
-            self.forget(gid)
-        for ch in self._closed:
-            ch.close(wait=self.timeout)
-        self._closed = []
-
-    def _on_done(self, ch: NcclChannel, seconds: float, nbytes: int, ok: bool) -> None:
-        if ok:
-            self.metrics.weight_broadcast_seconds.observe(seconds)
-            self.metrics.weight_bytes_served.inc(nbytes)
-        else:
-            self.metrics.weight_broadcast_failures.inc()

@@ -1,0 +1,74 @@
+"""`asyncrl learner`: the learner role's entry point.
+
+Installs the signal handlers (SIGTERM/SIGINT stop the run after the current step; a
+checkpoint is saved on the way out), resolves the device and the model and data paths (the
+embedded tiny task is built here, rank 0 first), serves `/metrics` and `/healthz` from the
+hub, and writes the JSON events the launcher reads. Heavy imports happen inside `run`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import threading
+from typing import TextIO
+
+from asyncrl.launch.assets import resolve_data, resolve_device
+from asyncrl.launch.config import AsyncRLConfig
+from asyncrl.launch.serve import start_metrics_server
+
+logger = logging.getLogger(__name__)
+
+
+class EventReporter:
+    """Serves the hub's metrics and health; emits `learner_ready` as one JSON line."""
+
+    def __init__(self, cfg: AsyncRLConfig, events: TextIO) -> None:
+        self.cfg = cfg
+        self.events = events
+        self.metrics_url = ""
+        self._http = None
+
+    def serve(self, hub) -> None:
+        lc = self.cfg.learner
+        self.metrics_url, self._http = start_metrics_server(
+            lc.bind_host, lc.metrics_port, hub.metrics.registry, hub.healthy
+        )
+
+    def ready(self, event: dict) -> None:
+        # The field order of the event as it always was: event, endpoints, metrics, the rest.
+        line = {"event": "learner_ready", "endpoints": None, "metrics": self.metrics_url}
+        self.events.write(json.dumps({**line, **event}) + "\n")
+        self.events.flush()
+
+
+def install_stop_signals(stop: threading.Event) -> None:
+    def handler(signum, frame):
+        logger.warning("signal %d: stopping after the current step", signum)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+
+
+def run(cfg: AsyncRLConfig, resume: bool, events: TextIO) -> dict | None:
+    """The learner on this rank; returns the summary on rank 0."""
+    from asyncrl.learner.engine import init_distributed, rank_zero_first
+    from asyncrl.learner.run import run_learner
+
+    stop = threading.Event()
+    install_stop_signals(stop)
+    device = resolve_device(cfg.model.device)
+    init_distributed(device)
+    data = rank_zero_first(lambda: resolve_data(cfg))
+    return run_learner(
+        cfg,
+        data.model_path,
+        data.train_path,
+        data.eval_path,
+        device,
+        stop,
+        resume,
+        EventReporter(cfg, events),
+    )

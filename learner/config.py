@@ -1,0 +1,225 @@
+"""The learner's configuration sections, and the shape of the whole run it reads.
+
+The launch layer composes these into its run config (`AsyncRLConfig`); the learner never
+imports launch, so what it reads of the sections it does not own is declared here as
+`RunConfig`, a protocol the composed config satisfies structurally.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal, Protocol
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from asyncrl.learner.loss_config import AdvantageConfig, ObjectiveConfig
+from asyncrl.learner.rewards import RewardConfig
+from asyncrl.protocol.blob import MAX_WEIGHT_CHUNK_BYTES
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(_Strict):
+    train_path: str | None = Field(
+        None,
+        description="Prompt dataset for RL: JSONL file with one object per line. Empty: "
+        "the embedded tiny task's train split.",
+    )
+    eval_path: str | None = Field(
+        None,
+        description="Held-out JSONL for greedy accuracy. Empty: the tiny task's split, "
+        "or no evaluation when train_path is set without eval_path.",
+    )
+    prompt_field: str = Field("prompt", description="Row field holding the prompt text.")
+    answer_field: str = Field("answer", description="Row field holding the ground truth.")
+    eval_size: int = Field(256, ge=1, description="At most this many held-out rows are scored.")
+    shuffle_seed: int = Field(0, description="Seed of the per-epoch prompt order.")
+
+
+class TrainConfig(_Strict):
+    groups_per_step: int = Field(8, ge=1, description="Prompt groups per optimizer step (B).")
+    steps: int = Field(
+        120, ge=1, description="Optimizer steps to run (this process's target policy version)."
+    )
+    max_seconds: float = Field(
+        0.0, ge=0.0, description="Stop after this much RL wall time; 0 = no limit."
+    )
+    lr: float = Field(2e-4, gt=0.0, description="Peak learning rate (AdamW).")
+    weight_decay: float = Field(0.0, ge=0.0, description="AdamW weight decay.")
+    warmup_steps: int = Field(5, ge=0, description="Linear LR warmup steps.")
+    grad_clip: float = Field(1.0, ge=0.0, description="Gradient norm clip; 0 = off.")
+    micro_batch_size: int = Field(64, ge=1, description="Sequences per forward/backward pass.")
+    token_balanced: bool = Field(
+        True,
+        description="Pack micro-batches by token count (longest rows first into the "
+        "lightest micro-batch) instead of consecutive rows; each is trimmed to its own longest "
+        "row. Same gradient either way (token-mean); less padding and a flatter memory peak.",
+    )
+    mini_batches: int = Field(
+        1,
+        ge=1,
+        description="Optimizer steps per batch: the batch is split into this many mini-batches "
+        "(PPO-style). More than one step per batch makes the learner score π_prox first.",
+    )
+    ppo_epochs: int = Field(
+        1, ge=1, description="Passes over each batch (each pass = mini_batches optimizer steps)."
+    )
+    optimizer: Literal["adamw", "sgd"] = Field(
+        "adamw",
+        description="adamw (default) or plain sgd (makes parameter updates proportional to "
+        "gradients: used by tests that compare gradients across layouts).",
+    )
+    zero_stage: int = Field(0, ge=0, le=3, description="DeepSpeed ZeRO stage (0-3).")
+    seed: int = Field(0, description="Seed of learner RNGs.")
+    eval_every: int = Field(
+        20, ge=0, description="Held-out evaluation every N steps; 0 = only before and after."
+    )
+    log_every: int = Field(5, ge=1, description="Progress line every N steps.")
+    publish_every: int = Field(1, ge=1, description="Publish weights every N steps.")
+    checkpoint_every: int = Field(
+        0,
+        ge=0,
+        description="Save a checkpoint every N steps (and always on SIGTERM and at the "
+        "end); 0 = only on SIGTERM and at the end.",
+    )
+    threads: int = Field(
+        0, ge=0, description="torch intra-op threads for the learner; 0 = leave torch's default."
+    )
+    deepspeed: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Raw DeepSpeed config merged over the generated one, "
+        "for anything not modelled here.",
+    )
+
+
+# Weight transports: one member per file in `learner/publishers/` (registered there by `type`).
+# With every transport the chunks stay available over the control socket, as the fallback and
+# for hf generators.
+class ZmqWeights(_Strict):
+    type: Literal["zmq"] = Field(
+        "zmq",
+        description="zmq: generators fetch chunks over the control socket while the version "
+        "is written.",
+    )
+
+
+class DiskWeights(_Strict):
+    type: Literal["disk"] = Field(
+        "disk",
+        description="disk: each version is also written to `dir` and generators load it from "
+        "there (SGLang: /update_weights_from_disk).",
+    )
+    dir: str = Field(
+        description="Shared directory the versions are written to (same path on every host)."
+    )
+
+
+class NcclWeights(_Strict):
+    type: Literal["nccl"] = Field(
+        "nccl",
+        description="nccl: SGLang generators have their server join a weight-update group with "
+        "the learner and receive each version as bucketed broadcasts "
+        "(/update_weights_from_distributed; SGLang >= 0.5.6).",
+    )
+    host: str | None = Field(
+        None,
+        description="The learner's address as the SGLang servers reach it (the group "
+        "rendezvous listens there). Empty: learner.bind_host, or this host's name when "
+        "bind_host is 0.0.0.0.",
+    )
+    bucket_bytes: int = Field(
+        256 << 20,
+        ge=1 << 20,
+        description="Most bytes per broadcast (and per learner GPU staging buffer); a larger "
+        "tensor gets a bucket of its own.",
+    )
+    backend: Literal["auto", "nccl", "gloo"] = Field(
+        "auto",
+        description="The weight-update group's collective backend. auto: nccl when the learner "
+        "runs on CUDA, else gloo. gloo also serves a learner and a server that share one GPU "
+        "(NCCL refuses two ranks on one device), at host-copy speed.",
+    )
+    timeout_seconds: float = Field(
+        300.0,
+        gt=0,
+        description="How long a group may take to form and one bucket to broadcast before the "
+        "generator's group is given up (it can join again).",
+    )
+
+
+WeightsTransport = Annotated[ZmqWeights | DiskWeights | NcclWeights, Field(discriminator="type")]
+
+
+class LearnerConfig(_Strict):
+    bind_host: str = Field(
+        "127.0.0.1", description="Interface the learner binds (0.0.0.0 for a fleet on other hosts)."
+    )
+    control_port: int = Field(
+        5555, ge=0, le=65535, description="ROUTER port: leases, heartbeats, weight chunks."
+    )
+    rollouts_port: int = Field(5556, ge=0, le=65535, description="PULL port: rollout groups.")
+    weights_port: int = Field(5557, ge=0, le=65535, description="PUB port: weight announcements.")
+    metrics_port: int = Field(
+        9400, ge=0, le=65535, description="Prometheus /metrics port; 0 = any free port."
+    )
+    output_dir: str = Field("runs/latest", description="Where summaries and checkpoints go.")
+    weight_chunk_bytes: int = Field(
+        4 << 20,
+        ge=1024,
+        le=MAX_WEIGHT_CHUNK_BYTES,
+        description="Size of one weight chunk (every transport: chunks stay available). At most "
+        "32 MiB (MAX_WEIGHT_CHUNK_BYTES): glibc maps larger blocks afresh for every received "
+        "chunk.",
+    )
+    weights: WeightsTransport = Field(
+        default_factory=ZmqWeights,
+        description="How versions reach the generators besides chunks: {type: zmq} (default), "
+        "{type: disk, dir: ...} or {type: nccl, host, bucket_bytes, backend, timeout_seconds}.",
+    )
+
+
+# What the learner reads of the sections it does not own (read-only, so that narrower field
+# types such as Literal satisfy them).
+class ModelSection(Protocol):
+    @property
+    def dtype(self) -> str: ...
+
+
+class SamplingSection(Protocol):
+    @property
+    def group_size(self) -> int: ...
+    @property
+    def temperature(self) -> float: ...
+    @property
+    def max_new_tokens(self) -> int: ...
+
+
+class BufferSection(Protocol):
+    @property
+    def max_staleness(self) -> int: ...
+
+
+class RunConfig(Protocol):
+    """The run as the learner sees it; the hub reads the same object."""
+
+    @property
+    def model(self) -> ModelSection: ...
+    @property
+    def data(self) -> DataConfig: ...
+    @property
+    def sampling(self) -> SamplingSection: ...
+    @property
+    def objective(self) -> ObjectiveConfig: ...
+    @property
+    def advantage(self) -> AdvantageConfig: ...
+    @property
+    def reward(self) -> RewardConfig: ...
+    @property
+    def train(self) -> TrainConfig: ...
+    @property
+    def buffer(self) -> BufferSection: ...
+    @property
+    def learner(self) -> LearnerConfig: ...
+    @property
+    def security(self) -> Any: ...

@@ -1,0 +1,208 @@
+"""The learner's step loop: wait for groups → batch → step → version → publish → evaluate →
+checkpoint → log, and the run's summary.
+
+Every rank runs the loop; rank 0 holds the hub (None elsewhere), builds each batch and
+decides, for all ranks, when to stop. The hub is used through its public API only.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+from asyncrl.learner.checkpoint import save_checkpoint
+from asyncrl.learner.config import RunConfig
+from asyncrl.learner.engine import Batch, Engine, broadcast_batch, broadcast_flag
+from asyncrl.learner.evaluation import greedy_accuracy
+from asyncrl.learner.publishers import WeightPublisher
+from asyncrl.learner.step import build_batch, train_step
+
+logger = logging.getLogger(__name__)
+
+
+def evaluate(engine: Engine, tokenizer, rows: list[dict], cfg: RunConfig) -> float | None:
+    """Greedy held-out accuracy (None without rows, and on ranks that do not evaluate)."""
+    if not rows:
+        return None
+    # Under ZeRO-3 every rank must run the same forwards (parameters are gathered
+    # collectively); otherwise rank 0 alone evaluates.
+    if engine.rank != 0 and cfg.train.zero_stage != 3:
+        return None
+    return greedy_accuracy(
+        engine.model,
+        tokenizer,
+        rows,
+        prompt_field=cfg.data.prompt_field,
+        answer_field=cfg.data.answer_field,
+        max_new_tokens=cfg.sampling.max_new_tokens,
+    )
+
+
+class StepLoop:
+    """Trains from `version` up to `train.steps` (or until `stop`, or `train.max_seconds`)."""
+
+    def __init__(
+        self,
+        cfg: RunConfig,
+        engine: Engine,
+        hub,
+        publisher: WeightPublisher,
+        tokenizer,
+        eval_rows: list[dict],
+        ref_model,
+        stop: threading.Event,
+        version: int,
+        accuracy: float | None,
+    ) -> None:
+        self.cfg, self.engine, self.hub, self.publisher = cfg, engine, hub, publisher
+        self.tokenizer, self.eval_rows, self.ref_model = tokenizer, eval_rows, ref_model
+        self.stop = stop
+        self.version = self.start_version = version
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        self.tokens_trained = 0.0
+        self.busy_seconds = 0.0  # update + publish: the learner's time when it never waits
+        self.rl_seconds = 0.0
+        self._last_log = (0.0, 0.0)  # (time, tokens trained) at the last progress line
+        self.accuracy = accuracy  # the latest held-out accuracy, for the progress line
+
+    def run(self) -> None:
+        train = self.cfg.train
+        t0 = time.time()
+        self._last_log = (t0, self.tokens_trained)
+        while self.version < train.steps:
+            if broadcast_flag(self._should_stop(t0), self.engine.world):
+                break
+            batch, stats = self._next_batch()
+            if broadcast_flag(batch is None, self.engine.world):
+                break
+            self._step(broadcast_batch(batch, self.engine.rank, self.engine.world), stats)
+        self.rl_seconds = time.time() - t0
+
+    def _should_stop(self, t0: float) -> bool:
+        if self.stop.is_set():
+            return True
+        limit = self.cfg.train.max_seconds
+        return bool(limit and time.time() - t0 >= limit)
+
+    def _next_batch(self) -> tuple[Batch | None, dict]:
+        """Rank 0: the next B groups packed, or None when stopped while waiting."""
+        if self.hub is None:
+            return None, {}
+        tw = time.time()
+        groups = self.hub.wait_for_groups(self.cfg.train.groups_per_step, self.stop)
+        self.hub.metrics.step_seconds.labels(phase="wait").observe(time.time() - tw)
+        if groups is None:
+            return None, {}
+        batch, stats = build_batch(groups, self.cfg.advantage, self.pad_id)
+        staleness = [self.version - g.version for g in groups]
+        stats["staleness_max"] = max(staleness)
+        stats["staleness_mean"] = float(np.mean(staleness))
+        return batch, stats
+
+    def _step(self, batch: Batch, stats: dict) -> None:
+        cfg, hub = self.cfg, self.hub
+        tu = time.time()
+        m = train_step(
+            self.engine, batch, cfg.train, cfg.objective, cfg.sampling.temperature, self.ref_model
+        )
+        self.version += 1
+        version = self.version
+        self.busy_seconds += time.time() - tu
+        self.tokens_trained += float(batch.response_mask.sum())
+        if hub is not None:
+            hub.metrics.step_seconds.labels(phase="update").observe(time.time() - tu)
+            hub.advance_version(version)
+            _record(hub.metrics, m, stats, batch)
+        if version % cfg.train.publish_every == 0 or version == cfg.train.steps:
+            tp = time.time()
+            self.publisher.publish(version)
+            self.busy_seconds += time.time() - tp
+        every = cfg.train.eval_every
+        if every and version % every == 0 and version < cfg.train.steps:
+            te = time.time()
+            self.accuracy = evaluate(self.engine, self.tokenizer, self.eval_rows, cfg)
+            if hub is not None and self.accuracy is not None:
+                hub.metrics.eval_accuracy.set(self.accuracy)
+                hub.metrics.step_seconds.labels(phase="eval").observe(time.time() - te)
+        if cfg.train.checkpoint_every and version % cfg.train.checkpoint_every == 0:
+            save_checkpoint(self.engine, hub, version, cfg.learner.output_dir)
+        if hub is not None and (version % cfg.train.log_every == 0 or version == 1):
+            self._log(m, stats)
+
+    def _log(self, m: dict, stats: dict) -> None:
+        now = time.time()
+        tps = (self.tokens_trained - self._last_log[1]) / max(now - self._last_log[0], 1e-9)
+        self._last_log = (now, self.tokens_trained)
+        logger.info(
+            "step %d | reward %.3f | acc %s | staleness mean %.2f max %d | loss %.4f"
+            " | clip %.3f | trained tok/s %.0f | buffer %d",
+            self.version,
+            stats.get("reward_mean", float("nan")),
+            fmt_accuracy(self.accuracy),
+            stats.get("staleness_mean", 0.0),
+            stats.get("staleness_max", 0),
+            m.get("loss", float("nan")),
+            _clip(m),
+            tps,
+            self.hub.stats()["waiting"],
+        )
+
+    def summary(self, accuracy_before: float | None, accuracy_after: float | None) -> dict:
+        """Rank 0: the run's figures, also written to `learner.output_dir/summary.json`."""
+        cfg, st = self.cfg, self.hub.stats()
+        rl = max(self.rl_seconds, 1e-9)
+        summary = {
+            "event": "summary",
+            "accuracy_before": accuracy_before,
+            "accuracy_after": accuracy_after,
+            "rl_seconds": round(self.rl_seconds, 2),
+            "steps": self.version - self.start_version,
+            "policy_version": self.version,
+            "max_staleness": cfg.buffer.max_staleness,
+            "max_staleness_seen": st["staleness_seen_max"],
+            "trained_tokens_per_second": round(self.tokens_trained / rl, 1),
+            "generators_seen": st["generators_seen"],
+            "training_tokens_per_second": round(
+                self.tokens_trained / max(self.busy_seconds, 1e-9), 1
+            ),
+            "generation_tokens_per_second": round(st["generation_capacity"], 1),
+            "staleness_counts": {str(k): v for k, v in sorted(st["staleness_counts"].items())},
+        }
+        out = Path(cfg.learner.output_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "summary.json").write_text(json.dumps(summary, indent=2))
+        logger.info(
+            "held-out accuracy %s -> %s in %.0fs RL (%d steps)",
+            fmt_accuracy(accuracy_before),
+            fmt_accuracy(accuracy_after),
+            self.rl_seconds,
+            self.version,
+        )
+        return summary
+
+
+def _record(hm, m: dict, stats: dict, batch: Batch) -> None:
+    hm.steps.inc()
+    hm.tokens.inc(float(batch.response_mask.sum()))
+    hm.loss.set(m.get("loss", 0.0))
+    hm.clip_fraction.set(_clip(m))
+    hm.is_weight_max.set(m.get("is_weight_max", 0.0))
+    hm.kl.set(m.get("kl", 0.0))
+    hm.entropy.set(m.get("entropy", 0.0))
+    hm.grad_norm.set(m.get("grad_norm", 0.0))
+    hm.reward_mean.set(stats.get("reward_mean", 0.0))
+
+
+def _clip(m: dict) -> float:
+    return float(
+        m.get("clip_frac_low", 0.0) + m.get("clip_frac_high", 0.0) + m.get("clip_frac_dual", 0.0)
+    )
+
+
+def fmt_accuracy(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.3f}"

@@ -1,0 +1,127 @@
+"""The learner's one entry: build the engine (every rank) and the hub with its weight
+publisher (rank 0), resume, publish version 0, run the step loop, save, export, summarise.
+
+The caller (the launch layer) has parsed the config, installed the signal handlers that set
+`stop`, resolved the device and the model and data paths, and serves metrics and emits
+events through `Reporter`.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Protocol
+
+import torch
+
+from asyncrl.learner.checkpoint import export_policy, restore_checkpoint, save_checkpoint
+from asyncrl.learner.config import RunConfig
+from asyncrl.learner.data import PromptSource, load_rows
+from asyncrl.learner.engine import Engine, init_distributed, shutdown_distributed
+from asyncrl.learner.loop import StepLoop, evaluate, fmt_accuracy
+from asyncrl.learner.publishers import make_publisher
+from asyncrl.learner.step import load_reference
+
+logger = logging.getLogger(__name__)
+
+
+class Reporter(Protocol):
+    """How rank 0 tells the outside about the run."""
+
+    def serve(self, hub) -> None:
+        """The hub exists (not serving yet): expose its metrics and health."""
+
+    def ready(self, event: dict) -> None:
+        """Serving, version published, evaluated: endpoints, accuracy_before,
+        policy_version, resumed, gate (as restored, before any lease of this lifetime)."""
+
+
+def run_learner(
+    cfg: RunConfig,
+    model_path: str,
+    train_path: str,
+    eval_path: str | None,
+    device: str,
+    stop: threading.Event,
+    resume: bool,
+    reporter: Reporter,
+) -> dict | None:
+    """Train until `train.steps`, `stop` or `train.max_seconds`; returns the summary on rank 0
+    (None on other ranks). Joins the process group if the caller has not."""
+    from transformers import AutoTokenizer
+
+    rank, world = init_distributed(device)
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    torch.manual_seed(cfg.train.seed + rank)
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    sequences = cfg.train.groups_per_step * cfg.sampling.group_size
+    per_step = -(-sequences // cfg.train.mini_batches)
+    engine = Engine(model_path, cfg.train, cfg.model.dtype, device, rank, world, per_step)
+    ref_model = None
+    if cfg.objective.kl_beta > 0:
+        ref_model = load_reference(model_path, cfg.model.dtype, device)
+    hub = _build_hub(cfg, train_path, tokenizer) if rank == 0 else None
+    # Before the hub serves: a transport may attach itself to it.
+    publisher = make_publisher(engine, hub, cfg.learner, model_path)
+    eval_rows: list[dict] = []
+    if eval_path and (rank == 0 or cfg.train.zero_stage == 3):
+        eval_rows = load_rows(eval_path)[: cfg.data.eval_size]
+    if hub is not None:
+        reporter.serve(hub)
+
+    output_dir = cfg.learner.output_dir
+    version = restore_checkpoint(engine, hub, output_dir) if resume else 0
+    restored = None
+    if hub is not None:
+        st = hub.stats()
+        restored = {k: st[k] for k in ("accepted", "in_flight", "waiting", "consumed")}
+        # Serve only now: a lease issued before the checkpoint's gate counters and version
+        # are restored would be counted against the wrong state.
+        hub.start()
+    publisher.publish(version)
+    acc_before = evaluate(engine, tokenizer, eval_rows, cfg)
+    if hub is not None:
+        if acc_before is not None:
+            hub.metrics.eval_accuracy.set(acc_before)
+        reporter.ready(
+            {
+                "endpoints": hub.endpoints,
+                "accuracy_before": acc_before,
+                "policy_version": version,
+                "resumed": resume,
+                "gate": restored,
+            }
+        )
+        logger.info("held-out accuracy before RL: %s", fmt_accuracy(acc_before))
+
+    loop = StepLoop(
+        cfg, engine, hub, publisher, tokenizer, eval_rows, ref_model, stop, version, acc_before
+    )
+    loop.run()
+    save_checkpoint(engine, hub, loop.version, output_dir)
+    export_policy(engine, tokenizer, loop.version, output_dir)
+    acc_after = evaluate(engine, tokenizer, eval_rows, cfg)
+    summary = None
+    if hub is not None:
+        if acc_after is not None:
+            hub.metrics.eval_accuracy.set(acc_after)
+        summary = loop.summary(acc_before, acc_after)
+        hub.stop()
+        publisher.close()
+    if world > 1:
+        torch.distributed.barrier()
+    shutdown_distributed()
+    return summary
+
+
+def _build_hub(cfg: RunConfig, train_path: str, tokenizer):
+    from asyncrl.learner.hub import Hub
+    from asyncrl.learner.metrics import LearnerMetrics
+    from asyncrl.protocol.sockets import setup_socket_factory
+
+    prompts = PromptSource(
+        load_rows(train_path), tokenizer, cfg.data.prompt_field, seed=cfg.data.shuffle_seed
+    )
+    factory = setup_socket_factory(cfg.security, "server")
+    return Hub(cfg, prompts, tokenizer, LearnerMetrics(), factory)

@@ -1,0 +1,190 @@
+"""One training step, pure of sockets: groups packed into a batch with their advantages,
+then the objective's optimizer steps over this rank's shard (mini-batches, micro-batches,
+proximal and reference logprobs)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from asyncrl.buffer.replay import BufferedGroup
+from asyncrl.learner.advantages import compute_advantages
+from asyncrl.learner.config import TrainConfig
+from asyncrl.learner.engine import Batch, Engine, balance_rows, shard_rows
+from asyncrl.learner.logprobs import token_entropy, token_logprobs
+from asyncrl.learner.loss_config import AdvantageConfig, ObjectiveConfig
+from asyncrl.learner.objectives import policy_loss
+
+
+def build_batch(
+    groups: list[BufferedGroup], advantage: AdvantageConfig, pad_id: int
+) -> tuple[Batch, dict]:
+    """Pack groups into right-padded tensors; advantages from each group's rewards."""
+    datas = [g.payload for g in groups]
+    rewards = torch.tensor(np.stack([d.rewards for d in datas]), dtype=torch.float32)
+    baseline = None
+    if all(d.baseline_reward is not None for d in datas):
+        baseline = torch.tensor([d.baseline_reward for d in datas], dtype=torch.float32)
+    adv, adv_metrics = compute_advantages(rewards, advantage, baseline_rewards=baseline)
+    seqs, behaviour, starts = [], [], []
+    for d in datas:
+        for resp, lp in zip(d.responses, d.logprobs):
+            seqs.append(np.concatenate([d.prompt.token_ids, resp]))
+            behaviour.append(lp)
+            starts.append(len(d.prompt.token_ids))
+    n, length = len(seqs), max(len(s) for s in seqs)
+    input_ids = torch.full((n, length), pad_id, dtype=torch.long)
+    attention = torch.zeros(n, length, dtype=torch.long)
+    resp_mask = torch.zeros(n, length, dtype=torch.float32)
+    mu = torch.zeros(n, length, dtype=torch.float32)
+    for i, (s, lp, st) in enumerate(zip(seqs, behaviour, starts)):
+        input_ids[i, : len(s)] = torch.from_numpy(s.astype(np.int64))
+        attention[i, : len(s)] = 1
+        resp_mask[i, st : len(s)] = 1.0
+        mu[i, st : len(s)] = torch.from_numpy(lp.astype(np.float32))
+    stats = {
+        "reward_mean": float(rewards.mean()),
+        "response_tokens": float(resp_mask.sum()),
+        **{f"adv_{k}": v for k, v in adv_metrics.items()},
+    }
+    for d in datas:
+        for k, v in d.reward_metrics.items():
+            stats[k] = stats.get(k, 0.0) + v / len(datas)
+    return Batch(input_ids, attention, resp_mask, mu, adv.reshape(-1)), stats
+
+
+def train_step(
+    engine: Engine,
+    batch: Batch,
+    train: TrainConfig,
+    objective: ObjectiveConfig,
+    temperature: float,
+    ref_model=None,
+) -> dict[str, float]:
+    """Optimizer steps over this rank's shard of `batch`: `train.ppo_epochs` passes over
+    `train.mini_batches` mini-batches, each accumulated over the engine's micro-batches.
+    `temperature`: the generators' sampling temperature, which scoring must use too.
+
+    With more than one optimizer step per batch, π_prox is scored once before the first step
+    (decoupled objectives need the policy the batch started from); with one step the objective
+    uses π_θ detached, which is the same value without the extra forward pass.
+    """
+    minis = mini_batch_rows(len(batch), train.mini_batches)
+    multi = train.ppo_epochs * len(minis) > 1
+    prox = _proximal_logprobs(engine, batch, minis, train, temperature) if multi else {}
+    use_ref = ref_model is not None and objective.kl_beta > 0
+    entropy_grad = objective.entropy_coef > 0
+    totals: dict[str, float] = {}
+    weight_sum = 0.0
+    for _ in range(train.ppo_epochs):
+        for mi, rows in enumerate(minis):
+            mini = batch.rows(rows)
+            # Normalizer: every valid token of this optimizer step across ranks (token-mean)
+            # or every sequence (seq-mean modes); all ranks see the full batch, so it agrees.
+            if objective.agg == "token-mean":
+                normalizer = float(mini.response_mask[:, 1:].sum().clamp(min=1))
+            else:
+                normalizer = float(max(1, len(mini)))
+            for i, mb in enumerate(_micro_batches(engine, mini, train)):
+                logits = engine.forward_logits(mb)[:, :-1]
+                targets = mb.input_ids[:, 1:]
+                mask = mb.response_mask[:, 1:]
+                lp = token_logprobs(logits, targets, temperature=temperature)
+                if entropy_grad:
+                    ent = token_entropy(logits, temperature=temperature)
+                else:
+                    with torch.no_grad():
+                        ent = token_entropy(logits.detach(), temperature=temperature)
+                ref_lp = _reference_logprobs(ref_model, mb, temperature) if use_ref else None
+                loss, m = policy_loss(
+                    lp,
+                    mb.behaviour_logprobs[:, 1:],
+                    mb.advantages,
+                    mask,
+                    objective,
+                    prox_logprobs=prox.get((mi, i)),
+                    ref_logprobs=ref_lp,
+                    entropy=ent,
+                    normalizer=normalizer,
+                )
+                engine.backward_and_step(loss)
+                w = float(mask.sum())
+                weight_sum += w
+                for k, v in m.items():
+                    if k == "is_weight_max":
+                        totals[k] = max(totals.get(k, 0.0), float(v))
+                    elif k == "loss":
+                        totals[k] = totals.get(k, 0.0) + float(v)
+                    else:
+                        totals[k] = totals.get(k, 0.0) + float(v) * w
+    optimizer_steps = train.ppo_epochs * len(minis)
+    out = {
+        k: (
+            v
+            if k == "is_weight_max"
+            else v / optimizer_steps
+            if k == "loss"
+            else v / max(weight_sum, 1.0)
+        )
+        for k, v in totals.items()
+    }
+    out["grad_norm"] = engine.grad_norm()
+    out["lr"] = engine.lr()
+    return out
+
+
+def _micro_batches(engine: Engine, mini: Batch, train: TrainConfig) -> list[Batch]:
+    """This rank's micro-batches of a mini-batch, token-balanced (default) or contiguous
+    row slices; each trimmed to its own longest row and moved to the device."""
+    if train.token_balanced:
+        lengths = [int(x) for x in mini.attention_mask.sum(1)]
+        parts = balance_rows(lengths, engine.rank, engine.world, engine.micro_batches)
+        picked = [mini.rows(ix) if len(ix) else _empty_rows(mini) for ix in parts]
+    else:
+        slices = shard_rows(len(mini), engine.rank, engine.world, engine.micro_batches)
+        picked = [mini.rows(sl) if sl.stop > sl.start else _empty_rows(mini) for sl in slices]
+    return [mb.trimmed().to(engine.device) for mb in picked]
+
+
+def mini_batch_rows(n: int, mini_batches: int) -> list[slice]:
+    """Contiguous row ranges of the mini-batches (one optimizer step each)."""
+    size = -(-n // max(1, mini_batches))
+    return [slice(i, min(n, i + size)) for i in range(0, n, max(size, 1))]
+
+
+@torch.no_grad()
+def _proximal_logprobs(
+    engine: Engine, batch: Batch, minis, train: TrainConfig, temperature: float
+) -> dict:
+    """π_prox for every micro-batch this rank will train on, before any update."""
+    out = {}
+    for mi, rows in enumerate(minis):
+        mini = batch.rows(rows)
+        for i, mb in enumerate(_micro_batches(engine, mini, train)):
+            logits = engine.forward_logits(mb)[:, :-1]
+            out[(mi, i)] = token_logprobs(logits, mb.input_ids[:, 1:], temperature=temperature)
+    return out
+
+
+@torch.no_grad()
+def _reference_logprobs(ref_model, mb: Batch, temperature: float) -> torch.Tensor:
+    logits = ref_model(input_ids=mb.input_ids, attention_mask=mb.attention_mask).logits[:, :-1]
+    return token_logprobs(logits, mb.input_ids[:, 1:], temperature=temperature)
+
+
+def _empty_rows(batch: Batch) -> Batch:
+    """One row with nothing to learn: keeps ranks' backward counts equal when a shard is
+    shorter than the others."""
+    mb = batch.rows(slice(0, 1))
+    mb.response_mask = torch.zeros_like(mb.response_mask)
+    return mb
+
+
+def load_reference(model_path: str, dtype: str, device: str):
+    """The frozen initial policy for the KL term: weights only, no optimizer state, no
+    gradients (replicated on every rank, also under ZeRO-3)."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=getattr(torch, dtype))
+    model.requires_grad_(False)
+    return model.eval().to(device)
