@@ -391,14 +391,3 @@ def setup_tiny_assets(cfg: TinyTaskConfig | None = None) -> TinyAssets:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return _assets(final)
-
-
-__all__ = [
-    "TinyAssets",
-    "TinyTaskConfig",
-    "build_tokenizer",
-    "cache_key",
-    "make_splits",
-    "setup_tiny_assets",
-    "tiny_model_config",
-]
