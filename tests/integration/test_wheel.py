@@ -76,8 +76,11 @@ def test_wheel_installs_beside_the_index_buffer_and_protocol(tmp_path):
     names = zipfile.ZipFile(wheel).namelist()
     tops = {n.split("/")[0] for n in names if not n.split("/")[0].endswith(".dist-info")}
     assert tops == {"asyncrl"}, f"top-level names besides asyncrl: {sorted(tops)}"
+    # Every package of the checkout, subpackages too (pyproject lists them one by one).
     for layer in LAYERS:
-        assert f"asyncrl/{layer}/__init__.py" in names
+        for init in (REPO / layer).rglob("__init__.py"):
+            packaged = f"asyncrl/{layer}/{init.relative_to(REPO / layer).as_posix()}"
+            assert packaged in names, f"{packaged} missing: add its package to pyproject.toml"
     for shipped in (
         "asyncrl/launch/presets/tiny-cpu.yaml",
         "asyncrl/launch/ops/alerts.yml",
