@@ -261,7 +261,7 @@ class SGLangBackend:
             raise SGLangError(
                 f"the nccl transport needs SGLang >= {'.'.join(map(str, NCCL_MIN_VERSION))} "
                 f"(flattened buckets); this server is {self.server_info().get('version')}: "
-                "use learner.weights_transport=zmq or disk"
+                "use learner.weights.type=zmq or disk"
             )
         info = self.server_info()
         if int(info.get("dp_size", 1)) > 1:

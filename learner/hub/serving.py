@@ -95,7 +95,7 @@ class WeightServing:
 
     def on_nccl(self, msg: NcclJoin | NcclPull) -> NcclGroup | NcclPlan:
         if self.nccl is None:
-            why = "learner.weights_transport is not nccl"
+            why = "learner.weights.type is not nccl"
             if isinstance(msg, NcclJoin):
                 return NcclGroup("", 0, "", "", error=why)
             return NcclPlan(msg.version, "", missing=True, reason=why)
