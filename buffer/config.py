@@ -5,12 +5,12 @@ Lives next to the ledger it configures; `launch/config.py` imports it into the r
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
+
+from asyncrl.protocol.settings import StrictModel
 
 
-class BufferConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
+class BufferConfig(StrictModel):
     max_staleness: int = Field(
         2,
         ge=0,

@@ -5,15 +5,14 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from asyncrl.generators.backends.sglang import SGLangConfig
+from asyncrl.protocol.settings import StrictModel
 
 
-class GeneratorConfig(BaseModel):
+class GeneratorConfig(StrictModel):
     """The `generator` section: one generator process, its backend and its learner."""
-
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
     metrics_host: str = Field(
         "0.0.0.0", description="Interface the /metrics endpoint binds (127.0.0.1 to keep it local)."

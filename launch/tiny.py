@@ -24,7 +24,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
+
+from asyncrl.protocol.settings import StrictModel
 
 log = logging.getLogger(__name__)
 
@@ -41,10 +43,8 @@ CHARS = "0123456789+-*= "
 BUILD_COUNT = 0
 
 
-class TinyTaskConfig(BaseModel):
+class TinyTaskConfig(StrictModel):
     """What the embedded default task and model look like; part of the cache key."""
-
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
     seed: int = Field(0, description="Seed of the data splits, model init and SFT order.")
     n_train: int = Field(4000, ge=1, description="Prompts in the RL train split.")

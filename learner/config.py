@@ -9,18 +9,15 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal, Protocol
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from asyncrl.learner.loss_config import AdvantageConfig, ObjectiveConfig
 from asyncrl.learner.rewards import RewardConfig
 from asyncrl.protocol.blob import MAX_WEIGHT_CHUNK_BYTES
+from asyncrl.protocol.settings import StrictModel
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
-
-class DataConfig(_Strict):
+class DataConfig(StrictModel):
     train_path: str | None = Field(
         None,
         description="Prompt dataset for RL: JSONL file with one object per line. Empty: "
@@ -37,7 +34,7 @@ class DataConfig(_Strict):
     shuffle_seed: int = Field(0, description="Seed of the per-epoch prompt order.")
 
 
-class TrainConfig(_Strict):
+class TrainConfig(StrictModel):
     groups_per_step: int = Field(8, ge=1, description="Prompt groups per optimizer step (B).")
     steps: int = Field(
         120, ge=1, description="Optimizer steps to run (this process's target policy version)."
@@ -96,7 +93,7 @@ class TrainConfig(_Strict):
 # Weight transports: one member per file in `learner/publishers/` (registered there by `type`).
 # With every transport the chunks stay available over the control socket, as the fallback and
 # for hf generators.
-class ZmqWeights(_Strict):
+class ZmqWeights(StrictModel):
     type: Literal["zmq"] = Field(
         "zmq",
         description="zmq: generators fetch chunks over the control socket while the version "
@@ -104,7 +101,7 @@ class ZmqWeights(_Strict):
     )
 
 
-class DiskWeights(_Strict):
+class DiskWeights(StrictModel):
     type: Literal["disk"] = Field(
         "disk",
         description="disk: each version is also written to `dir` and generators load it from "
@@ -115,7 +112,7 @@ class DiskWeights(_Strict):
     )
 
 
-class NcclWeights(_Strict):
+class NcclWeights(StrictModel):
     type: Literal["nccl"] = Field(
         "nccl",
         description="nccl: SGLang generators have their server join a weight-update group with "
@@ -151,7 +148,7 @@ class NcclWeights(_Strict):
 WeightsTransport = Annotated[ZmqWeights | DiskWeights | NcclWeights, Field(discriminator="type")]
 
 
-class LearnerConfig(_Strict):
+class LearnerConfig(StrictModel):
     bind_host: str = Field(
         "127.0.0.1", description="Interface the learner binds (0.0.0.0 for a fleet on other hosts)."
     )

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
+
+from asyncrl.protocol.settings import StrictModel
 
 ObjectiveName = Literal[
     "ppo", "dual_clip", "decoupled_ppo", "cispo", "gspo", "gspo_token", "aspo", "reinforce_tis"
@@ -15,10 +17,8 @@ ObjectiveName = Literal[
 AggName = Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"]
 
 
-class ObjectiveConfig(BaseModel):
+class ObjectiveConfig(StrictModel):
     """The policy loss and its knobs (the `objective:` section). Formulas: docs/objectives.md."""
-
-    model_config = ConfigDict(extra="forbid")
 
     name: ObjectiveName = Field(
         "ppo",
@@ -107,10 +107,8 @@ class ObjectiveConfig(BaseModel):
         return self
 
 
-class AdvantageConfig(BaseModel):
+class AdvantageConfig(StrictModel):
     """Which advantage estimator the learner uses (the `advantage:` section)."""
-
-    model_config = ConfigDict(extra="forbid")
 
     name: Literal["grpo", "dr_grpo", "rloo", "reinforce_pp", "remax"] = Field(
         "grpo",

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from asyncrl.generators.backends.base import Capabilities, Sample
 from asyncrl.generators.backends.sglang_api import (
@@ -44,7 +44,7 @@ from asyncrl.generators.backends.sglang_api import (
     parse_version,
 )
 from asyncrl.protocol.blob import write_version_dir
-from asyncrl.protocol.settings import SamplingParams
+from asyncrl.protocol.settings import SamplingParams, StrictModel
 
 logger = logging.getLogger(__name__)
 
@@ -52,10 +52,8 @@ NCCL_MIN_VERSION = (0, 5, 6)  # load_format "flattened_bucket" on the distribute
 SESSION_VERSION = (0, 5, 21)  # updates must sit between /begin_ and /end_weight_update
 
 
-class SGLangConfig(BaseModel):
+class SGLangConfig(StrictModel):
     """The `generator.sglang` section: how to reach (or start) the SGLang server."""
-
-    model_config = ConfigDict(extra="forbid")
 
     url: str | None = Field(
         None,

@@ -8,18 +8,18 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
+
+from asyncrl.protocol.settings import StrictModel
 
 
-class OverlongConfig(BaseModel):
+class OverlongConfig(StrictModel):
     """DAPO's soft overlong punishment (arXiv 2503.14476, eq. 13), added to the base reward.
 
     With `L_max = max_length` and `L_cache = cache_length`, a response of `n` tokens gets
     0 when `n <= L_max - L_cache`, `((L_max - L_cache) - n) / L_cache` inside the cache
     interval, and -1 beyond `L_max`.
     """
-
-    model_config = ConfigDict(extra="forbid")
 
     enabled: bool = Field(False, description="Add the soft overlong penalty to the base reward.")
     max_length: int | None = Field(
@@ -51,10 +51,8 @@ class OverlongConfig(BaseModel):
         return self
 
 
-class RewardConfig(BaseModel):
+class RewardConfig(StrictModel):
     """Which reward scores a completed group, and its settings."""
-
-    model_config = ConfigDict(extra="forbid")
 
     name: Literal["exact", "math", "ttrl", "reward_model", "plugin"] = Field(
         "exact",
