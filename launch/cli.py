@@ -12,7 +12,13 @@ import logging
 import os
 import sys
 
-from asyncrl.launch.config import ConfigError, describe_fields, dump_config, load_config
+from asyncrl.launch.config import (
+    ConfigError,
+    describe_fields,
+    dump_config,
+    load_config,
+    reference_markdown,
+)
 
 logger = logging.getLogger("asyncrl")
 
@@ -76,6 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dir", required=True, help="directory to write the keys into")
     p.add_argument("--clients", default="client", help="comma-separated client key names")
     p = sub.add_parser("config-fields", help="list every config field with its description")
+    p.add_argument("--markdown", action="store_true", help="the reference page (docs/config.md)")
     p = sub.add_parser("bench", help="measure efficiency ratios on this machine")
     p.add_argument("--quick", action="store_true", help="smaller sizes, about 3 minutes")
     p.add_argument("--json", action="store_true", help="print one JSON object")
@@ -91,7 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "config-fields":
-        print("\n".join(describe_fields()))
+        print(
+            reference_markdown() if args.markdown else "\n".join(describe_fields()) + "\n", end=""
+        )
         return 0
     if args.command == "keys":
         from asyncrl.protocol.sockets import create_curve_keys

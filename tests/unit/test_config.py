@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from pydantic import BaseModel
@@ -17,6 +18,7 @@ from asyncrl.launch.config import (
     describe_fields,
     dump_config,
     load_config,
+    reference_markdown,
 )
 
 PRESETS = sorted(p.stem for p in PRESETS_DIR.glob("*.yaml"))
@@ -54,6 +56,16 @@ def _undocumented(model: type[BaseModel], prefix: str = "") -> list[str]:
 def test_every_field_has_a_description():
     assert _undocumented(AsyncRLConfig) == []
     assert len(describe_fields()) > 80
+
+
+def test_the_reference_page_matches_the_schema():
+    # docs/config.md is generated; a field added, renamed or re-described without
+    # regenerating it fails here (`asyncrl config-fields --markdown > docs/config.md`).
+    page = Path(__file__).resolve().parents[2] / "docs" / "config.md"
+    assert page.read_text() == reference_markdown()
+    # One table row per field line of `asyncrl config-fields`.
+    rows = [line for line in page.read_text().splitlines() if line.startswith("| `")]
+    assert len(rows) == len(describe_fields())
 
 
 def test_dotted_overrides_are_typed():
