@@ -5,6 +5,10 @@ resolved, so neither builds assets nor knows about the tiny task."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from asyncrl.launch.config import AsyncRLConfig
 
 
 @dataclass
@@ -14,7 +18,7 @@ class ResolvedData:
     eval_path: str | None
 
 
-def resolve_data(cfg) -> ResolvedData:
+def resolve_data(cfg: AsyncRLConfig) -> ResolvedData:
     """The user's model and data, or the embedded tiny task (built once, cached)."""
     if cfg.model.path is not None:
         return ResolvedData(cfg.model.path, cfg.data.train_path, cfg.data.eval_path)

@@ -11,10 +11,11 @@ from typing import Annotated, Any, Literal, Protocol
 
 from pydantic import Field
 
+from asyncrl.buffer.config import BufferConfig
 from asyncrl.learner.loss_config import AdvantageConfig, ObjectiveConfig
 from asyncrl.learner.rewards import RewardConfig
 from asyncrl.protocol.blob import MAX_WEIGHT_CHUNK_BYTES
-from asyncrl.protocol.settings import StrictModel
+from asyncrl.protocol.settings import ModelConfig, SamplingConfig, SecurityConfig, StrictModel
 
 
 class DataConfig(StrictModel):
@@ -176,36 +177,16 @@ class LearnerConfig(StrictModel):
     )
 
 
-# What the learner reads of the sections it does not own (read-only, so that narrower field
-# types such as Literal satisfy them).
-class ModelSection(Protocol):
-    @property
-    def dtype(self) -> str: ...
-
-
-class SamplingSection(Protocol):
-    @property
-    def group_size(self) -> int: ...
-    @property
-    def temperature(self) -> float: ...
-    @property
-    def max_new_tokens(self) -> int: ...
-
-
-class BufferSection(Protocol):
-    @property
-    def max_staleness(self) -> int: ...
-
-
 class RunConfig(Protocol):
-    """The run as the learner sees it; the hub reads the same object."""
+    """The run as the learner sees it; the hub reads the same object. The launch layer's
+    composed config satisfies it structurally (the learner never imports launch)."""
 
     @property
-    def model(self) -> ModelSection: ...
+    def model(self) -> ModelConfig: ...
     @property
     def data(self) -> DataConfig: ...
     @property
-    def sampling(self) -> SamplingSection: ...
+    def sampling(self) -> SamplingConfig: ...
     @property
     def objective(self) -> ObjectiveConfig: ...
     @property
@@ -215,8 +196,8 @@ class RunConfig(Protocol):
     @property
     def train(self) -> TrainConfig: ...
     @property
-    def buffer(self) -> BufferSection: ...
+    def buffer(self) -> BufferConfig: ...
     @property
     def learner(self) -> LearnerConfig: ...
     @property
-    def security(self) -> Any: ...
+    def security(self) -> SecurityConfig: ...

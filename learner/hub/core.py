@@ -13,6 +13,7 @@ import time
 
 from asyncrl.buffer.ledger import Ledger
 from asyncrl.buffer.replay import Dropped
+from asyncrl.learner.config import RunConfig
 from asyncrl.learner.metrics import LearnerMetrics
 
 logger = logging.getLogger("asyncrl.learner.hub")
@@ -42,7 +43,7 @@ class HubCore:
     reward pool's threads and the training thread. Hold `lock` to touch `ledger` or
     `version`; it is a Condition so the trainer can wait for groups."""
 
-    def __init__(self, cfg, metrics: LearnerMetrics):
+    def __init__(self, cfg: RunConfig, metrics: LearnerMetrics):
         self.cfg = cfg
         self.metrics = metrics
         self.lock = threading.Condition()

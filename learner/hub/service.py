@@ -15,6 +15,7 @@ from collections import Counter
 
 from asyncrl.buffer.ledger import Denied
 from asyncrl.buffer.replay import BufferedGroup
+from asyncrl.learner.config import RunConfig
 from asyncrl.learner.data import PromptSource
 from asyncrl.learner.hub.core import HubCore, logger
 from asyncrl.learner.hub.generators import Generators
@@ -43,7 +44,7 @@ class Hub:
 
     def __init__(
         self,
-        cfg,
+        cfg: RunConfig,
         prompts: PromptSource,
         tokenizer,
         metrics: LearnerMetrics,
