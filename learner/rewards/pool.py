@@ -19,6 +19,7 @@ ends are this program's own processes, never the network.
 
 from __future__ import annotations
 
+import atexit
 import logging
 import multiprocessing as mp
 import os
@@ -197,6 +198,11 @@ class RewardPool:
         be built (a plug-in that does not import) fails the run at start, not per group."""
         with ThreadPoolExecutor(len(self._workers)) as ex:
             started = [ex.submit(w.ensure) for w in self._workers]
+        # Workers are not daemons, and multiprocessing joins such children at interpreter
+        # exit: a learner that dies of an exception before `close` would wait forever for
+        # workers blocked on their pipes. Registered after multiprocessing's own exit handler
+        # (the first start registered it), this one runs before it and kills them.
+        atexit.register(self.close)
         for f in started:
             if f.exception() is not None:
                 self.close()
@@ -222,6 +228,7 @@ class RewardPool:
 
     def close(self) -> None:
         """Stop promptly: queued jobs are dropped unscored and the workers are killed."""
+        atexit.unregister(self.close)
         self._closed.set()
         for w in self._workers:
             w.kill()  # a thread waiting on its worker reads end-of-file and stops

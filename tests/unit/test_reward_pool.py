@@ -5,6 +5,8 @@ spawned processes running plug-ins from tests/unit/reward_plugins.py."""
 from __future__ import annotations
 
 import queue
+import subprocess
+import sys
 import time
 
 import pytest
@@ -113,3 +115,19 @@ def test_a_reward_that_cannot_be_built_fails_at_start():
     pool = RewardPool(RewardConfig(name="plugin", plugin=f"{PLUGINS}:missing", workers=1))
     with pytest.raises(RuntimeError, match="no attribute 'missing'"):
         pool.start()
+
+
+def test_a_process_that_dies_with_the_pool_open_exits(tmp_path):
+    # Workers are not daemons, and multiprocessing joins such children at exit: without the
+    # pool's exit handler, a learner that raised with its pool still open hung there forever
+    # (its workers wait on their pipes) instead of exiting non-zero for a supervisor.
+    script = tmp_path / "crash.py"
+    script.write_text(
+        "from asyncrl.learner.rewards import RewardConfig\n"
+        "from asyncrl.learner.rewards.pool import RewardPool\n"
+        "if __name__ == '__main__':\n"
+        "    RewardPool(RewardConfig(workers=2)).start()\n"
+        "    raise RuntimeError('learner crashed')\n"
+    )
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1 and "learner crashed" in proc.stderr
