@@ -136,8 +136,16 @@ def main(argv: list[str] | None = None) -> int:
         events = _claim_stdout()
         _setup_logging("learner", args.log_level)
         from asyncrl.launch.learner_main import run
+        from asyncrl.learner.hub import HubStopped
 
-        run(cfg, args.resume, events)
+        try:
+            run(cfg, args.resume, events)
+        except HubStopped as exc:
+            print(
+                f"asyncrl learner: hub socket loop stopped ({exc}); restart with --resume",
+                file=sys.stderr,
+            )
+            return 3
         if int(os.environ.get("WORLD_SIZE", "1")) > 1:
             from asyncrl.learner.engine import exit_multi_rank
 

@@ -4,6 +4,6 @@
 """
 
 from asyncrl.learner.hub.groups import GroupData
-from asyncrl.learner.hub.service import Hub
+from asyncrl.learner.hub.service import Hub, HubStopped
 
-__all__ = ["GroupData", "Hub"]
+__all__ = ["GroupData", "Hub", "HubStopped"]

@@ -10,6 +10,7 @@ message is counted by reason, anything else unexpected as `internal`; the loop g
 from __future__ import annotations
 
 import functools
+import logging
 import socket
 import threading
 import time
@@ -23,6 +24,8 @@ from asyncrl.learner.metrics import LearnerMetrics
 from asyncrl.protocol.codec import DecodeLimits, ProtocolError
 from asyncrl.protocol.messages import NcclJoin, NcclPull, RolloutGroup, WeightsRequest
 from asyncrl.protocol.sockets import SocketFactory, recv, send
+
+logger = logging.getLogger(__name__)
 
 # Messages handled per socket per turn, so one busy socket cannot starve the others.
 CONTROL_BATCH = 256
@@ -62,6 +65,7 @@ class SocketLoop:
         self._thread: threading.Thread | None = None
         self._sockets: list = []  # closed by `stop`
         self._wake_lock = threading.Lock()
+        self.failure = ""  # why the loop thread ended, if it ended by an error
 
     def bind(self, host: str, control: int, rollouts: int, weights: int) -> None:
         """Bind the sockets (port 0: any free port); `endpoints` then says where."""
@@ -89,8 +93,17 @@ class SocketLoop:
         self.endpoints = {k: f"tcp://{shown}:{p}" for k, p in self.ports.items()}
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="hub", daemon=True)
+        self._thread = threading.Thread(target=self._serve, name="hub", daemon=True)
         self._thread.start()
+
+    def _serve(self) -> None:
+        try:
+            self._run()
+        except Exception as exc:
+            # Handlers are guarded; what gets here broke the loop itself (a socket error).
+            # The trainer sees `failure` at its next wait and ends the run.
+            self.failure = f"{type(exc).__name__}: {exc}"
+            logger.critical("hub socket loop stopped: %s", self.failure, exc_info=True)
 
     def alive(self) -> bool:
         return self._thread is not None and self._thread.is_alive()

@@ -39,6 +39,10 @@ from asyncrl.protocol.messages import (
 from asyncrl.protocol.sockets import SocketFactory
 
 
+class HubStopped(RuntimeError):
+    """The hub's socket loop died: no group can arrive, so the run cannot go on."""
+
+
 class Hub:
     """Rank 0's service threads plus the state the trainer consumes."""
 
@@ -101,7 +105,7 @@ class Hub:
 
     def healthy(self) -> tuple[bool, str]:
         if not self.loop.alive():
-            return False, "hub thread not running"
+            return False, f"hub thread not running: {self.loop.failure or 'stopped'}"
         with self.core.lock:
             n = len(self.generators.connected)
             return True, f"ok version={self.core.version} generators={n}"
@@ -112,6 +116,10 @@ class Hub:
         core = self.core
         with core.lock:
             while not stop.is_set():
+                if not self.loop.alive():
+                    # Nothing can arrive any more: end the run (non-zero) so a supervisor
+                    # restarts it with --resume, rather than waiting forever.
+                    raise HubStopped(self.loop.failure or "the hub thread is not running")
                 taken, dropped = core.ledger.on_groups_taken(n, core.version)
                 core.drop_all(dropped)
                 if taken is not None:

@@ -14,7 +14,7 @@ import zmq
 
 from asyncrl.launch.config import load_config
 from asyncrl.learner.data import PromptSource
-from asyncrl.learner.hub import GroupData, Hub
+from asyncrl.learner.hub import GroupData, Hub, HubStopped
 from asyncrl.learner.metrics import LearnerMetrics
 from asyncrl.protocol.messages import (
     Ack,
@@ -189,3 +189,24 @@ def test_a_hanging_reward_neither_stops_the_loop_nor_keeps_capacity():
         t0 = time.monotonic()
         hub.stop()
         assert time.monotonic() - t0 < 12.0
+
+
+def test_a_dead_socket_loop_ends_the_run_and_health_says_why():
+    hub = _hub("2+2=")
+    try:
+        # Break the loop outside any handler's guard (as a socket error would): the next
+        # turn's announcement check raises.
+        def broken():
+            raise OSError("socket gone")
+
+        hub.loop.serving.take_announcement = broken
+        _wait(lambda: not hub.loop.alive())
+        ok, why = hub.healthy()
+        assert not ok and why == "hub thread not running: OSError: socket gone"
+        # The trainer's wait ends with the reason instead of waiting forever.
+        t = time.monotonic()
+        with pytest.raises(HubStopped, match="OSError: socket gone"):
+            hub.wait_for_groups(1, threading.Event())
+        assert time.monotonic() - t < 1.0
+    finally:
+        hub.stop()
