@@ -27,6 +27,9 @@ import xxhash
 # larger ones are mapped afresh for every received chunk, which costs a page fault per page.
 MAX_WEIGHT_CHUNK_BYTES = 32 << 20
 
+# The blob's file name inside a version directory (what SGLang's loader looks for).
+WEIGHTS_FILE = "model.safetensors"
+
 # safetensors dtype tag -> (torch dtype attribute name, bytes per element)
 DTYPE_TAGS: dict[str, tuple[str, int]] = {
     "F64": ("float64", 8),
@@ -177,7 +180,7 @@ def write_version_dir(root: str, version: int, blob, model_path: str, keep: int 
             src = Path(model_path) / name
             if src.exists():
                 shutil.copy(src, tmp / name)
-        with open(tmp / "model.safetensors", "wb") as f:
+        with open(tmp / WEIGHTS_FILE, "wb") as f:
             f.write(blob)
             f.flush()
             os.fsync(f.fileno())

@@ -11,7 +11,7 @@ from asyncrl.generators.backends.base import Backend
 from asyncrl.generators.fetchers.base import Fetched, WeightFetcher
 from asyncrl.generators.metrics import GeneratorMetrics
 from asyncrl.generators.weights import WeightsError
-from asyncrl.protocol.blob import digest_of
+from asyncrl.protocol.blob import WEIGHTS_FILE, digest_of
 from asyncrl.protocol.messages import WeightsAnnouncement
 
 logger = logging.getLogger(__name__)
@@ -29,7 +29,7 @@ class DiskFetcher(WeightFetcher):
         self.metrics = metrics
 
     def fetch(self, ann: WeightsAnnouncement) -> Fetched:
-        file = Path(ann.path) / "model.safetensors"
+        file = Path(ann.path) / WEIGHTS_FILE
         if not ann.path or not file.exists():
             return Fetched.DECLINED
         try:
