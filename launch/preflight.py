@@ -9,7 +9,7 @@ it (chat-format prompts need a chat template), and a dry run of a user's reward 
 
 from __future__ import annotations
 
-import logging
+import os
 import re
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -34,7 +34,8 @@ def preflight(cfg: AsyncRLConfig, role: str) -> None:
     """Everything `role` (learner, generator, local) will read, checked. Raises PreflightError."""
     model_dir = check_model_dir(cfg)
     rows = {}
-    if role in ("learner", "local"):
+    # Rank 0 owns the prompts; other ranks (perhaps on hosts without the files) skip them.
+    if role == "local" or (role == "learner" and os.environ.get("RANK", "0") == "0"):
         rows = check_data(cfg)
         if cfg.reward.name == "reward_model" and cfg.reward.reward_model_path:
             _check_local_model(cfg.reward.reward_model_path, "reward.reward_model_path")
@@ -181,7 +182,6 @@ def dry_run_reward(cfg: AsyncRLConfig, row: dict, loc: str) -> None:
         return
     from asyncrl.learner.rewards import setup_reward
 
-    logging.getLogger("asyncrl.learner.rewards.plugin").setLevel(logging.WARNING)
     completion = str(row.get(cfg.reward.answer_field, ""))
     try:
         fn = setup_reward(cfg.reward)
