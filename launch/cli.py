@@ -127,11 +127,20 @@ def main(argv: list[str] | None = None) -> int:
         # No --config: the embedded default, exactly the tiny-cpu preset.
         cfg = load_config(args.config or "tiny-cpu", overrides)
     except ConfigError as exc:
-        print(f"asyncrl: {exc}", file=sys.stderr)
+        for line in str(exc).splitlines():
+            print(f"asyncrl: {line}", file=sys.stderr)
         return 2
     if args.print_config:
         print(dump_config(cfg), end="")
         return 0
+    from asyncrl.launch.preflight import PreflightError, preflight
+
+    try:
+        # Before DeepSpeed, the model or an engine loads: a bad path costs a second.
+        preflight(cfg, args.command)
+    except PreflightError as exc:
+        print(f"asyncrl {args.command}: {exc}", file=sys.stderr)
+        return 2
     if args.command == "learner":
         events = _claim_stdout()
         _setup_logging("learner", args.log_level)

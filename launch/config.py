@@ -16,6 +16,7 @@ from pydantic import BaseModel, Field, ValidationError, model_validator
 
 from asyncrl.buffer.config import BufferConfig
 from asyncrl.generators.config import GeneratorConfig
+from asyncrl.launch.config_errors import format_validation_error, yaml_error_line
 from asyncrl.launch.tiny import TinyTaskConfig
 from asyncrl.learner.config import DataConfig, LearnerConfig, TrainConfig
 from asyncrl.learner.loss_config import AdvantageConfig, ObjectiveConfig
@@ -79,13 +80,15 @@ class ConfigError(ValueError):
     """Configuration that cannot start a run; the message says what to change."""
 
 
-def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
+def _set_dotted(tree: dict, dotted: str, value: Any, item: str) -> None:
     keys = dotted.split(".")
+    if not all(keys):
+        raise ConfigError(f"override {item}: empty name in {dotted!r}")
     node = tree
     for k in keys[:-1]:
         nxt = node.setdefault(k, {})
         if not isinstance(nxt, dict):
-            raise ConfigError(f"override {dotted}: {k} is not a section")
+            raise ConfigError(f"override {item}: {k} is not a section")
         node = nxt
     node[keys[-1]] = value
 
@@ -97,7 +100,12 @@ def parse_overrides(items: list[str]) -> dict:
         if "=" not in item:
             raise ConfigError(f"override {item!r} is not of the form section.field=value")
         key, raw = item.split("=", 1)
-        _set_dotted(tree, key.strip(), yaml.safe_load(raw) if raw != "" else "")
+        try:
+            value = yaml.safe_load(raw) if raw != "" else ""
+        except yaml.YAMLError as e:
+            problem = getattr(e, "problem", None) or "not valid YAML"
+            raise ConfigError(f"override {item}: the value is not valid YAML ({problem})") from None
+        _set_dotted(tree, key.strip(), value, item)
     return tree
 
 
@@ -123,39 +131,38 @@ def resolve_config_path(name_or_path: str | None) -> Path | None:
 
 
 def load_config(path: str | None = None, overrides: list[str] | None = None) -> AsyncRLConfig:
-    """Load YAML (or a preset name), apply dotted overrides, validate."""
+    """Load YAML (or a preset name), apply dotted overrides, validate. A ConfigError has one
+    line per problem, each saying where: `file:line:col:` or `override KEY=VALUE:`."""
     tree: dict = {}
+    text = ""
     resolved = resolve_config_path(path)
     if resolved is not None:
-        loaded = yaml.safe_load(resolved.read_text()) or {}
+        try:
+            text = resolved.read_text()
+        except (OSError, UnicodeDecodeError) as e:
+            raise ConfigError(f"{resolved}: cannot read the config ({e})") from None
+        try:
+            loaded = yaml.safe_load(text) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(yaml_error_line(resolved, e)) from None
         if not isinstance(loaded, dict):
-            raise ConfigError(f"{resolved}: the top level must be a mapping of sections")
+            raise ConfigError(f"{resolved}:1:1: the top level must be a mapping of sections")
         tree = loaded
-    tree = _merge(tree, parse_overrides(overrides or []))
+    items = overrides or []
+    tree = _merge(tree, parse_overrides(items))
     try:
         return AsyncRLConfig.model_validate(tree)
     except ValidationError as exc:
-        raise ConfigError(format_validation_error(exc, resolved)) from None
-
-
-def format_validation_error(exc: ValidationError, source: Path | None) -> str:
-    lines = [f"invalid configuration{f' in {source}' if source else ''}:"]
-    for err in exc.errors():
-        loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
-        if err["type"] == "extra_forbidden":
-            lines.append(
-                f"  {loc}: unknown key; remove it or check the spelling "
-                "(`asyncrl learner --print-config` lists every field)"
-            )
-        else:
-            got = err.get("input")
-            shown = "" if isinstance(got, dict) else f" (got {got!r})"
-            lines.append(f"  {loc}: {err['msg']}{shown}")
-    return "\n".join(lines)
+        keyed = [(i.split("=", 1)[0].strip(), i) for i in items]
+        lines = format_validation_error(exc, AsyncRLConfig, resolved, text, keyed)
+        raise ConfigError("\n".join(lines)) from None
 
 
 def dump_config(cfg: AsyncRLConfig) -> str:
-    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+    tree = cfg.model_dump(mode="json")
+    if cfg.model.path is not None and cfg.tiny == TinyTaskConfig():
+        del tree["tiny"]  # only the embedded model reads it: noise in a real model's config
+    return yaml.safe_dump(tree, sort_keys=False)
 
 
 def field_rows(model: type[BaseModel] = AsyncRLConfig, prefix: str = "") -> list[tuple]:

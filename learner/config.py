@@ -43,11 +43,17 @@ class TrainConfig(StrictModel):
     max_seconds: float = Field(
         0.0, ge=0.0, description="Stop after this much RL wall time; 0 = no limit."
     )
-    lr: float = Field(2e-4, gt=0.0, description="Peak learning rate (AdamW).")
+    lr: float = Field(
+        1e-6, gt=0.0, description="Peak learning rate (AdamW); 1e-6 suits 0.5-8B models."
+    )
     weight_decay: float = Field(0.0, ge=0.0, description="AdamW weight decay.")
     warmup_steps: int = Field(5, ge=0, description="Linear LR warmup steps.")
     grad_clip: float = Field(1.0, ge=0.0, description="Gradient norm clip; 0 = off.")
-    micro_batch_size: int = Field(64, ge=1, description="Sequences per forward/backward pass.")
+    micro_batch_size: int = Field(
+        4,
+        ge=1,
+        description="Sequences per forward/backward pass (per rank); raise it while memory allows.",
+    )
     token_balanced: bool = Field(
         True,
         description="Pack micro-batches by token count (longest rows first into the "

@@ -16,28 +16,96 @@ import numpy as np
 logger = logging.getLogger(__name__)
 
 
+class DataError(ValueError):
+    """A dataset that cannot be read; the message starts with where (`file:line:`)."""
+
+
 def load_rows(path: str) -> list[dict]:
     """Rows from JSONL (one JSON object per line), Parquet, or a saved `datasets` directory."""
+    return read_rows(path)[0]
+
+
+def read_rows(path: str) -> tuple[list[dict], list[str]]:
+    """The rows of a dataset and where each one is (`file:line` for JSONL, `file: row N`
+    otherwise), so a later check can point at the row it rejects. Raises DataError."""
     p = Path(path)
+    if not p.exists():
+        raise DataError(f"{path}: no such file or directory")
     if p.is_dir():
-        from datasets import load_from_disk  # optional: only for saved HF datasets
-
-        return [dict(r) for r in load_from_disk(str(p))]
-    if p.suffix == ".parquet":
-        import pyarrow.parquet as pq  # optional: only for parquet files
-
-        return pq.read_table(p).to_pylist()
-    rows = []
-    with p.open() as f:
-        for lineno, line in enumerate(f, 1):
-            if line.strip():
-                row = json.loads(line)
-                if not isinstance(row, dict):
-                    raise ValueError(f"{path}:{lineno}: each line must be a JSON object")
-                rows.append(row)
+        rows = _saved_dataset_rows(p)
+    elif p.suffix == ".parquet":
+        rows = _parquet_rows(p)
+    else:
+        return _jsonl_rows(p)
     if not rows:
-        raise ValueError(f"{path}: no rows")
-    return rows
+        raise DataError(f"{path}: no rows")
+    return rows, [f"{path}: row {i}" for i in range(1, len(rows) + 1)]
+
+
+def _jsonl_rows(p: Path) -> tuple[list[dict], list[str]]:
+    rows, where = [], []
+    # Bytes, decoded per line: a bad byte is then reported on its own line.
+    with p.open("rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                where = f"{p}:{lineno}: not UTF-8 text"
+                raise DataError(f"{where} ({e.reason} at byte {e.start})") from None
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                hint = ""
+                if lineno == 1 and line.lstrip().startswith("["):
+                    hint = " (a JSON array? JSONL has one object per line)"
+                # A line cut short fails past its newline, which json counts as line 2.
+                at = f"column {e.colno}" if e.lineno == 1 else "the end of the line"
+                raise DataError(f"{p}:{lineno}: invalid JSON: {e.msg} at {at}{hint}") from None
+            if not isinstance(row, dict):
+                raise DataError(
+                    f"{p}:{lineno}: each line must be a JSON object, got {type(row).__name__}"
+                )
+            rows.append(row)
+            where.append(f"{p}:{lineno}")
+    if not rows:
+        raise DataError(f"{p}: no rows")
+    return rows, where
+
+
+def _missing_library(p: Path, what: str, module: str) -> DataError:
+    return DataError(f"{p}: reading {what} needs the {module} package: pip install 'asyncrl[data]'")
+
+
+def _parquet_rows(p: Path) -> list[dict]:
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise _missing_library(p, "Parquet", "pyarrow") from None
+    try:
+        return pq.read_table(p).to_pylist()
+    except (pa.ArrowException, OSError) as e:
+        raise DataError(f"{p}: not a readable Parquet file ({e})") from None
+
+
+def _saved_dataset_rows(p: Path) -> list[dict]:
+    try:
+        from datasets import Dataset, load_from_disk
+    except ImportError:
+        raise _missing_library(p, "a saved dataset directory", "datasets") from None
+    try:
+        ds = load_from_disk(str(p))
+    except FileNotFoundError:
+        raise DataError(
+            f"{p}: a directory, but not one saved by datasets' save_to_disk (expected "
+            "dataset_info.json or dataset_dict.json)"
+        ) from None
+    if not isinstance(ds, Dataset):
+        splits = ", ".join(sorted(ds))
+        raise DataError(f"{p}: a dataset with splits ({splits}); name one: {p}/<split>")
+    return [dict(r) for r in ds]
 
 
 @dataclass

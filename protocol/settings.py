@@ -29,6 +29,12 @@ class ModelConfig(StrictModel):
         description="Hugging Face model directory (local path). Empty: build and use the "
         "embedded tiny model (see `tiny`).",
     )
+    allow_hub_download: bool = Field(
+        False,
+        description="Accept a Hugging Face Hub id (org/name) as model.path, downloaded on "
+        "first use (learner and hf generators). Off: model.path must be a local model "
+        "directory, checked before anything loads.",
+    )
     dtype: Literal["float32", "bfloat16", "float16"] = Field(
         "float32",
         description="Parameter/compute dtype of learner and hf generators. bfloat16 "
@@ -47,7 +53,7 @@ class SamplingParams(StrictModel):
     )
     top_p: float = Field(1.0, gt=0.0, le=1.0, description="Nucleus truncation; 1 = off.")
     top_k: int = Field(0, ge=0, description="Top-k truncation; 0 = off.")
-    max_new_tokens: int = Field(8, ge=1, description="Response length limit in tokens.")
+    max_new_tokens: int = Field(1024, ge=1, description="Response length limit in tokens.")
     stop: list[str] = Field(
         default_factory=list,
         description="Stop strings besides EOS: a sample ends (finish reason 'stop') with the "

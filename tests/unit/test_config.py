@@ -17,6 +17,7 @@ from asyncrl.launch.config import (
     ConfigError,
     describe_fields,
     dump_config,
+    field_rows,
     load_config,
     reference_markdown,
 )
@@ -92,8 +93,10 @@ def test_bad_values_name_the_field(override, hint):
 
 def test_cli_reports_bad_config_and_exits_2(capsys):
     assert main(["local", "train.steps=0"]) == 2
-    err = capsys.readouterr().err
-    assert "train.steps" in err and "greater than or equal to 1" in err
+    assert capsys.readouterr().err == (
+        "asyncrl: override train.steps=0: train.steps: Input should be greater than or equal "
+        "to 1 (got 0)\n"
+    )
 
 
 def test_cli_print_config(capsys):
@@ -111,3 +114,124 @@ def test_config_and_cli_import_without_torch():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]", out.stdout
+
+
+def _error_lines(path: str | None, overrides: list[str]) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        load_config(path, overrides)
+    return str(info.value).splitlines()
+
+
+def test_yaml_syntax_error_names_file_line_and_column(tmp_path):
+    bad = tmp_path / "run.yaml"
+    # Line 3 is indented deeper than its sibling: PyYAML stops at its colon (column 9).
+    bad.write_text("train:\n  lr: 1\n   steps: 3\n")
+    assert _error_lines(str(bad), []) == [
+        f"{bad}:3:9: YAML syntax error: mapping values are not allowed here"
+    ]
+
+
+def test_override_errors_name_the_override_not_the_preset():
+    assert _error_lines("tiny-cpu", ["train.lr=abc"]) == [
+        "override train.lr=abc: train.lr: Input should be a valid number, unable to parse "
+        "string as a number (got 'abc')"
+    ]
+    # A section's own check is blamed on the override that set the section.
+    assert _error_lines("tiny-cpu", ["learner.weights.type=disk"]) == [
+        "override learner.weights.type=disk: learner.weights.dir: Field required"
+    ]
+    # A cross-section check, on the override its message names.
+    (line,) = _error_lines("tiny-cpu", ["train.mini_batches=10000"])
+    assert line.startswith("override train.mini_batches=10000: train.mini_batches (10000)")
+
+
+def test_file_errors_name_the_key_line_and_column(tmp_path):
+    f = tmp_path / "run.yaml"
+    f.write_text("train:\n  lr: 1.0e-6\n  steps: abc\nsampling:\n  group_sise: 4\n")
+    assert _error_lines(str(f), []) == [
+        # The value's position for a bad value (line 3, column 10), the key's for a bad key.
+        f"{f}:3:10: train.steps: Input should be a valid integer, unable to parse string as "
+        "an integer (got 'abc')",
+        f"{f}:5:3: sampling.group_sise: unknown key; did you mean sampling.group_size?",
+    ]
+
+
+@pytest.mark.parametrize(
+    "override, suggestion",
+    [
+        ("learning_rate=1e-6", "did you mean train.lr? (TRL's learning_rate)"),
+        ("train.learning_rate=1e-6", "did you mean train.lr? (TRL's learning_rate)"),
+        ("num_generations=8", "did you mean sampling.group_size? (TRL's num_generations)"),
+        (
+            "per_device_train_batch_size=2",
+            "did you mean train.micro_batch_size? (TRL's per_device_train_batch_size)",
+        ),
+        (
+            "max_completion_length=512",
+            "did you mean sampling.max_new_tokens? (TRL's max_completion_length)",
+        ),
+        ("beta=0.04", "did you mean objective.kl_beta? (TRL's beta)"),
+        ("epsilon=0.2", "did you mean objective.eps_low? (TRL's epsilon)"),
+        ("data.train_files=x.parquet", "did you mean data.train_path? (verl's train_files)"),
+        (
+            "actor_rollout_ref.rollout.n=8",
+            "verl's layout? here: actor_rollout_ref.rollout.n -> sampling.group_size",
+        ),
+        ("train.stpes=3", "did you mean train.steps?"),  # difflib among the section's fields
+        ("train.group_size=3", "did you mean sampling.group_size?"),  # same name elsewhere
+    ],
+)
+def test_unknown_keys_suggest_the_field(override, suggestion):
+    (line,) = _error_lines("tiny-cpu", [override])
+    key = override.split("=")[0].split(".rollout")[0]
+    assert line.startswith(f"override {override}: {key}: unknown key; "), line
+    assert line.endswith(suggestion), line
+
+
+def test_every_alias_points_at_a_field():
+    from asyncrl.launch.config_errors import TRL_ALIASES, VERL_ALIASES
+
+    fields = {name for name, _, _ in field_rows()}
+    targets = [t for t in {**TRL_ALIASES, **VERL_ALIASES}.values() if " " not in t]
+    assert [t for t in targets if t not in fields] == []
+
+
+@pytest.mark.parametrize(
+    "override, hint",
+    [
+        ("objective.name=grpo", "GRPO is objective.name: ppo with advantage.name: grpo"),
+        ("objective=grpo", "GRPO is objective.name: ppo with advantage.name: grpo"),
+        ("objective.name=dr_grpo", "Dr. GRPO is objective.name: ppo, objective.agg: seq-mean"),
+        ("objective.name=dapo", "DAPO is objective.name: ppo"),
+        ("objective.name=rloo", "rloo is an advantage"),
+        ("advantage.name=cispo", "cispo is an objective: objective.name: cispo"),
+    ],
+)
+def test_algorithm_names_get_a_hint(override, hint):
+    (line,) = _error_lines("tiny-cpu", [override])
+    value = override.split("=")[1]
+    assert line.startswith(f"override {override}: ") and f"(got '{value}'); {hint}" in line, line
+
+
+def test_defaults_suit_a_real_model_and_the_tiny_preset_keeps_its_own():
+    cfg = load_config(None, ["model.path=/m", "data.train_path=/d.jsonl"])
+    assert (cfg.train.lr, cfg.sampling.max_new_tokens, cfg.train.micro_batch_size) == (
+        1e-6,
+        1024,
+        4,
+    )
+    tiny = load_config("tiny-cpu")
+    assert (tiny.train.lr, tiny.sampling.max_new_tokens, tiny.train.micro_batch_size) == (
+        2e-4,
+        8,
+        64,
+    )
+
+
+@pytest.mark.parametrize("name", ["single-gpu-hf", "multi-gpu-sglang"])
+def test_gpu_presets_print_no_tiny_section(name, capsys):
+    assert main(["learner", "--config", name, "--print-config"]) == 0
+    out = capsys.readouterr().out
+    assert "\ntiny:" not in out and "model:" in out
+    assert main(["local", "--print-config"]) == 0
+    assert "\ntiny:" in capsys.readouterr().out  # the embedded default still shows it
