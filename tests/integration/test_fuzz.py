@@ -366,3 +366,40 @@ def test_fuzzed_messages_never_stop_the_hub_and_are_all_counted():
 @pytest.mark.slow
 def test_fuzzed_messages_long():
     _storm(SLOW_MESSAGES)
+
+
+def _wait_for(cond, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.05)
+
+
+def test_oversize_frames_and_too_many_frames_are_counted_and_the_peer_comes_back():
+    hub = _hub()
+    m = hub.metrics
+    ctx = zmq.Context()
+    push = ctx.socket(zmq.PUSH)
+    push.setsockopt(zmq.LINGER, 0)
+    push.connect(hub.endpoints["rollouts"])
+    try:
+        # The rollouts socket's frame limit: max(64 KiB header, G*MAX_NEW*4 = 64 B) + 1 MiB.
+        limit = learner_receive_limits(G, MAX_NEW)["rollouts"].decode.max_frame_bytes
+        assert limit == 64 * 1024 + 2**20
+        # 20 frames > 16: drained and counted, never decoded.
+        push.send_multipart([b"x"] * 20)
+        _wait_for(lambda: m.malformed.labels(reason="frames")._value.get() == 1)
+        # One byte over the limit: ZeroMQ drops the connection (nothing reaches the hub's
+        # code); the socket monitor counts it.
+        push.send_multipart([b"\0" * (limit + 1)])
+        _wait_for(lambda: m.peer_disconnects.labels(reason="disconnected")._value.get() >= 1)
+        # The peer reconnects by itself and is heard again; the hub never stopped.
+        before = m.malformed.labels(reason="header")._value.get()
+        push.send_multipart([b"\xc1"])
+        _wait_for(lambda: m.malformed.labels(reason="header")._value.get() == before + 1)
+        assert hub.loop.alive() and hub.healthy()[0]
+        assert m.malformed.labels(reason="internal")._value.get() == 0
+    finally:
+        push.close(0)
+        ctx.term()
+        hub.stop()
