@@ -32,10 +32,11 @@ from asyncrl.launch.config import load_config
 from asyncrl.learner.data import PromptSource
 from asyncrl.learner.hub import Hub
 from asyncrl.learner.metrics import LearnerMetrics
+from asyncrl.protocol.codec import encode
 from asyncrl.protocol.messages import MESSAGE_TYPES, SCHEMA_VERSION, Lease, LeaseRequest
 from asyncrl.protocol.settings import SamplingParams
 from asyncrl.protocol.sockets import SocketFactory, learner_receive_limits
-from tests.unit.test_hub import CharTokenizer, Generator
+from tests.unit.test_hub import CharTokenizer, Generator, _wait
 
 CI_MESSAGES = 20_000
 SLOW_MESSAGES = 200_000
@@ -136,7 +137,7 @@ MUTATIONS = (
 @st.composite
 def hostile_messages(draw) -> list[tuple[str, list[bytes]]]:
     """A valid message of any type and up to four mutants of it: [(mutation, frames)]."""
-    frames = [bytes(f) for f in _encode(draw(VALID))]
+    frames = [bytes(f) for f in encode(draw(VALID))]
     kinds = draw(st.lists(st.sampled_from(MUTATIONS), min_size=1, max_size=4))
     return [(kind, _mutate(draw, kind, list(frames))) for kind in kinds]
 
@@ -203,12 +204,6 @@ def _mutate(draw, kind: str, frames: list[bytes]) -> list[bytes]:
             raw[draw(st.integers(0, len(raw) - 1))] = draw(st.integers(0, 255))
         frames[0] = bytes(raw)
     return frames
-
-
-def _encode(msg) -> list:
-    from asyncrl.protocol.codec import encode
-
-    return encode(msg)
 
 
 # ------------------------------------------------------------------ the live hub
@@ -368,13 +363,6 @@ def test_fuzzed_messages_long():
     _storm(SLOW_MESSAGES)
 
 
-def _wait_for(cond, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.05)
-
-
 def test_oversize_frames_and_too_many_frames_are_counted_and_the_peer_comes_back():
     hub = _hub()
     m = hub.metrics
@@ -388,15 +376,15 @@ def test_oversize_frames_and_too_many_frames_are_counted_and_the_peer_comes_back
         assert limit == 64 * 1024 + 2**20
         # 20 frames > 16: drained and counted, never decoded.
         push.send_multipart([b"x"] * 20)
-        _wait_for(lambda: m.malformed.labels(reason="frames")._value.get() == 1)
+        _wait(lambda: m.malformed.labels(reason="frames")._value.get() == 1)
         # One byte over the limit: ZeroMQ drops the connection (nothing reaches the hub's
         # code); the socket monitor counts it.
         push.send_multipart([b"\0" * (limit + 1)])
-        _wait_for(lambda: m.peer_disconnects.labels(reason="disconnected")._value.get() >= 1)
+        _wait(lambda: m.peer_disconnects.labels(reason="disconnected")._value.get() >= 1)
         # The peer reconnects by itself and is heard again; the hub never stopped.
         before = m.malformed.labels(reason="header")._value.get()
         push.send_multipart([b"\xc1"])
-        _wait_for(lambda: m.malformed.labels(reason="header")._value.get() == before + 1)
+        _wait(lambda: m.malformed.labels(reason="header")._value.get() == before + 1)
         assert hub.loop.alive() and hub.healthy()[0]
         assert m.malformed.labels(reason="internal")._value.get() == 0
     finally:
