@@ -176,6 +176,13 @@ class LearnerConfig(StrictModel):
         "32 MiB (MAX_WEIGHT_CHUNK_BYTES): glibc maps larger blocks afresh for every received "
         "chunk.",
     )
+    min_logprob: float = Field(
+        -1e4,
+        lt=0,
+        description="Floor on the behaviour logprob of every returned token; a group with a "
+        "lower one is dropped as bad_logprobs (such values only come from corrupt engines or "
+        "forged groups and would blow up importance ratios).",
+    )
     weights: WeightsTransport = Field(
         default_factory=ZmqWeights,
         description="How versions reach the generators besides chunks: {type: zmq} (default), "

@@ -8,15 +8,30 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from asyncrl.protocol.codec import DECODE_REASONS
+from asyncrl.protocol.validate import ROLLOUT_REASONS
+
 DROP_REASONS = (
     "stale",
     "overflow",
     "filtered",
+    # a group whose lease is someone else's, or whose reward raised (see reward_errors)
     "invalid",
     "duplicate",
     "expired",
+    "unknown_lease",
+    "wrong_holder",
     "reward_timeout",
+    *ROLLOUT_REASONS,
 )
+# Why a message was dropped before reaching a handler: the codec's and the socket's reasons,
+# a message of a type the socket does not take, and `internal` for whatever a handler raised.
+MALFORMED_REASONS = (*DECODE_REASONS, "unexpected_type", "internal")
+# ZeroMQ socket-monitor events of the hub's receiving sockets: a peer's connection closed
+# (ZeroMQ also closes it for a frame over ZMQ_MAXMSGSIZE: the monitor cannot tell which), or
+# its handshake failed (protocol mismatch, or CURVE authentication).
+DISCONNECT_REASONS = ("disconnected", "handshake", "auth")
+DENY_REASONS = ("gate", "version")
 PHASES = ("wait", "logprob", "update", "publish", "eval")
 STALENESS_BUCKETS = (0, 1, 2, 3, 4, 6, 8, 16)
 
@@ -139,11 +154,30 @@ class LearnerMetrics:
         )
         self.malformed = Counter(
             "asyncrl_malformed_messages",
-            "Messages dropped before decoding completed, by reason.",
+            "Messages dropped before a handler took them, by reason.",
             ["reason"],
             registry=r,
         )
-        for reason in DROP_REASONS:
-            self.dropped.labels(reason=reason)
+        self.control_received = Counter(
+            "asyncrl_control_messages_received",
+            "Well-formed messages of a control type received on the control socket.",
+            registry=r,
+        )
+        self.peer_disconnects = Counter(
+            "asyncrl_peer_disconnects",
+            "Connections to the control and rollouts sockets that ended or failed to start.",
+            ["reason"],
+            registry=r,
+        )
+        # Every label of every labelled counter exists from the start, so dashboards and rate()
+        # show 0 instead of no data.
+        for counter, reasons in (
+            (self.dropped, DROP_REASONS),
+            (self.malformed, MALFORMED_REASONS),
+            (self.peer_disconnects, DISCONNECT_REASONS),
+            (self.leases_denied, DENY_REASONS),
+        ):
+            for reason in reasons:
+                counter.labels(reason=reason)
         for phase in PHASES:
             self.step_seconds.labels(phase=phase)

@@ -118,10 +118,12 @@ def run_learner(
 def _build_hub(cfg: RunConfig, train_path: str, tokenizer):
     from asyncrl.learner.hub import Hub
     from asyncrl.learner.metrics import LearnerMetrics
-    from asyncrl.protocol.sockets import setup_socket_factory
+    from asyncrl.protocol.sockets import learner_receive_limits, setup_socket_factory
 
     prompts = PromptSource(
         load_rows(train_path), tokenizer, cfg.data.prompt_field, seed=cfg.data.shuffle_seed
     )
-    factory = setup_socket_factory(cfg.security, "server")
+    # Per-frame limits from the configured maxima, not a fixed 512 MiB.
+    receive = learner_receive_limits(cfg.sampling.group_size, cfg.sampling.max_new_tokens)
+    factory = setup_socket_factory(cfg.security, "server", receive)
     return Hub(cfg, prompts, tokenizer, LearnerMetrics(), factory)

@@ -7,13 +7,15 @@ map and is validated by that model (strict types, its bounds, extra keys refused
 no msgpack ext types, explicit size limits: a hostile frame can cost at most the bytes it
 occupies.
 
-Every decoding failure raises `ProtocolError` with a short, bounded `reason` that the receiver
-uses as a metric label.
+Every decoding failure raises `ProtocolError` with a short `reason` from `DECODE_REASONS`, which
+the receiver uses as a metric label.
 """
 
 from __future__ import annotations
 
+import functools
 import math
+import typing
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -22,6 +24,9 @@ import numpy as np
 from pydantic import BaseModel, ValidationError
 
 from asyncrl.protocol.messages import MESSAGE_TYPES, SCHEMA_VERSION, Message
+
+# Every reason `decode` (and `sockets.recv`) can give: a bounded label set, pre-created at 0.
+DECODE_REASONS = ("frames", "header", "schema_version", "type", "field", "array", "oversize")
 
 
 class ProtocolError(ValueError):
@@ -43,6 +48,14 @@ class DecodeLimits:
     max_str_len: int = 4096
     max_list_len: int = 4096
     max_ndim: int = 2
+    # Slack over the largest legitimate frame for ZeroMQ's per-frame limit (ZMQ_MAXMSGSIZE):
+    # what a peer gets disconnected for must be clearly not a legitimate message.
+    frame_headroom: int = 1 << 20
+
+    @property
+    def max_frame_bytes(self) -> int:
+        """The largest frame worth receiving: no header or array frame may be larger."""
+        return max(self.max_header_bytes, self.max_array_bytes) + self.frame_headroom
 
 
 DEFAULT_LIMITS = DecodeLimits()
@@ -97,6 +110,62 @@ def _check_scalar(name: str, value, types: tuple[type, ...]) -> None:
         raise ProtocolError("field", f"{name} has type {type(value).__name__}")
     if isinstance(value, float) and not math.isfinite(value):
         raise ProtocolError("field", f"{name} is not finite")
+
+
+# Element types of a list field whose annotation does not name one (`list`): the plain values
+# msgpack carries, never nested containers. bool is refused unless declared (True is an int).
+_ANY_ELEMENT = (int, str)
+
+
+@functools.cache
+def _element_types(cls: type[Message]) -> dict[str, tuple[type, ...]]:
+    """List field -> the types its elements may have, read from the message's annotations
+    (`list[str]` -> (str,)), so the checks follow the schema whatever element type it declares."""
+    hints = typing.get_type_hints(cls)
+    out = {}
+    for name, accepted in cls.SCHEMA.scalars.items():
+        if list not in accepted:
+            continue
+        args = typing.get_args(hints[name])
+        elem = args[0] if len(args) == 1 and isinstance(args[0], type) else None
+        if elem is float:
+            out[name] = (float, int)
+        elif elem in (int, str, bool):
+            out[name] = (elem,)
+        else:
+            out[name] = _ANY_ELEMENT
+    return out
+
+
+def _check_elements(name: str, values: list, types: tuple[type, ...]) -> None:
+    """Every element of a list field has a declared type: a str in `lease_ids: list[int]` (or an
+    int in a list[str]) is refused here rather than breaking a handler later."""
+    allow_bool = bool in types
+    for i, x in enumerate(values):
+        if (isinstance(x, bool) and not allow_bool) or not isinstance(x, types):
+            raise ProtocolError("field", f"{name}[{i}] has type {type(x).__name__}")
+        if isinstance(x, float) and not math.isfinite(x):
+            raise ProtocolError("field", f"{name}[{i}] is not finite")
+
+
+def _check_shape(name: str, shape, itemsize: int, nbytes: int, limits: DecodeLimits) -> tuple:
+    """The declared shape of an array frame, checked before anything is allocated or reshaped:
+    at most `max_ndim` plain non-negative ints, each within what `max_array_bytes` could hold
+    (so a zero next to 2**40 is refused although the product is 0), and a product, bounded at
+    every step, equal to the frame's bytes over the item size."""
+    if not isinstance(shape, list) or len(shape) > limits.max_ndim:
+        raise ProtocolError("array", f"{name} has a bad shape")
+    cap = limits.max_array_bytes // itemsize
+    count = 1
+    for d in shape:
+        if not isinstance(d, int) or isinstance(d, bool) or d < 0 or d > cap:
+            raise ProtocolError("array", f"{name} has a bad dimension")
+        count *= d
+        if count > cap:
+            raise ProtocolError("array", f"{name} is larger than allowed")
+    if count * itemsize != nbytes:
+        raise ProtocolError("array", f"{name} size mismatch")
+    return tuple(shape)
 
 
 def _load_model(name: str, value, model: type[BaseModel]) -> BaseModel:
@@ -167,8 +236,8 @@ def decode(frames: Sequence, limits: DecodeLimits = DEFAULT_LIMITS) -> Message:
             kwargs[name] = _load_model(name, value, schema.models[name])
             continue
         _check_scalar(name, value, schema.scalars[name])
-        if isinstance(value, list) and not all(isinstance(x, (int, str)) for x in value):
-            raise ProtocolError("field", f"{name} has nested values")
+        if isinstance(value, list):
+            _check_elements(name, value, _element_types(cls)[name])
         kwargs[name] = value
     if set(raw_fields).difference(schema.header_fields):
         raise ProtocolError("field", "unknown field")
@@ -179,21 +248,13 @@ def decode(frames: Sequence, limits: DecodeLimits = DEFAULT_LIMITS) -> Message:
         if not (isinstance(meta, list) and len(meta) == 3):
             raise ProtocolError("array", "bad descriptor")
         name, dtype, shape = meta
-        if name not in schema.arrays or name in kwargs:
+        if not isinstance(name, str) or name not in schema.arrays or name in kwargs:
             raise ProtocolError("array", f"unexpected array {str(name)[:32]}")
         if dtype != schema.arrays[name] or dtype not in _DTYPES:
             raise ProtocolError("array", f"{name} has dtype {str(dtype)[:16]}")
-        if (
-            not isinstance(shape, list)
-            or len(shape) > limits.max_ndim
-            or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)
-        ):
-            raise ProtocolError("array", f"{name} has a bad shape")
         buf = _frame_bytes(frame)
         itemsize = np.dtype(dtype).itemsize
-        expected = math.prod(shape) * itemsize
-        if expected > limits.max_array_bytes or len(buf) != expected:
-            raise ProtocolError("array", f"{name} size mismatch")
+        shape = _check_shape(name, shape, itemsize, buf.nbytes, limits)
         kwargs[name] = np.frombuffer(buf, dtype=dtype).reshape(shape)
     for name in schema.arrays:
         if name not in kwargs and name not in schema.optional:

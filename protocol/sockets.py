@@ -3,17 +3,23 @@
 Why these options: ZMQ_IMMEDIATE so nothing queues towards a peer that is not connected yet,
 a finite ZMQ_LINGER so shutdown never hangs, ZMQ_MAXMSGSIZE on receivers so one frame cannot
 exhaust memory, and optional CurveZMQ so only authorised generators take part.
+
+A receiving socket can be given `ReceiveLimits`: ZMQ_MAXMSGSIZE then follows the largest frame
+its messages can legitimately hold (ZeroMQ disconnects a peer that sends a larger one) and
+ZMQ_RCVHWM bounds how many messages are queued per peer, so what one peer can make the
+receiver hold is about `hwm` messages of at most `max_frames` such frames.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import zmq
 
-from asyncrl.protocol.codec import DEFAULT_LIMITS, DecodeLimits, decode, encode
+from asyncrl.protocol.codec import DEFAULT_LIMITS, DecodeLimits, ProtocolError, decode, encode
 from asyncrl.protocol.messages import Message
 from asyncrl.protocol.settings import SecurityConfig
 
@@ -59,11 +65,43 @@ def load_curve_keys(key_dir: str, role: str, client_name: str = "client") -> Cur
     return CurveKeys(public, secret, server_public=server_public)
 
 
-def setup_socket_factory(security: SecurityConfig, role: str) -> SocketFactory:
-    """The factory for a role from `SecurityConfig` (plain sockets when no key dir is set)."""
-    if not security.curve_dir:
-        return SocketFactory()
-    return SocketFactory(curve=load_curve_keys(security.curve_dir, role, security.client_name))
+@dataclass(frozen=True)
+class ReceiveLimits:
+    """What one receiving socket takes from each peer: `decode` limits (whose largest frame
+    also sets ZMQ_MAXMSGSIZE) and `hwm`, the messages ZeroMQ queues per peer (ZMQ_RCVHWM)
+    before it stops reading from that peer's connection."""
+
+    decode: DecodeLimits = DEFAULT_LIMITS
+    hwm: int = 1000
+
+
+# Generators' control messages carry no arrays and small headers; a handful per generator is
+# ever outstanding (a request, heartbeats, pipelined chunk requests).
+CONTROL_LIMITS = ReceiveLimits(DecodeLimits(max_array_bytes=64 * 1024), hwm=64)
+
+
+def rollout_limits(group_size: int, max_new_tokens: int) -> ReceiveLimits:
+    """Limits for a socket receiving `RolloutGroup`s of `group_size` samples of at most
+    `max_new_tokens` tokens: its largest array is the flattened tokens (or logprobs, or
+    versions) of a full group, 4 bytes per token."""
+    largest = max(group_size, 1) * max(max_new_tokens, 1) * 4
+    return ReceiveLimits(DecodeLimits(max_array_bytes=largest), hwm=4)
+
+
+def learner_receive_limits(group_size: int, max_new_tokens: int) -> dict[str, ReceiveLimits]:
+    """The learner hub's receiving sockets by name (`control`, `rollouts`)."""
+    return {"control": CONTROL_LIMITS, "rollouts": rollout_limits(group_size, max_new_tokens)}
+
+
+def setup_socket_factory(
+    security: SecurityConfig, role: str, receive: Mapping[str, ReceiveLimits] | None = None
+) -> SocketFactory:
+    """The factory for a role from `SecurityConfig` (plain sockets when no key dir is set);
+    `receive`: limits of its receiving sockets by name (see `SocketFactory`)."""
+    curve = None
+    if security.curve_dir:
+        curve = load_curve_keys(security.curve_dir, role, security.client_name)
+    return SocketFactory(curve=curve, receive=receive)
 
 
 class SocketFactory:
@@ -76,11 +114,15 @@ class SocketFactory:
         curve: CurveKeys | None = None,
         max_message_bytes: int = 512 * 1024 * 1024,
         linger_ms: int = 1000,
+        receive: Mapping[str, ReceiveLimits] | None = None,
     ):
+        """`receive`: the limits a role's receiving sockets get, by socket name (the learner:
+        `learner_receive_limits`); a socket without any keeps `max_message_bytes`."""
         self.context = context or zmq.Context.instance()
         self.curve = curve
         self.max_message_bytes = max_message_bytes
         self.linger_ms = linger_ms
+        self.receive = dict(receive or {})
         self._auth = None
 
     def _ensure_authenticator(self) -> None:
@@ -92,10 +134,16 @@ class SocketFactory:
         self._auth.start()
         self._auth.configure_curve(domain="*", location=self.curve.allowed_clients_dir)
 
-    def socket(self, kind: int, *, server: bool) -> zmq.Socket:
+    def socket(
+        self, kind: int, *, server: bool, receive: ReceiveLimits | None = None
+    ) -> zmq.Socket:
         sock = self.context.socket(kind)
         sock.setsockopt(zmq.LINGER, self.linger_ms)
-        sock.setsockopt(zmq.MAXMSGSIZE, self.max_message_bytes)
+        if receive is None:
+            sock.setsockopt(zmq.MAXMSGSIZE, self.max_message_bytes)
+        else:
+            sock.setsockopt(zmq.MAXMSGSIZE, receive.decode.max_frame_bytes)
+            sock.setsockopt(zmq.RCVHWM, receive.hwm)
         if kind in (zmq.DEALER, zmq.PUSH, zmq.ROUTER):
             sock.setsockopt(zmq.IMMEDIATE, 1)
         if kind == zmq.ROUTER:
@@ -133,8 +181,31 @@ def recv(
     sock: zmq.Socket, limits: DecodeLimits = DEFAULT_LIMITS, routed: bool = False, flags: int = 0
 ) -> tuple[list, Message]:
     """Receive and decode one message. Returns (routing frames, message); raises
-    ProtocolError on malformed input (the caller counts it)."""
-    frames = sock.recv_multipart(flags=flags, copy=False)
+    ProtocolError on malformed input (the caller counts it).
+
+    Frames are taken one at a time, so a message with more frames than the protocol allows, or
+    with a frame larger than any legitimate one, is drained and dropped (`frames`, `oversize`)
+    without ever being held whole on our side."""
+    frame = sock.recv(flags, copy=False)
+    frames = [frame]
+    keep = limits.max_frames + (1 if routed else 0)
+    largest = limits.max_frame_bytes
+    why = ""
+    while frame.more:
+        # The rest of a multipart message is already queued (ZeroMQ delivers it atomically).
+        frame = sock.recv(copy=False)
+        if why:
+            continue
+        if len(frames) >= keep:
+            why, frames = "frames", []
+        elif len(frame) > largest:
+            why, frames = "oversize", []
+        else:
+            frames.append(frame)
+    if not why and not routed and len(frames[0]) > largest:
+        why = "oversize"
+    if why:
+        raise ProtocolError(why, "too many frames" if why == "frames" else "frame too large")
     prefix: list = []
     if routed:
         prefix, frames = [frames[0].bytes], frames[1:]

@@ -44,7 +44,9 @@ class Intake:
         self.generators = generators
         self.on_accepted = on_accepted
         self.limits = RolloutLimits(
-            vocab_size=len(tokenizer), max_new_tokens=core.cfg.sampling.max_new_tokens
+            vocab_size=len(tokenizer),
+            max_new_tokens=core.cfg.sampling.max_new_tokens,
+            min_logprob=core.cfg.learner.min_logprob,
         )
         self.filter_zero_variance = core.cfg.buffer.filter_zero_variance
 
@@ -63,10 +65,12 @@ class Intake:
                 return
             rec = got
             try:
-                validate_rollout(msg, self.limits, rec.group_size, core.version)
+                validate_rollout(msg, self.limits, rec.group_size, core.version, rec.issued_version)
             except ProtocolError as exc:
+                # The message's fault, not the prompt's: the ledger re-issues it (`invalid`);
+                # the drop is counted by what was wrong.
                 core.ledger.on_group_rejected(rec, "invalid")
-                core.drop("invalid", f"group from {gid}: {exc}")
+                core.drop(exc.reason, f"group from {gid}: {exc}")
                 return
             self.generators.touch(gid, None, int(msg.versions.max(initial=0)), now)
             self.generators.record_work(gid, float(msg.lengths.sum()), msg.generate_seconds)

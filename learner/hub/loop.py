@@ -4,7 +4,13 @@ receives, guards and dispatches; it does no work of its own and never waits on a
 Sockets: control (ROUTER: hello, leases, heartbeats, weight chunks, nccl), rollouts (PULL),
 weights (PUB: version announcements) and an inproc wake-up pair so an announcement goes out at
 once rather than at the next poll timeout. Every handler runs under a guard: a malformed
-message is counted by reason, anything else unexpected as `internal`; the loop goes on.
+message is counted by reason, anything else unexpected as `internal`; the loop goes on. Every
+message read is counted exactly once: malformed (by reason), a control message, or a rollout
+received.
+
+The receiving sockets take the factory's limits for `control` and `rollouts` (per-frame size,
+messages queued per peer); a socket monitor on each counts connections that end or fail their
+handshake, which is where a peer ZeroMQ dropped for an oversize frame shows.
 """
 
 from __future__ import annotations
@@ -17,19 +23,37 @@ import time
 from collections.abc import Callable
 
 import zmq
+from zmq.utils.monitor import recv_monitor_message
 
 from asyncrl.learner.hub.core import RateLimitedLog
 from asyncrl.learner.hub.serving import WeightServing
 from asyncrl.learner.metrics import LearnerMetrics
-from asyncrl.protocol.codec import DecodeLimits, ProtocolError
-from asyncrl.protocol.messages import NcclJoin, NcclPull, RolloutGroup, WeightsRequest
-from asyncrl.protocol.sockets import SocketFactory, recv, send
+from asyncrl.protocol.codec import ProtocolError
+from asyncrl.protocol.messages import (
+    Heartbeat,
+    Hello,
+    LeaseRequest,
+    LeaseReturn,
+    NcclJoin,
+    NcclPull,
+    RolloutGroup,
+    WeightsRequest,
+)
+from asyncrl.protocol.sockets import ReceiveLimits, SocketFactory, recv, send
 
 logger = logging.getLogger(__name__)
 
 # Messages handled per socket per turn, so one busy socket cannot starve the others.
 CONTROL_BATCH = 256
 ROLLOUT_BATCH = 64
+# What generators send on the control socket; any other well-formed type is `unexpected_type`.
+CONTROL_TYPES = (Hello, Heartbeat, LeaseRequest, LeaseReturn, WeightsRequest, NcclJoin, NcclPull)
+_MONITOR_EVENTS = {
+    zmq.EVENT_DISCONNECTED: "disconnected",
+    zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL: "handshake",
+    zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL: "handshake",
+    zmq.EVENT_HANDSHAKE_FAILED_AUTH: "auth",
+}
 
 
 class SocketLoop:
@@ -58,7 +82,9 @@ class SocketLoop:
         self.rollouts_open = rollouts_open
         self.housekeeping = housekeeping
         self.housekeeping_every = housekeeping_every
-        self.decode_limits = DecodeLimits()
+        self.limits = {
+            name: factory.receive.get(name, ReceiveLimits()) for name in ("control", "rollouts")
+        }
         self.ports: dict[str, int] = {}
         self.endpoints: dict[str, str] = {}
         self._stop = threading.Event()
@@ -70,9 +96,13 @@ class SocketLoop:
     def bind(self, host: str, control: int, rollouts: int, weights: int) -> None:
         """Bind the sockets (port 0: any free port); `endpoints` then says where."""
         f = self.factory
-        self.control = f.socket(zmq.ROUTER, server=True)
-        self.rollouts = f.socket(zmq.PULL, server=True)
+        self.control = f.socket(zmq.ROUTER, server=True, receive=self.limits["control"])
+        self.rollouts = f.socket(zmq.PULL, server=True, receive=self.limits["rollouts"])
         self.pub = f.socket(zmq.PUB, server=True)
+        events = 0
+        for event in _MONITOR_EVENTS:
+            events |= event
+        self._monitors = [s.get_monitor_socket(events) for s in (self.control, self.rollouts)]
         for name, sock, port in (
             ("control", self.control, control),
             ("rollouts", self.rollouts, rollouts),
@@ -88,7 +118,14 @@ class SocketLoop:
         self._wake_rx.bind(wake)
         self._wake_tx = f.context.socket(zmq.PUSH)
         self._wake_tx.connect(wake)
-        self._sockets = [self.control, self.rollouts, self.pub, self._wake_rx, self._wake_tx]
+        self._sockets = [
+            *self._monitors,
+            self.control,
+            self.rollouts,
+            self.pub,
+            self._wake_rx,
+            self._wake_tx,
+        ]
         shown = host if host not in ("0.0.0.0", "*") else socket.gethostname()
         self.endpoints = {k: f"tcp://{shown}:{p}" for k, p in self.ports.items()}
 
@@ -112,6 +149,9 @@ class SocketLoop:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=10)
+        if self._sockets:
+            self.control.disable_monitor()
+            self.rollouts.disable_monitor()
         for s in self._sockets:
             s.close(linger=0)
 
@@ -128,6 +168,8 @@ class SocketLoop:
         poller.register(self.control, zmq.POLLIN)
         poller.register(self.rollouts, zmq.POLLIN)
         poller.register(self._wake_rx, zmq.POLLIN)
+        for mon in self._monitors:
+            poller.register(mon, zmq.POLLIN)
         next_housekeeping = 0.0
         while not self._stop.is_set():
             # Held chunk requests are answered within a millisecond of their chunk's writing
@@ -140,11 +182,15 @@ class SocketLoop:
                 for _ in range(CONTROL_BATCH):
                     if not self._guarded(self._control_once):
                         break
-            self.serving.serve_deferred(self.control)
+            # Held requests came from peers: what answering them did not expect is counted.
+            self._guarded(functools.partial(self.serving.serve_deferred, self.control))
             if self.rollouts in events:
                 for _ in range(ROLLOUT_BATCH):
                     if not self.rollouts_open() or not self._guarded(self._rollout_once):
                         break
+            for mon in self._monitors:
+                if mon in events:
+                    self._guarded(functools.partial(self._peer_events, mon))
             ann = self.serving.take_announcement()
             if ann is not None:
                 send(self.pub, ann)
@@ -162,10 +208,19 @@ class SocketLoop:
             self.log.warning("internal", "hub handler failed", exc_info=True)
             return True
 
-    def _recv(self, sock, routed: bool):
+    def _peer_events(self, mon: zmq.Socket) -> None:
+        while mon.poll(0):
+            event = recv_monitor_message(mon, zmq.NOBLOCK)["event"]
+            reason = _MONITOR_EVENTS.get(event)
+            if reason is not None:
+                self.metrics.peer_disconnects.labels(reason=reason).inc()
+                if reason != "disconnected":
+                    self.log.warning("peer-" + reason, "a peer's %s failed", reason)
+
+    def _recv(self, sock, limits: ReceiveLimits, routed: bool):
         """(prefix, message); None when nothing is queued; False for a malformed message."""
         try:
-            return recv(sock, self.decode_limits, routed=routed, flags=zmq.NOBLOCK)
+            return recv(sock, limits.decode, routed=routed, flags=zmq.NOBLOCK)
         except zmq.Again:
             return None
         except ProtocolError as exc:
@@ -174,10 +229,15 @@ class SocketLoop:
             return False
 
     def _control_once(self) -> bool:
-        got = self._recv(self.control, routed=True)
+        got = self._recv(self.control, self.limits["control"], routed=True)
         if not got:
             return got is False
         prefix, msg = got
+        if not isinstance(msg, CONTROL_TYPES):
+            self.metrics.malformed.labels(reason="unexpected_type").inc()
+            self.log.warning("unexpected", "unexpected %s on the control socket", msg.TYPE)
+            return True
+        self.metrics.control_received.inc()
         if isinstance(msg, WeightsRequest):
             self.serving.serve(self.control, prefix, msg)
             return True
@@ -190,13 +250,14 @@ class SocketLoop:
         return True
 
     def _rollout_once(self) -> bool:
-        got = self._recv(self.rollouts, routed=False)
+        got = self._recv(self.rollouts, self.limits["rollouts"], routed=False)
         if not got:
             return got is False
         _, msg = got
-        self.metrics.received.inc()
         if not isinstance(msg, RolloutGroup):
             self.metrics.malformed.labels(reason="unexpected_type").inc()
+            self.log.warning("unexpected", "unexpected %s on the rollouts socket", msg.TYPE)
             return True
+        self.metrics.received.inc()
         self.on_rollout(msg)
         return True
