@@ -31,6 +31,7 @@ MALFORMED_REASONS = (*DECODE_REASONS, "unexpected_type", "internal")
 # (ZeroMQ also closes it for a frame over ZMQ_MAXMSGSIZE: the monitor cannot tell which), or
 # its handshake failed (protocol mismatch, or CURVE authentication).
 DISCONNECT_REASONS = ("disconnected", "handshake", "auth")
+AUTH_FAILURE_REASONS = ("unknown_key",)  # protocol.auth
 DENY_REASONS = ("gate", "version")
 PHASES = ("wait", "logprob", "update", "publish", "eval")
 STALENESS_BUCKETS = (0, 1, 2, 3, 4, 6, 8, 16)
@@ -169,6 +170,12 @@ class LearnerMetrics:
             ["reason"],
             registry=r,
         )
+        self.auth_failures = Counter(
+            "asyncrl_auth_failures",
+            "CurveZMQ clients refused by the learner's authenticator, by reason.",
+            ["reason"],
+            registry=r,
+        )
         # Every label of every labelled counter exists from the start, so dashboards and rate()
         # show 0 instead of no data.
         for counter, reasons in (
@@ -176,6 +183,7 @@ class LearnerMetrics:
             (self.malformed, MALFORMED_REASONS),
             (self.peer_disconnects, DISCONNECT_REASONS),
             (self.leases_denied, DENY_REASONS),
+            (self.auth_failures, AUTH_FAILURE_REASONS),
         ):
             for reason in reasons:
                 counter.labels(reason=reason)

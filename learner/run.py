@@ -117,6 +117,7 @@ def run_learner(
 
 def _build_hub(cfg: RunConfig, train_path: str, tokenizer):
     from asyncrl.learner.hub import Hub
+    from asyncrl.learner.hub.core import RateLimitedLog
     from asyncrl.learner.metrics import LearnerMetrics
     from asyncrl.protocol.sockets import learner_receive_limits, setup_socket_factory
 
@@ -125,5 +126,12 @@ def _build_hub(cfg: RunConfig, train_path: str, tokenizer):
     )
     # Per-frame limits from the configured maxima, not a fixed 512 MiB.
     receive = learner_receive_limits(cfg.sampling.group_size, cfg.sampling.max_new_tokens)
-    factory = setup_socket_factory(cfg.security, "server", receive)
-    return Hub(cfg, prompts, tokenizer, LearnerMetrics(), factory)
+    metrics = LearnerMetrics()
+    denied_log = RateLimitedLog()
+
+    def auth_denied(reason: str) -> None:
+        metrics.auth_failures.labels(reason=reason).inc()
+        denied_log.warning("auth", "refused a CURVE client (%s)", reason)
+
+    factory = setup_socket_factory(cfg.security, "server", receive, auth_denied)
+    return Hub(cfg, prompts, tokenizer, metrics, factory)

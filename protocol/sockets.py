@@ -13,7 +13,7 @@ receiver hold is about `hwm` messages of at most `max_frames` such frames.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -94,14 +94,22 @@ def learner_receive_limits(group_size: int, max_new_tokens: int) -> dict[str, Re
 
 
 def setup_socket_factory(
-    security: SecurityConfig, role: str, receive: Mapping[str, ReceiveLimits] | None = None
+    security: SecurityConfig,
+    role: str,
+    receive: Mapping[str, ReceiveLimits] | None = None,
+    on_auth_denied: Callable[[str], None] | None = None,
 ) -> SocketFactory:
     """The factory for a role from `SecurityConfig` (plain sockets when no key dir is set);
-    `receive`: limits of its receiving sockets by name (see `SocketFactory`)."""
+    `receive`: limits of its receiving sockets by name (see `SocketFactory`);
+    `on_auth_denied(reason)`: a CURVE client was refused (server role)."""
     curve = None
     if security.curve_dir:
         curve = load_curve_keys(security.curve_dir, role, security.client_name)
-    return SocketFactory(curve=curve, receive=receive)
+    return SocketFactory(curve=curve, receive=receive, on_auth_denied=on_auth_denied)
+
+
+def _warn_denied(reason: str) -> None:
+    logger.warning("refused a CURVE client (%s)", reason)
 
 
 class SocketFactory:
@@ -115,24 +123,28 @@ class SocketFactory:
         max_message_bytes: int = 512 * 1024 * 1024,
         linger_ms: int = 1000,
         receive: Mapping[str, ReceiveLimits] | None = None,
+        on_auth_denied: Callable[[str], None] | None = None,
     ):
         """`receive`: the limits a role's receiving sockets get, by socket name (the learner:
-        `learner_receive_limits`); a socket without any keeps `max_message_bytes`."""
+        `learner_receive_limits`); a socket without any keeps `max_message_bytes`.
+        `on_auth_denied(reason)` is called from the authenticator's thread for each refused
+        CURVE client (default: a warning)."""
         self.context = context or zmq.Context.instance()
         self.curve = curve
         self.max_message_bytes = max_message_bytes
         self.linger_ms = linger_ms
         self.receive = dict(receive or {})
+        self.on_auth_denied = on_auth_denied or _warn_denied
         self._auth = None
 
     def _ensure_authenticator(self) -> None:
         if self._auth is not None or self.curve is None:
             return
-        from zmq.auth.thread import ThreadAuthenticator
+        from asyncrl.protocol.auth import start_authenticator
 
-        self._auth = ThreadAuthenticator(self.context)
-        self._auth.start()
-        self._auth.configure_curve(domain="*", location=self.curve.allowed_clients_dir)
+        self._auth = start_authenticator(
+            self.context, self.curve.allowed_clients_dir, self.on_auth_denied
+        )
 
     def socket(
         self, kind: int, *, server: bool, receive: ReceiveLimits | None = None

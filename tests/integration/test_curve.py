@@ -95,6 +95,9 @@ def test_authorised_generator_trains_and_intruders_get_nothing(small_overrides, 
             'reason="duplicate"' not in text
         )
         assert _received(started["metrics"]["learner"]) >= before
+        # The unlisted key was refused by the authenticator and counted (protocol.auth).
+        assert 'asyncrl_auth_failures_total{reason="unknown_key"} 0.0' not in text
+        assert 'asyncrl_auth_failures_total{reason="unknown_key"}' in text
         ctx.term()
         out, _ = proc.communicate(timeout=600)
     finally:
