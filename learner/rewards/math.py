@@ -25,11 +25,10 @@ _BOX_TOKENS = re.compile(r"\\(?:boxed|fbox)\s*\{|[{}]")
 _TEXT_TOKENS = re.compile(r"\\text\{|[{}]")
 _ANSWER_IS = re.compile(r"answer\s+is", re.IGNORECASE)
 # A number not glued to a preceding word, digit or closing bracket (so "x-3" yields 3, not -3):
-# digits with any comma-separated digit groups (one unambiguous run: matched once, linear),
-# optional decimals, optional "/denominator". `_last_number` splits runs that are not
-# thousands ("3,4" is two numbers).
-_NUMBER_RUN = re.compile(r"(?:(?<![\w.)\]}])-)?(?:\d+(?:,\d+)*(?:\.\d+)?(?:/\d+)?|\.\d+)")
-_THOUSANDS = re.compile(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?(?:/\d+)?")
+# thousands with commas, or plain digits; optional decimals; optional "/denominator".
+_NUMBER = re.compile(
+    r"(?:(?<![\w.)\]}])-)?(?:(?:\d{1,3}(?:,\d{3})+(?!\d)|\d+)(?:\.\d+)?(?:/\d+)?|\.\d+)"
+)
 _PLAIN_NUMBER = re.compile(r"-?(?:\d{1,3}(?:,\d{3})+|\d+|(?=\.\d))(?:\.\d+)?(?:/\d+)?")
 # \frac{1}{2} and the brace-less shorthand \frac12 (one digit each).
 _LATEX_FRAC = re.compile(r"(-?)\\[dt]?frac(?:\{(-?\d+)\}|(\d))(?:\{(\d+)\}|(\d))")
@@ -101,19 +100,8 @@ def extract_answer(text: str) -> str | None:
         if tail:
             inner = extract_boxed(tail)
             return inner if inner is not None else tail
-    return _last_number(text)
-
-
-def _last_number(text: str) -> str | None:
-    last = None
-    for m in _NUMBER_RUN.finditer(text):
-        last = m
-    if last is None:
-        return None
-    run = last.group()
-    if "," in run and not _THOUSANDS.fullmatch(run):
-        return run.rsplit(",", 1)[1]
-    return run
+    numbers = _NUMBER.findall(text)
+    return numbers[-1] if numbers else None
 
 
 def parse_number(answer: str) -> Fraction | None:

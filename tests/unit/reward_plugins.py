@@ -44,7 +44,9 @@ def never(prompts, completions, **kwargs):
     return [None] * len(completions)
 
 
-def echo_kwargs(prompts, completions, completion_ids, trainer_state, log_metric, **columns):
+def echo_kwargs(
+    prompts, completions, completion_ids, trainer_state, log_metric, log_extra, **columns
+):
     """Records what it was called with in a metric per keyword, and scores the number of
     completion ids."""
     log_metric("columns", float(len(columns)))
