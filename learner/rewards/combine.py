@@ -109,3 +109,18 @@ class CombinedReward:
     def close(self) -> None:
         for fn in self.functions:
             fn.close()
+
+
+def dry_run(cfg: RewardConfig, row: dict, prompt_field: str) -> None:
+    """Builds the reward and scores one empty completion of `row`, so a plug-in that does not
+    import or a column a function needs but the data lacks fails before anything loads
+    (for the launcher's checks). A group no function scored is fine here: an empty
+    completion may well earn no reward."""
+    prompt = row.get(prompt_field, "")
+    fn = CombinedReward(cfg)
+    try:
+        fn(RewardInput(prompt, str(prompt), [""], [[]], row))
+    except NoReward:
+        pass
+    finally:
+        fn.close()

@@ -175,3 +175,16 @@ def test_moved_settings_point_to_their_new_place():
         load_config("tiny-cpu", ["train.eval_every=5"])
     cfg = load_config("tiny-cpu", ["reward.functions=[math,exact]", "reward.weights=[1,0.5]"])
     assert cfg.reward.resolved() == [("math", 1.0), ("exact", 0.5)]
+
+
+def test_dry_run_catches_a_missing_column_before_training():
+    from asyncrl.learner.rewards.combine import dry_run
+
+    # TRL's accuracy_reward reads message lists: chat rows, as with GRPOTrainer.
+    cfg = RewardConfig(functions=["trl.rewards:accuracy_reward"])
+    dry_run(cfg, {"prompt": CHAT_PROMPT, "solution": "$1$"}, "prompt")  # fine; scores 0
+    with pytest.raises(TypeError, match="solution"):  # it needs the column
+        dry_run(cfg, {"prompt": CHAT_PROMPT, "answer": "1"}, "prompt")
+    with pytest.raises(KeyError, match="reward.answer_field"):
+        dry_run(RewardConfig(functions=["math"]), {"prompt": "q", "solution": "1"}, "prompt")
+    dry_run(RewardConfig(functions=[f"{PLUGINS}:never"]), {"prompt": "q"}, "prompt")
