@@ -12,16 +12,18 @@ whatever device and dtype the model is on.
 
 from __future__ import annotations
 
-import functools
 import logging
 import math
+import queue
+import time
 from collections.abc import Sequence
 from contextlib import contextmanager
 
 import torch
 
 from asyncrl.learner.data import prompt_text
-from asyncrl.learner.rewards import RewardConfig, RewardFunction, RewardInput, setup_reward
+from asyncrl.learner.rewards import RewardConfig, RewardFunction, RewardInput, RewardResult
+from asyncrl.learner.rewards.pool import Failed, RewardJob, RewardPool
 
 logger = logging.getLogger(__name__)
 
@@ -133,15 +135,68 @@ def pass_at_k(n: int, c: int, k: int) -> float:
     return 1.0 - math.comb(n - c, k) / math.comb(n, k)
 
 
-@functools.lru_cache(maxsize=2)
-def eval_reward(cfg_json: str) -> RewardFunction:
-    """The reward functions evaluation scores with, built once per configuration (a reward
-    model or math-verify's workers are not rebuilt at every evaluation)."""
-    return setup_reward(RewardConfig.model_validate_json(cfg_json))
+class PoolScorer:
+    """Scores evaluation groups in a reward pool of its own: the same functions as training,
+    under the same hard per-group deadline (`reward.timeout_seconds`), so a hanging plug-in
+    costs a held-out row, never the learner's training thread. Its own workers, not the hub's,
+    because intake assumes it alone fills the hub's queue."""
+
+    def __init__(self, cfg: RewardConfig):
+        self.pool = RewardPool(cfg)
+        self.pool.start()
+
+    def score_all(self, inputs: list[RewardInput]) -> list[RewardResult | str]:
+        """A result per input, or why scoring it failed."""
+        results: queue.Queue = queue.Queue()
+        for i, inp in enumerate(inputs):
+
+            def make(inp: RewardInput = inp) -> RewardJob:
+                return RewardJob(inp)
+
+            def done(outcome, i: int = i) -> None:
+                results.put((i, outcome))
+
+            while not self.pool.submit(make, done):
+                time.sleep(0.01)  # the queue is full: wait for a worker
+        out: list[RewardResult | str] = [""] * len(inputs)
+        for _ in inputs:
+            i, res = results.get()
+            if isinstance(res, Failed):
+                out[i] = f"{res.cause}: {res.detail}"
+            else:
+                out[i] = RewardResult(list(res.rewards), dict(res.metrics))
+        return out
+
+    def close(self) -> None:
+        self.pool.close()
+
+
+_SCORERS: dict[str, PoolScorer] = {}
+
+
+def eval_reward(cfg: RewardConfig) -> PoolScorer:
+    """The scorer evaluation uses for this configuration, started once per process (workers
+    and a reward model are not rebuilt at every evaluation; the pool stops at exit)."""
+    key = cfg.model_dump_json()
+    if key not in _SCORERS:
+        _SCORERS[key] = PoolScorer(cfg)
+    return _SCORERS[key]
+
+
+def _score_all(reward, inputs: list[RewardInput]) -> list[RewardResult | str]:
+    if isinstance(reward, PoolScorer):
+        return reward.score_all(inputs)
+    out: list[RewardResult | str] = []
+    for inp in inputs:  # a reward function called in this process (tests, tools)
+        try:
+            out.append(reward(inp))
+        except Exception as exc:  # counted as a failed row, as the pool's failures are
+            out.append(repr(exc))
+    return out
 
 
 def score_rows(
-    reward: RewardFunction,
+    reward: RewardFunction | PoolScorer,
     rows: Sequence[dict],
     prompts: Sequence[str],
     samples: Sequence[Sequence[tuple[str, list[int]]]],
@@ -152,23 +207,24 @@ def score_rows(
 ) -> dict[str, float]:
     """Scores each row's completions as one group (as intake does), and the metrics above.
 
-    A row whose reward fails (raises, or scores nothing) is left out and counted in
-    `eval_reward_errors`: a reward bug must not end the run at an evaluation."""
-    rewards_sum, n_samples, errors = 0.0, 0, 0
-    solved_labelled, n_labelled, pass_sum, n_rows = 0, 0, 0.0, 0
-    for row, prompt, group in zip(rows, prompts, samples):
-        inp = RewardInput(
+    A row whose reward fails (raises, times out, or scores nothing) is left out and counted
+    in `eval_reward_errors`: a reward bug must not end the run at an evaluation."""
+    inputs = [
+        RewardInput(
             prompt=row.get(prompt_field, prompt),
             prompt_text=prompt,
             completions=[t for t, _ in group],
             completion_ids=[list(ids) for _, ids in group],
             row=row,
         )
-        try:
-            res = reward(inp)
-        except Exception as exc:  # fault tolerance is the point: counted, reported
+        for row, prompt, group in zip(rows, prompts, samples)
+    ]
+    rewards_sum, n_samples, errors = 0.0, 0, 0
+    solved_labelled, n_labelled, pass_sum, n_rows = 0, 0, 0.0, 0
+    for row, res in zip(rows, _score_all(reward, inputs)):
+        if isinstance(res, str):
             errors += 1
-            logger.warning("evaluation: reward failed on a held-out row: %r", exc)
+            logger.warning("evaluation: reward failed on a held-out row: %s", res)
             continue
         values = [float(r or 0.0) for r in res.rewards]
         solved = sum(v >= success_threshold for v in values)
@@ -192,7 +248,7 @@ def evaluate_rows(
     model,
     tokenizer,
     rows: Sequence[dict],
-    reward: RewardFunction | None,
+    reward: RewardFunction | PoolScorer | None,
     *,
     prompt_field: str = "prompt",
     answer_field: str = "answer",

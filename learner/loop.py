@@ -38,7 +38,7 @@ def evaluate(
     if engine.rank != 0 and cfg.train.zero_stage != 3:
         return None
     ev = cfg.eval
-    reward = eval_reward(cfg.reward.model_dump_json()) if engine.rank == 0 else None
+    reward = eval_reward(cfg.reward) if engine.rank == 0 else None
     out = evaluate_rows(
         engine.model,
         tokenizer,

@@ -3,6 +3,7 @@ greedy loop and hand-computed pass@k."""
 
 from __future__ import annotations
 
+import time
 from types import SimpleNamespace
 
 import pytest
@@ -187,6 +188,41 @@ def test_score_rows_threshold_labels_and_errors():
         success_threshold=1.0,
     )
     assert "eval_accuracy" not in m and m["eval_pass_at_k"] == 1.0
+
+
+def test_pool_scorer_survives_a_hanging_and_a_raising_reward():
+    # The tests' `moody` plug-in hangs on prompt "hang" and raises on "raise": with a 2 s
+    # deadline both rows are left out and counted; "ok" (answer "4": "4" -> 1, "5" -> 0) is
+    # scored: reward mean 1/2, accuracy 1/2, pass@2 1.
+    from asyncrl.learner.evaluation import PoolScorer
+
+    cfg = RewardConfig(
+        functions=["tests.unit.reward_plugins:moody"], workers=1, timeout_seconds=2.0
+    )
+    scorer = PoolScorer(cfg)
+    try:
+        rows = [{"prompt": p, "answer": "4"} for p in ("hang", "ok", "raise")]
+        samples = [[("4", [1]), ("5", [1])]] * 3
+        t0 = time.monotonic()
+        m = score_rows(
+            scorer,
+            rows,
+            [r["prompt"] for r in rows],
+            samples,
+            prompt_field="prompt",
+            answer_field="answer",
+            success_threshold=1.0,
+        )
+        assert time.monotonic() - t0 < 30.0
+    finally:
+        scorer.close()
+    assert m == {
+        "eval_reward_mean": 0.5,
+        "eval_accuracy": 0.5,
+        "eval_pass_at_k": 1.0,
+        "eval_rows": 1.0,
+        "eval_reward_errors": 2.0,
+    }
 
 
 def test_loop_evaluate_sets_gauges_and_stats():
