@@ -10,6 +10,7 @@ timeout, the generator stays connected, and the run finishes.
 from __future__ import annotations
 
 import json
+import re
 import time
 import urllib.error
 
@@ -94,5 +95,7 @@ def test_a_reward_that_never_scores_ends_the_run_with_one_line(small_overrides):
     assert code == 4, stderr[-4000:]
     lines = [x for x in stderr.splitlines() if x.startswith("asyncrl learner: ")]
     assert len(lines) == 1, stderr[-4000:]
-    assert "the reward failed on 3 groups in a row (reward.max_consecutive_failures)" in lines[0]
+    # At least 3: more fail while the learner is busy before its next wait (first evaluation).
+    failed = re.search(r"the reward failed on (\d+) groups in a row \(reward.max_consec", lines[0])
+    assert failed and int(failed.group(1)) >= 3, lines[0]
     assert "no reward function (never) scored any" in lines[0]
