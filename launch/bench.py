@@ -187,7 +187,7 @@ def bench_pipeline(quick: bool, workdir: Path) -> dict:
     steps = 40 if quick else 120
     common = [
         f"train.steps={steps}",
-        "train.eval_every=0",
+        "eval.every=0",
         "data.eval_size=16",
         "buffer.filter_zero_variance=false",  # every generated group is trained
         "local.pin_cores=true",

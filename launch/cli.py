@@ -145,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
         events = _claim_stdout()
         _setup_logging("learner", args.log_level)
         from asyncrl.launch.learner_main import run
-        from asyncrl.learner.hub import HubStopped
+        from asyncrl.learner.hub import HubStopped, RewardFailing
 
         try:
             run(cfg, args.resume, events)
@@ -155,6 +155,9 @@ def main(argv: list[str] | None = None) -> int:
                 file=sys.stderr,
             )
             return 3
+        except RewardFailing as exc:
+            print(f"asyncrl learner: {exc}", file=sys.stderr)
+            return 4
         if int(os.environ.get("WORLD_SIZE", "1")) > 1:
             from asyncrl.learner.engine import exit_multi_rank
 

@@ -18,7 +18,7 @@ from asyncrl.buffer.config import BufferConfig
 from asyncrl.generators.config import GeneratorConfig
 from asyncrl.launch.config_errors import format_validation_error, yaml_error_line
 from asyncrl.launch.tiny import TinyTaskConfig
-from asyncrl.learner.config import DataConfig, LearnerConfig, TrainConfig
+from asyncrl.learner.config import DataConfig, EvalConfig, LearnerConfig, TrainConfig
 from asyncrl.learner.loss_config import AdvantageConfig, ObjectiveConfig
 from asyncrl.learner.rewards import RewardConfig
 from asyncrl.protocol.settings import ModelConfig, SamplingConfig, SecurityConfig
@@ -45,6 +45,7 @@ class AsyncRLConfig(_Strict):
     objective: ObjectiveConfig = Field(default_factory=ObjectiveConfig)
     advantage: AdvantageConfig = Field(default_factory=AdvantageConfig)
     reward: RewardConfig = Field(default_factory=RewardConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     buffer: BufferConfig = Field(default_factory=BufferConfig)
     learner: LearnerConfig = Field(default_factory=LearnerConfig)

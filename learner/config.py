@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal, Protocol
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from asyncrl.buffer.config import BufferConfig
 from asyncrl.learner.loss_config import AdvantageConfig, ObjectiveConfig
@@ -30,9 +30,44 @@ class DataConfig(StrictModel):
         "or no evaluation when train_path is set without eval_path.",
     )
     prompt_field: str = Field("prompt", description="Row field holding the prompt text.")
-    answer_field: str = Field("answer", description="Row field holding the ground truth.")
     eval_size: int = Field(256, ge=1, description="At most this many held-out rows are scored.")
     shuffle_seed: int = Field(0, description="Seed of the per-epoch prompt order.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _moved(cls, data: Any) -> Any:
+        return _refuse_moved(data, "data", {"answer_field": "reward.answer_field"})
+
+
+def _refuse_moved(data: Any, section: str, moved: dict[str, str]) -> Any:
+    """A clear error for a setting that moved, instead of "unknown key"."""
+    if isinstance(data, dict):
+        for old, new in moved.items():
+            if old in data:
+                raise ValueError(f"{section}.{old} moved to {new}; set that instead")
+    return data
+
+
+class EvalConfig(StrictModel):
+    """Held-out evaluation, scored with the training reward (`reward.functions`)."""
+
+    every: int = Field(
+        20, ge=0, description="Held-out evaluation every N steps; 0 = only before and after."
+    )
+    samples: int = Field(
+        1,
+        ge=1,
+        description="Completions per held-out prompt (k of pass@k). 1 = one greedy completion; "
+        "more are sampled at eval.temperature.",
+    )
+    temperature: float = Field(
+        1.0, gt=0.0, description="Sampling temperature when eval.samples > 1."
+    )
+    success_threshold: float = Field(
+        1.0,
+        description="A completion counts as solved (accuracy, pass@k) when its reward, the "
+        "weighted sum of reward.functions, reaches this.",
+    )
 
 
 class TrainConfig(StrictModel):
@@ -76,9 +111,6 @@ class TrainConfig(StrictModel):
     )
     zero_stage: int = Field(0, ge=0, le=3, description="DeepSpeed ZeRO stage (0-3).")
     seed: int = Field(0, description="Seed of learner RNGs.")
-    eval_every: int = Field(
-        20, ge=0, description="Held-out evaluation every N steps; 0 = only before and after."
-    )
     log_every: int = Field(5, ge=1, description="Progress line every N steps.")
     publish_every: int = Field(1, ge=1, description="Publish weights every N steps.")
     checkpoint_every: int = Field(
@@ -95,6 +127,11 @@ class TrainConfig(StrictModel):
         description="Raw DeepSpeed config merged over the generated one, "
         "for anything not modelled here.",
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _moved(cls, data: Any) -> Any:
+        return _refuse_moved(data, "train", {"eval_every": "eval.every"})
 
 
 # Weight transports: one member per file in `learner/publishers/` (registered there by `type`).
@@ -206,6 +243,8 @@ class RunConfig(Protocol):
     def advantage(self) -> AdvantageConfig: ...
     @property
     def reward(self) -> RewardConfig: ...
+    @property
+    def eval(self) -> EvalConfig: ...
     @property
     def train(self) -> TrainConfig: ...
     @property

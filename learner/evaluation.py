@@ -1,18 +1,31 @@
-"""Held-out evaluation of a causal LM on rows with exact answers.
+"""Held-out evaluation with the training reward.
 
-The learner reports greedy accuracy on the held-out split before, during and after RL; the
-sampled metrics (pass@k, majority@k) are what tells whether a warm start leaves room for RL:
-a model whose samples often contain the right answer but whose greedy answer is often wrong
-is one RL can sharpen. All functions work on whatever device and dtype the model is on.
+Each held-out row's prompt (the chat template applied to `messages` rows, as for training)
+gets `eval.samples` completions (one greedy completion when 1), scored by the configured
+reward functions, the same extractors and verifiers as training. Reported: mean reward,
+accuracy (the fraction of completions that reach `eval.success_threshold`) over the rows that
+carry a label in `reward.answer_field`, and pass@k with k = samples (the unbiased estimator of
+Chen et al. 2021, which with n = k samples is "any of them solved"). A model whose samples
+often solve a row that its typical sample fails is one RL can sharpen. All functions work on
+whatever device and dtype the model is on.
 """
 
 from __future__ import annotations
 
-from collections import Counter
+import logging
+import math
+import queue
+import time
 from collections.abc import Sequence
 from contextlib import contextmanager
 
 import torch
+
+from asyncrl.learner.data import prompt_text
+from asyncrl.learner.rewards import RewardConfig, RewardFunction, RewardInput, RewardResult
+from asyncrl.learner.rewards.pool import Failed, RewardJob, RewardPool
+
+logger = logging.getLogger(__name__)
 
 
 @contextmanager
@@ -49,18 +62,20 @@ def _zero3_sharded(model) -> bool:
     return any(hasattr(p, "ds_id") for p in model.parameters())
 
 
-def _decode_new(tokenizer, new_tokens: torch.Tensor) -> list[str]:
-    """Completion texts: the generated ids up to (not including) the first EOS."""
+def _decode_new(tokenizer, new_tokens: torch.Tensor) -> list[tuple[str, list[int]]]:
+    """(text, ids) per row: the generated ids up to (not including) the first EOS.
+
+    The text is decoded as intake decodes a rollout, so rewards see the same strings."""
     eos = tokenizer.eos_token_id
     out = []
     for row in new_tokens.tolist():
         if eos is not None and eos in row:
             row = row[: row.index(eos)]
-        out.append(tokenizer.decode(row, skip_special_tokens=True).strip())
+        out.append((tokenizer.decode(row, skip_special_tokens=True), row))
     return out
 
 
-def generate_completions(
+def generate_samples(
     model,
     tokenizer,
     prompts: Sequence[str],
@@ -69,8 +84,9 @@ def generate_completions(
     temperature: float = 0.0,
     max_new_tokens: int = 8,
     batch_size: int = 64,
-) -> list[list[str]]:
-    """`num_samples` completions per prompt; temperature 0 = greedy (then one sample).
+) -> list[list[tuple[str, list[int]]]]:
+    """`num_samples` (text, token ids) completions per prompt; temperature 0 = greedy (then
+    one sample).
 
     Sampling is plain temperature sampling (no top-k/top-p), as in RL training. Seed torch's
     RNG beforehand for reproducible samples.
@@ -89,7 +105,7 @@ def generate_completions(
         gen_kwargs.update(do_sample=False)
     else:
         gen_kwargs.update(do_sample=True, temperature=temperature, top_k=0, top_p=1.0)
-    results: list[list[str]] = []
+    results: list[list[tuple[str, list[int]]]] = []
     with _eval_mode(model, tokenizer):
         device = _device(model)
         # Keep the number of generated sequences per call near batch_size.
@@ -99,94 +115,171 @@ def generate_completions(
             enc = tokenizer(chunk, return_tensors="pt", padding=True, add_special_tokens=False)
             enc = {k: v.to(device) for k, v in enc.items() if k in ("input_ids", "attention_mask")}
             out = model.generate(**enc, **gen_kwargs)
-            texts = _decode_new(tokenizer, out[:, enc["input_ids"].shape[1] :])
-            results.extend(texts[i * n : (i + 1) * n] for i in range(len(chunk)))
+            done = _decode_new(tokenizer, out[:, enc["input_ids"].shape[1] :])
+            results.extend(done[i * n : (i + 1) * n] for i in range(len(chunk)))
     return results
 
 
-def _answers(rows, answer_field) -> list[str]:
-    return [str(r[answer_field]).strip() for r in rows]
+def generate_completions(model, tokenizer, prompts: Sequence[str], **kw) -> list[list[str]]:
+    """Completion texts only (stripped), `generate_samples`' arguments."""
+    samples = generate_samples(model, tokenizer, prompts, **kw)
+    return [[t.strip() for t, _ in row] for row in samples]
 
 
-def greedy_accuracy(
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased pass@k from n samples of which c solved: 1 - C(n-c, k) / C(n, k)."""
+    if k > n:
+        raise ValueError(f"pass@{k} needs at least {k} samples, got {n}")
+    if n - c < k:
+        return 1.0
+    return 1.0 - math.comb(n - c, k) / math.comb(n, k)
+
+
+class PoolScorer:
+    """Scores evaluation groups in a reward pool of its own: the same functions as training,
+    under the same hard per-group deadline (`reward.timeout_seconds`), so a hanging plug-in
+    costs a held-out row, never the learner's training thread. Its own workers, not the hub's,
+    because intake assumes it alone fills the hub's queue."""
+
+    def __init__(self, cfg: RewardConfig):
+        self.pool = RewardPool(cfg)
+        self.pool.start()
+
+    def score_all(self, inputs: list[RewardInput]) -> list[RewardResult | str]:
+        """A result per input, or why scoring it failed."""
+        results: queue.Queue = queue.Queue()
+        for i, inp in enumerate(inputs):
+
+            def make(inp: RewardInput = inp) -> RewardJob:
+                return RewardJob(inp)
+
+            def done(outcome, i: int = i) -> None:
+                results.put((i, outcome))
+
+            while not self.pool.submit(make, done):
+                time.sleep(0.01)  # the queue is full: wait for a worker
+        out: list[RewardResult | str] = [""] * len(inputs)
+        for _ in inputs:
+            i, res = results.get()
+            if isinstance(res, Failed):
+                out[i] = f"{res.cause}: {res.detail}"
+            else:
+                out[i] = RewardResult(list(res.rewards), dict(res.metrics))
+        return out
+
+    def close(self) -> None:
+        self.pool.close()
+
+
+_SCORERS: dict[str, PoolScorer] = {}
+
+
+def eval_reward(cfg: RewardConfig) -> PoolScorer:
+    """The scorer evaluation uses for this configuration, started once per process (workers
+    and a reward model are not rebuilt at every evaluation; the pool stops at exit)."""
+    key = cfg.model_dump_json()
+    if key not in _SCORERS:
+        _SCORERS[key] = PoolScorer(cfg)
+    return _SCORERS[key]
+
+
+def _score_all(reward, inputs: list[RewardInput]) -> list[RewardResult | str]:
+    if isinstance(reward, PoolScorer):
+        return reward.score_all(inputs)
+    out: list[RewardResult | str] = []
+    for inp in inputs:  # a reward function called in this process (tests, tools)
+        try:
+            out.append(reward(inp))
+        except Exception as exc:  # counted as a failed row, as the pool's failures are
+            out.append(repr(exc))
+    return out
+
+
+def score_rows(
+    reward: RewardFunction | PoolScorer,
+    rows: Sequence[dict],
+    prompts: Sequence[str],
+    samples: Sequence[Sequence[tuple[str, list[int]]]],
+    *,
+    prompt_field: str,
+    answer_field: str,
+    success_threshold: float,
+) -> dict[str, float]:
+    """Scores each row's completions as one group (as intake does), and the metrics above.
+
+    A row whose reward fails (raises, times out, or scores nothing) is left out and counted
+    in `eval_reward_errors`: a reward bug must not end the run at an evaluation."""
+    inputs = [
+        RewardInput(
+            prompt=row.get(prompt_field, prompt),
+            prompt_text=prompt,
+            completions=[t for t, _ in group],
+            completion_ids=[list(ids) for _, ids in group],
+            row=row,
+        )
+        for row, prompt, group in zip(rows, prompts, samples)
+    ]
+    rewards_sum, n_samples, errors = 0.0, 0, 0
+    solved_labelled, n_labelled, pass_sum, n_rows = 0, 0, 0.0, 0
+    for row, res in zip(rows, _score_all(reward, inputs)):
+        if isinstance(res, str):
+            errors += 1
+            logger.warning("evaluation: reward failed on a held-out row: %s", res)
+            continue
+        values = [float(r or 0.0) for r in res.rewards]
+        solved = sum(v >= success_threshold for v in values)
+        rewards_sum += sum(values)
+        n_samples += len(values)
+        pass_sum += pass_at_k(len(values), solved, len(values))
+        n_rows += 1
+        if row.get(answer_field) is not None:
+            solved_labelled += solved
+            n_labelled += len(values)
+    out = {"eval_reward_errors": float(errors), "eval_rows": float(n_rows)}
+    if n_rows:
+        out["eval_reward_mean"] = rewards_sum / n_samples
+        out["eval_pass_at_k"] = pass_sum / n_rows
+    if n_labelled:
+        out["eval_accuracy"] = solved_labelled / n_labelled
+    return out
+
+
+def evaluate_rows(
     model,
     tokenizer,
     rows: Sequence[dict],
+    reward: RewardFunction | PoolScorer | None,
     *,
     prompt_field: str = "prompt",
     answer_field: str = "answer",
-    max_new_tokens: int = 8,
-    batch_size: int = 64,
-) -> float:
-    """Fraction of rows whose greedy completion (up to EOS, stripped) equals the answer."""
-    if not rows:
-        return 0.0
-    comps = generate_completions(
-        model,
-        tokenizer,
-        [r[prompt_field] for r in rows],
-        temperature=0.0,
-        max_new_tokens=max_new_tokens,
-        batch_size=batch_size,
-    )
-    gold = _answers(rows, answer_field)
-    return sum(c[0] == g for c, g in zip(comps, gold)) / len(rows)
-
-
-def sampled_metrics(
-    model,
-    tokenizer,
-    rows: Sequence[dict],
-    k: int,
+    samples: int = 1,
     temperature: float = 1.0,
-    *,
-    prompt_field: str = "prompt",
-    answer_field: str = "answer",
+    success_threshold: float = 1.0,
     max_new_tokens: int = 8,
     batch_size: int = 64,
 ) -> dict[str, float]:
-    """From k samples per row: pass@k, majority@k (the most frequent completion, ties broken
-    by first occurrence, is right) and mean per-sample accuracy."""
+    """Generates for every row and, with a `reward` (rank 0), scores them (`score_rows`).
+    Without one (other ZeRO-3 ranks, which must run the same forwards) it only generates."""
     if not rows:
-        return {"pass_at_k": 0.0, "maj_at_k": 0.0, "sample_accuracy": 0.0}
-    comps = generate_completions(
+        return {}
+    prompts = [prompt_text(r, prompt_field, tokenizer) for r in rows]
+    gens = generate_samples(
         model,
         tokenizer,
-        [r[prompt_field] for r in rows],
-        num_samples=k,
-        temperature=temperature,
+        prompts,
+        num_samples=samples,
+        temperature=0.0 if samples == 1 else temperature,
         max_new_tokens=max_new_tokens,
         batch_size=batch_size,
     )
-    gold = _answers(rows, answer_field)
-    n = len(rows)
-    passed = sum(g in c for c, g in zip(comps, gold))
-    maj = sum(Counter(c).most_common(1)[0][0] == g for c, g in zip(comps, gold))
-    per_sample = sum(c.count(g) / len(c) for c, g in zip(comps, gold))
-    return {"pass_at_k": passed / n, "maj_at_k": maj / n, "sample_accuracy": per_sample / n}
-
-
-def sampled_pass_at_k(
-    model,
-    tokenizer,
-    rows: Sequence[dict],
-    k: int,
-    temperature: float = 1.0,
-    *,
-    prompt_field: str = "prompt",
-    answer_field: str = "answer",
-    max_new_tokens: int = 8,
-    batch_size: int = 64,
-) -> float:
-    """Fraction of rows where at least one of k samples at `temperature` is exactly right."""
-    return sampled_metrics(
-        model,
-        tokenizer,
+    if reward is None:
+        return {}
+    return score_rows(
+        reward,
         rows,
-        k,
-        temperature,
+        prompts,
+        gens,
         prompt_field=prompt_field,
         answer_field=answer_field,
-        max_new_tokens=max_new_tokens,
-        batch_size=batch_size,
-    )["pass_at_k"]
+        success_threshold=success_threshold,
+    )

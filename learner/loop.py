@@ -18,29 +18,50 @@ import numpy as np
 from asyncrl.learner.checkpoint import save_checkpoint
 from asyncrl.learner.config import RunConfig
 from asyncrl.learner.engine import Batch, Engine, broadcast_batch, broadcast_flag
-from asyncrl.learner.evaluation import greedy_accuracy
+from asyncrl.learner.evaluation import eval_reward, evaluate_rows
 from asyncrl.learner.publishers import WeightPublisher
 from asyncrl.learner.step import build_batch, train_step
 
 logger = logging.getLogger(__name__)
 
 
-def evaluate(engine: Engine, tokenizer, rows: list[dict], cfg: RunConfig) -> float | None:
-    """Greedy held-out accuracy (None without rows, and on ranks that do not evaluate)."""
+def evaluate(
+    engine: Engine, tokenizer, rows: list[dict], cfg: RunConfig, hub=None, stats=None
+) -> float | None:
+    """Held-out evaluation with the training reward (`learner.evaluation`). Returns the
+    accuracy (None without labelled rows, and on ranks that do not evaluate); with `hub`
+    its gauges are set, and every figure goes into `stats` when given."""
     if not rows:
         return None
     # Under ZeRO-3 every rank must run the same forwards (parameters are gathered
-    # collectively); otherwise rank 0 alone evaluates.
+    # collectively); otherwise rank 0 alone evaluates. Rank 0 alone scores.
     if engine.rank != 0 and cfg.train.zero_stage != 3:
         return None
-    return greedy_accuracy(
+    ev = cfg.eval
+    reward = eval_reward(cfg.reward) if engine.rank == 0 else None
+    out = evaluate_rows(
         engine.model,
         tokenizer,
         rows,
+        reward,
         prompt_field=cfg.data.prompt_field,
-        answer_field=cfg.data.answer_field,
+        answer_field=cfg.reward.answer_field,
+        samples=ev.samples,
+        temperature=ev.temperature,
+        success_threshold=ev.success_threshold,
         max_new_tokens=cfg.sampling.max_new_tokens,
     )
+    if hub is not None:
+        for name, gauge in (
+            ("eval_reward_mean", hub.metrics.eval_reward_mean),
+            ("eval_accuracy", hub.metrics.eval_accuracy),
+            ("eval_pass_at_k", hub.metrics.eval_pass_at_k),
+        ):
+            if name in out:
+                gauge.set(out[name])
+    if stats is not None:
+        stats.update(out)
+    return out.get("eval_accuracy")
 
 
 class StepLoop:
@@ -122,12 +143,11 @@ class StepLoop:
             tp = time.time()
             self.publisher.publish(version)
             self.busy_seconds += time.time() - tp
-        every = cfg.train.eval_every
+        every = cfg.eval.every
         if every and version % every == 0 and version < cfg.train.steps:
             te = time.time()
-            self.accuracy = evaluate(self.engine, self.tokenizer, self.eval_rows, cfg)
-            if hub is not None and self.accuracy is not None:
-                hub.metrics.eval_accuracy.set(self.accuracy)
+            self.accuracy = evaluate(self.engine, self.tokenizer, self.eval_rows, cfg, hub, stats)
+            if hub is not None:
                 hub.metrics.step_seconds.labels(phase="eval").observe(time.time() - te)
         if cfg.train.checkpoint_every and version % cfg.train.checkpoint_every == 0:
             save_checkpoint(self.engine, hub, version, cfg.learner.output_dir)

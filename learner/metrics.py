@@ -77,7 +77,20 @@ class LearnerMetrics:
             "asyncrl_reward_mean", "Mean reward of the groups in the last step.", registry=r
         )
         self.eval_accuracy = Gauge(
-            "asyncrl_eval_accuracy", "Held-out greedy accuracy at the last evaluation.", registry=r
+            "asyncrl_eval_accuracy",
+            "Held-out accuracy at the last evaluation: fraction of completions of labelled rows "
+            "whose reward reaches eval.success_threshold.",
+            registry=r,
+        )
+        self.eval_reward_mean = Gauge(
+            "asyncrl_eval_reward_mean",
+            "Mean reward (reward.functions) of held-out completions at the last evaluation.",
+            registry=r,
+        )
+        self.eval_pass_at_k = Gauge(
+            "asyncrl_eval_pass_at_k",
+            "Held-out pass@k (k = eval.samples) at the last evaluation.",
+            registry=r,
         )
         self.publish_seconds = Histogram(
             "asyncrl_weight_publish_seconds",

@@ -80,7 +80,7 @@ def run_learner(
         # are restored would be counted against the wrong state.
         hub.start()
     publisher.publish(version)
-    acc_before = evaluate(engine, tokenizer, eval_rows, cfg)
+    acc_before = evaluate(engine, tokenizer, eval_rows, cfg, hub)
     if hub is not None:
         if acc_before is not None:
             hub.metrics.eval_accuracy.set(acc_before)
@@ -101,7 +101,7 @@ def run_learner(
     loop.run()
     save_checkpoint(engine, hub, loop.version, output_dir)
     export_policy(engine, tokenizer, loop.version, output_dir)
-    acc_after = evaluate(engine, tokenizer, eval_rows, cfg)
+    acc_after = evaluate(engine, tokenizer, eval_rows, cfg, hub)
     summary = None
     if hub is not None:
         if acc_after is not None:

@@ -4,6 +4,6 @@
 """
 
 from asyncrl.learner.hub.groups import GroupData
-from asyncrl.learner.hub.service import Hub, HubStopped
+from asyncrl.learner.hub.service import Hub, HubStopped, RewardFailing
 
-__all__ = ["GroupData", "Hub", "HubStopped"]
+__all__ = ["GroupData", "Hub", "HubStopped", "RewardFailing"]

@@ -17,7 +17,7 @@ from asyncrl.learner.data import PromptSource
 from asyncrl.learner.hub.core import HubCore
 from asyncrl.learner.hub.generators import Generators
 from asyncrl.learner.hub.groups import GroupData
-from asyncrl.learner.rewards import has_variance
+from asyncrl.learner.rewards import RewardInput, has_variance
 from asyncrl.learner.rewards.pool import Failed, Outcome, RewardJob, RewardPool
 from asyncrl.protocol.codec import ProtocolError
 from asyncrl.protocol.messages import RolloutGroup
@@ -49,6 +49,22 @@ class Intake:
             min_logprob=core.cfg.learner.min_logprob,
         )
         self.filter_zero_variance = core.cfg.buffer.filter_zero_variance
+        self.prompt_field = core.cfg.data.prompt_field
+        self.max_failures = core.cfg.reward.max_consecutive_failures
+        self.failures_in_row = 0  # groups failed in the reward since the last one scored
+        self.last_failure = ""
+
+    def failing(self) -> str | None:
+        """Under the lock: why the run should end, once `reward.max_consecutive_failures`
+        groups in a row failed in the reward; None while it is fine."""
+        if self.max_failures and self.failures_in_row >= self.max_failures:
+            last = " ".join(self.last_failure.split())  # one line, bounded
+            last = last if len(last) <= 300 else last[:297] + "..."
+            return (
+                f"the reward failed on {self.failures_in_row} groups in a row "
+                f"(reward.max_consecutive_failures); last: {last}"
+            )
+        return None
 
     # ------------------------------------------------------------ socket thread
     def on_rollout(self, msg: RolloutGroup, now: float) -> None:
@@ -84,11 +100,19 @@ class Intake:
     # ------------------------------------------------------------ pool threads
     def _job(self, msg: RolloutGroup, rec: LeaseRecord) -> RewardJob:
         prompt = self.prompts.prompts[rec.prompt_index]
-        texts = [self._decode(msg.tokens[s]) for s in msg.sample_slices()]
-        job = RewardJob(prompt.text, texts, prompt.row, [int(x) for x in msg.lengths])
+        samples = [msg.tokens[s] for s in msg.sample_slices()]
+        inp = RewardInput(
+            prompt=prompt.row.get(self.prompt_field, prompt.text),
+            prompt_text=prompt.text,
+            completions=[self._decode(ids) for ids in samples],
+            completion_ids=[ids.tolist() for ids in samples],
+            row=prompt.row,
+            step=int(msg.version),
+        )
+        job = RewardJob(inp)
         if msg.baseline_tokens is not None:
             job.baseline = self._decode(msg.baseline_tokens)
-            job.baseline_length = len(msg.baseline_tokens)
+            job.baseline_ids = msg.baseline_tokens.tolist()
         return job
 
     def _decode(self, ids: np.ndarray) -> str:
@@ -101,6 +125,10 @@ class Intake:
         core, gid = self.core, msg.generator_id
         if isinstance(out, Failed):
             with core.lock:
+                self.failures_in_row += 1
+                self.last_failure = out.detail
+                if self.failing():
+                    core.lock.notify_all()  # the trainer's wait ends the run
                 core.ledger.on_group_rejected(rec, out.cause)
                 if out.cause == "reward_timeout":
                     core.drop("reward_timeout", f"group from {gid}: {out.detail}")
@@ -123,6 +151,7 @@ class Intake:
             reward_metrics=dict(out.metrics),
         )
         with core.lock:
+            self.failures_in_row = 0
             if self.filter_zero_variance and not has_variance(out.rewards):
                 core.ledger.on_group_rejected(rec, "filtered")
                 core.drop("filtered")

@@ -43,6 +43,11 @@ class HubStopped(RuntimeError):
     """The hub's socket loop died: no group can arrive, so the run cannot go on."""
 
 
+class RewardFailing(RuntimeError):
+    """`reward.max_consecutive_failures` groups in a row failed in the reward: a broken reward
+    or a wrong answer column would otherwise drop every group forever."""
+
+
 class Hub:
     """Rank 0's service threads plus the state the trainer consumes."""
 
@@ -120,6 +125,9 @@ class Hub:
                     # Nothing can arrive any more: end the run (non-zero) so a supervisor
                     # restarts it with --resume, rather than waiting forever.
                     raise HubStopped(self.loop.failure or "the hub thread is not running")
+                failing = self.intake.failing()
+                if failing:
+                    raise RewardFailing(failing)
                 taken, dropped = core.ledger.on_groups_taken(n, core.version)
                 core.drop_all(dropped)
                 if taken is not None:

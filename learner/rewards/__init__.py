@@ -1,16 +1,16 @@
 """Rewards: score a completed group at intake (DESIGN.md, "Rewards").
 
-`setup_reward(cfg)` returns a callable `fn(prompt, completions, row, completion_lengths)
--> RewardResult` with a `close()`; the hub calls it off the training thread. Each reward
-lives in its own module and is imported only when chosen, so this package stays cheap to
-import.
+`setup_reward(cfg)` returns a callable `fn(RewardInput) -> RewardResult` with a `close()`: the
+weighted sum of the functions in `reward.functions` (built-ins and TRL-style plug-ins,
+`learner.rewards.combine`). The hub calls it in its reward pool, evaluation on rank 0. Each
+reward lives in its own module and is imported only when chosen, so this package stays cheap
+to import.
 """
 
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from asyncrl.learner.rewards.config import OverlongConfig, RewardConfig
 
@@ -18,44 +18,55 @@ __all__ = [
     "OverlongConfig",
     "RewardConfig",
     "RewardFunction",
+    "RewardInput",
     "RewardResult",
+    "completion_text",
     "has_variance",
     "setup_reward",
 ]
 
 
 @dataclass
+class RewardInput:
+    """One prompt's group of completions, as every reward function sees it."""
+
+    prompt: Any  # the row's prompt value: a string, or a list of chat messages
+    prompt_text: str  # what the model read (chat template applied)
+    completions: list[str]  # decoded completion texts
+    completion_ids: list[list[int]]  # the generated token ids, one list per completion
+    row: dict  # the dataset row
+    step: int = 0  # the policy version that sampled the group (TRL's trainer_state.global_step)
+
+    @property
+    def chat(self) -> bool:
+        return isinstance(self.prompt, list)
+
+
+@dataclass
 class RewardResult:
-    rewards: list[float]  # one per completion
-    metrics: dict[str, float] = field(default_factory=dict)  # averaged over groups by the learner
+    # One per completion; None = this function gives this sample no reward (TRL's contract).
+    rewards: list[float | None]
+    metrics: dict[str, float] = field(default_factory=dict)  # averaged over groups
 
 
 class RewardFunction(Protocol):
-    def __call__(
-        self, prompt: str, completions: list[str], row: dict, completion_lengths: list[int]
-    ) -> RewardResult: ...
+    def __call__(self, inp: RewardInput) -> RewardResult: ...
 
     def close(self) -> None: ...
 
 
-_IMPLEMENTATIONS = {
-    "exact": "asyncrl.learner.rewards.exact:ExactReward",
-    "math": "asyncrl.learner.rewards.math:MathReward",
-    "ttrl": "asyncrl.learner.rewards.ttrl:TTRLReward",
-    "reward_model": "asyncrl.learner.rewards.reward_model:RewardModelReward",
-    "plugin": "asyncrl.learner.rewards.plugin:PluginReward",
-}
+def completion_text(c: Any) -> str:
+    """A completion's text whether it is a string or a message list ([{"content": ...}])."""
+    if isinstance(c, list):
+        return "".join(str(m.get("content", "")) for m in c if isinstance(m, dict))
+    return str(c)
 
 
 def setup_reward(cfg: RewardConfig) -> RewardFunction:
-    """The configured reward, wrapped with DAPO's overlong penalty when enabled."""
-    module, cls = _IMPLEMENTATIONS[cfg.name].split(":")
-    fn = getattr(importlib.import_module(module), cls)(cfg)
-    if cfg.overlong.enabled:
-        from asyncrl.learner.rewards.overlong import OverlongPenalty
+    """The configured functions, weighted and summed (see `combine.CombinedReward`)."""
+    from asyncrl.learner.rewards.combine import CombinedReward
 
-        fn = OverlongPenalty(fn, cfg.overlong)
-    return fn
+    return CombinedReward(cfg)
 
 
 def has_variance(rewards: list[float], tol: float = 1e-6) -> bool:

@@ -51,25 +51,61 @@ class OverlongConfig(StrictModel):
         return self
 
 
-class RewardConfig(StrictModel):
-    """Which reward scores a completed group, and its settings."""
+BUILTIN_REWARDS = ("exact", "math", "ttrl", "reward_model", "overlong")
 
+
+class RewardConfig(StrictModel):
+    """Which reward functions score a completed group, and their settings."""
+
+    functions: list[str] | None = Field(
+        None,
+        description="Reward functions, summed with `weights` (as TRL's reward_funcs and "
+        "reward_weights): built-ins (exact, math, ttrl, reward_model, overlong) and plug-ins "
+        "'module:function' or 'path/to/file.py:function', called as TRL calls them: "
+        "fn(prompts=, completions=, completion_ids=, **columns), each dataset column a list "
+        "with one entry per completion, completions as message lists for chat prompts; None "
+        "for a sample means no reward from that function. Empty: the single reward `name`.",
+    )
+    weights: list[float] | None = Field(
+        None,
+        description="One weight per entry of `functions`; empty: 1.0 each. A sample's reward "
+        "is the weighted sum over the functions that scored it (None skipped); a sample no "
+        "function scored gets 0, and a group no function scored fails (see "
+        "max_consecutive_failures).",
+    )
     name: Literal["exact", "math", "ttrl", "reward_model", "plugin"] = Field(
         "exact",
-        description="exact: stripped completion equals the answer (tiny task). math: extracted "
-        "final answer checked with math-verify. ttrl: label-free majority vote of the group "
-        "(TTRL). reward_model: Hugging Face sequence-classification score. plugin: your "
-        "function (see `plugin`).",
+        description="The single reward used when `functions` is empty (ignored otherwise). "
+        "exact: stripped completion equals the answer (tiny task). math: extracted final "
+        "answer checked with math-verify. ttrl: label-free majority vote of the group "
+        "(TTRL). reward_model: Hugging Face sequence-classification score. plugin: the "
+        "function in `plugin`.",
     )
     answer_field: str = Field(
         "answer",
-        description="Dataset row field holding the ground-truth answer (exact, math; ttrl "
-        "uses it only to report pseudo-label accuracy).",
+        description="Dataset column holding the ground-truth answer, for the built-ins (exact, "
+        "math; ttrl reports pseudo-label accuracy with it) and evaluation accuracy (rows "
+        "without it count in reward and pass@k only). Plug-ins get every column by name.",
     )
     plugin: str | None = Field(
         None,
-        description="'module:function' called as fn(prompts, completions, **row) -> list of "
-        "floats, one per completion. Required when name is 'plugin'.",
+        description="With name 'plugin': 'module:function' or 'path/to/file.py:function'; "
+        "the same as functions: [that].",
+    )
+    max_completion_chars: int = Field(
+        200_000,
+        ge=1,
+        description="Completion text longer than this is cut to its last max_completion_chars "
+        "characters (where a final answer is) before any reward function sees it: bounds the "
+        "work a hostile or runaway completion can cost.",
+    )
+    max_consecutive_failures: int = Field(
+        50,
+        ge=0,
+        description="End the learner with an error (exit code 4) after this many groups in a "
+        "row failed in the reward (raised, timed out, or no function scored any sample): a "
+        "broken reward or a wrong answer column stops the run instead of dropping every group "
+        "forever. 0 = never.",
     )
     reward_model_path: str | None = Field(
         None,
@@ -124,16 +160,53 @@ class RewardConfig(StrictModel):
 
     @model_validator(mode="after")
     def _check(self) -> RewardConfig:
-        if self.name == "plugin" and not self.plugin:
+        if self.functions is not None:
+            if not self.functions:
+                raise ValueError("reward.functions is empty: name at least one reward function")
+            for spec in self.functions:
+                if spec not in BUILTIN_REWARDS and ":" not in spec:
+                    raise ValueError(
+                        f"reward.functions entry {spec!r} is neither a built-in "
+                        f"({', '.join(BUILTIN_REWARDS)}) nor 'module:function' / "
+                        "'path/to/file.py:function'"
+                    )
+            if self.weights is not None and len(self.weights) != len(self.functions):
+                raise ValueError(
+                    f"reward.weights has {len(self.weights)} entries for "
+                    f"{len(self.functions)} reward.functions; give one weight per function"
+                )
+        elif self.weights is not None:
+            raise ValueError("reward.weights needs reward.functions (one weight per function)")
+        if self.name == "plugin" and not self.plugin and self.functions is None:
             raise ValueError("reward.name is 'plugin': set reward.plugin to 'module:function'")
         if self.plugin and ":" not in self.plugin:
             raise ValueError(
                 f"reward.plugin {self.plugin!r} must look like 'module:function', "
                 "e.g. 'my_rewards:score'"
             )
-        if self.name == "reward_model" and not self.reward_model_path:
+        names = [spec for spec, _ in self.resolved()]
+        if "reward_model" in names and not self.reward_model_path:
             raise ValueError(
-                "reward.name is 'reward_model': set reward.reward_model_path to a local "
+                "reward function reward_model: set reward.reward_model_path to a local "
                 "Hugging Face sequence-classification model directory"
             )
+        if "overlong" in names and (
+            self.overlong.max_length is None or self.overlong.cache_length is None
+        ):
+            raise ValueError(
+                "reward function overlong: set reward.overlong.max_length and "
+                "reward.overlong.cache_length"
+            )
         return self
+
+    def resolved(self) -> list[tuple[str, float]]:
+        """(function spec, weight) for every function that scores, in order."""
+        if self.functions is not None:
+            weights = self.weights or [1.0] * len(self.functions)
+            out = list(zip(self.functions, weights))
+        else:
+            out = [(self.plugin if self.name == "plugin" else self.name, 1.0)]
+        # The legacy switch: the DAPO penalty added with weight 1 unless listed already.
+        if self.overlong.enabled and "overlong" not in [s for s, _ in out]:
+            out.append(("overlong", 1.0))
+        return out

@@ -15,12 +15,14 @@ import re
 import threading
 from fractions import Fraction
 
-from asyncrl.learner.rewards import RewardResult
+from asyncrl.learner.rewards import RewardInput, RewardResult
 from asyncrl.learner.rewards.config import RewardConfig
 
 logger = logging.getLogger(__name__)
 
-_BOXED = re.compile(r"\\(?:boxed|fbox)\s*\{")
+# One pass over box openers and braces finds every box's closing brace (see extract_boxed).
+_BOX_TOKENS = re.compile(r"\\(?:boxed|fbox)\s*\{|[{}]")
+_TEXT_TOKENS = re.compile(r"\\text\{|[{}]")
 _ANSWER_IS = re.compile(r"answer\s+is", re.IGNORECASE)
 # A number not glued to a preceding word, digit or closing bracket (so "x-3" yields 3, not -3):
 # thousands with commas, or plain digits; optional decimals; optional "/denominator".
@@ -34,27 +36,46 @@ _LATEX_FRAC = re.compile(r"(-?)\\[dt]?frac(?:\{(-?\d+)\}|(\d))(?:\{(\d+)\}|(\d))
 _STRIP_TOKENS = ("\\left", "\\right", "\\!", "\\,", "\\;", "\\:", "\\displaystyle", "$")
 
 
-def _balanced(text: str, start: int) -> str | None:
-    """The contents of the brace group opening at text[start] ('{'), or None if unclosed."""
-    depth = 0
-    for i in range(start, len(text)):
-        if text[i] == "{":
-            depth += 1
-        elif text[i] == "}":
-            depth -= 1
-            if depth == 0:
-                return text[start + 1 : i]
-    return None
-
-
 def extract_boxed(text: str) -> str | None:
-    """Contents of the last complete `\\boxed{...}` (nested braces allowed)."""
-    # From the last one back: a completion cut off inside its final box still has earlier ones.
-    for m in reversed(list(_BOXED.finditer(text))):
-        inner = _balanced(text, m.end() - 1)
-        if inner is not None and inner.strip():
-            return inner.strip()
-    return None
+    """Contents of the last complete `\\boxed{...}` (nested braces allowed), in one pass.
+
+    "Last" is by where the box opens, so a completion cut off inside its final box still
+    yields the box before it, and `\\boxed{\\boxed{1}}` yields 1. Every brace is matched
+    once with a stack, so the work is linear in the text whatever its nesting or unclosed
+    boxes (scanning to the end from each opener would be quadratic).
+    """
+    stack: list[int] = []  # per open brace: its content start if it opens a box, else -1
+    best_start, best = -1, None
+    for m in _BOX_TOKENS.finditer(text):
+        tok = m.group()
+        if tok == "}":
+            if stack:
+                start = stack.pop()
+                if start > best_start:
+                    inner = text[start : m.start()].strip()
+                    if inner:
+                        best_start, best = start, inner
+        elif tok == "{":
+            stack.append(-1)
+        else:
+            stack.append(m.end())
+    return best
+
+
+def _strip_text_wrappers(s: str) -> str:
+    """`\\text{ km }` -> `km` where the braces hold no other brace, in one pass (a regex with
+    lazy content between two `\\s*` backtracks quadratically on long runs of spaces)."""
+    out: list[str] = []
+    pos = 0
+    opener: re.Match | None = None  # the `\\text{` whose closing brace may come next
+    for m in _TEXT_TOKENS.finditer(s):
+        if m.group() == "}" and opener is not None:
+            out.append(s[pos : opener.start()])
+            out.append(s[opener.end() : m.start()].strip())
+            pos = m.end()
+        opener = m if m.group() != "{" and m.group() != "}" else None
+    out.append(s[pos:])
+    return "".join(out)
 
 
 def _clean(answer: str) -> str:
@@ -106,7 +127,7 @@ def normalize(answer: str) -> str:
     for tok in _STRIP_TOKENS:
         s = s.replace(tok, "")
     s = s.replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac")
-    s = re.sub(r"\\text\{\s*([^{}]*?)\s*\}", r"\1", s)
+    s = _strip_text_wrappers(s)
     s = re.sub(r"\s+", "", s).lower()
     return s.rstrip(".")
 
@@ -243,9 +264,8 @@ class MathReward:
         self.field = cfg.answer_field
         self.pool = VerifyPool(cfg.verify_workers, cfg.verify_timeout_seconds)
 
-    def __call__(
-        self, prompt: str, completions: list[str], row: dict, completion_lengths: list[int]
-    ) -> RewardResult:
+    def __call__(self, inp: RewardInput) -> RewardResult:
+        row, completions = inp.row, inp.completions
         if self.field not in row:
             raise KeyError(
                 f"reward 'math' needs the answer in row field {self.field!r}; set "

@@ -29,8 +29,9 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
+from asyncrl.learner.rewards import RewardInput
 from asyncrl.learner.rewards.config import RewardConfig
 
 logger = logging.getLogger(__name__)
@@ -46,15 +47,12 @@ QUEUE_PER_WORKER = 4
 
 @dataclass
 class RewardJob:
-    """One group to score: the prompt, its completions and the dataset row, plus the greedy
-    baseline completion (ReMax) when the generator sent one."""
+    """One group to score (what every reward function reads, `RewardInput`), plus the
+    greedy baseline completion (ReMax) when the generator sent one."""
 
-    prompt: str
-    completions: list[str]
-    row: dict
-    lengths: list[int]
+    input: RewardInput
     baseline: str | None = None
-    baseline_length: int = 0
+    baseline_ids: list[int] = field(default_factory=list)
 
 
 @dataclass
@@ -102,12 +100,15 @@ def _worker_main(cfg: RewardConfig, conn, parent: int) -> None:
             if job is None:
                 return
             try:
-                res = fn(job.prompt, job.completions, job.row, job.lengths)
+                res = fn(job.input)
                 baseline = None
                 if job.baseline is not None:
-                    b = fn(job.prompt, [job.baseline], job.row, [job.baseline_length])
-                    baseline = float(b.rewards[0])
-                out: Outcome = Scored(list(res.rewards), dict(res.metrics), baseline)
+                    one = replace(
+                        job.input, completions=[job.baseline], completion_ids=[job.baseline_ids]
+                    )
+                    baseline = float(fn(one).rewards[0] or 0.0)
+                rewards = [float(r or 0.0) for r in res.rewards]  # combined: never None
+                out: Outcome = Scored(rewards, dict(res.metrics), baseline)
             except Exception as exc:  # the group fails; the worker and the run go on
                 out = Failed("reward_error", repr(exc))
             conn.send(out)

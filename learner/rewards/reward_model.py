@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 
-from asyncrl.learner.rewards import RewardResult
+from asyncrl.learner.rewards import RewardInput, RewardResult
 from asyncrl.learner.rewards.config import RewardConfig
 
 logger = logging.getLogger(__name__)
@@ -65,13 +65,11 @@ class RewardModelReward:
             self.max_length,
         )
 
-    def __call__(
-        self, prompt: str, completions: list[str], row: dict, completion_lengths: list[int]
-    ) -> RewardResult:
+    def __call__(self, inp: RewardInput) -> RewardResult:
         import torch
 
-        texts = [prompt + c for c in completions]
-        rewards: list[float] = []
+        texts = [inp.prompt_text + c for c in inp.completions]
+        rewards: list[float | None] = []
         with torch.inference_mode():
             for start in range(0, len(texts), self.batch_size):
                 batch = self.tokenizer(

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 
-from asyncrl.learner.rewards import RewardResult
+from asyncrl.learner.rewards import RewardInput, RewardResult
 from asyncrl.learner.rewards.config import RewardConfig
 from asyncrl.learner.rewards.math import (
     extract_answer,
@@ -61,9 +61,8 @@ class TTRLReward:
     def __init__(self, cfg: RewardConfig):
         self.field = cfg.answer_field
 
-    def __call__(
-        self, prompt: str, completions: list[str], row: dict, completion_lengths: list[int]
-    ) -> RewardResult:
+    def __call__(self, inp: RewardInput) -> RewardResult:
+        row, completions = inp.row, inp.completions
         answers = [extract_answer(c) for c in completions]
         label = majority(answers)
         n = max(len(completions), 1)

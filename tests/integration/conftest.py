@@ -39,7 +39,7 @@ def small_overrides(tiny_cache, tmp_path) -> list[str]:
         f"tiny.cache_dir={tiny_cache}",
         f"learner.output_dir={tmp_path / 'run'}",
         "data.eval_size=32",
-        "train.eval_every=0",
+        "eval.every=0",
         "train.log_every=1",
         "train.groups_per_step=4",
         "sampling.group_size=4",

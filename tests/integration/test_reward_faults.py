@@ -10,10 +10,11 @@ timeout, the generator stays connected, and the run finishes.
 from __future__ import annotations
 
 import json
+import re
 import time
 import urllib.error
 
-from tests.integration.conftest import next_event, scrape, start_cli
+from tests.integration.conftest import next_event, run_cli, scrape, start_cli
 
 STEPS = 10
 
@@ -73,3 +74,28 @@ def test_hanging_and_raising_rewards_are_dropped_and_training_goes_on(small_over
     assert all(m["asyncrl_generators_connected"] == 1 for m in seen[first:])
     assert "went silent" not in stderr
     assert "reward failed" in stderr and "killed" in stderr
+
+
+def test_a_reward_that_never_scores_ends_the_run_with_one_line(small_overrides):
+    # Every group gets no reward from any function: after 3 in a row the learner stops with
+    # exit code 4 and one line naming the setting and the last cause, and `asyncrl local`
+    # passes the code on, instead of dropping groups forever and exiting 0.
+    code, _, stderr = run_cli(
+        [
+            "local",
+            *small_overrides,
+            "train.steps=5",
+            "local.generators=1",
+            "reward.functions=[tests.integration.flaky_reward:never]",
+            "reward.max_consecutive_failures=3",
+            "reward.workers=1",
+        ],
+        timeout=300,
+    )
+    assert code == 4, stderr[-4000:]
+    lines = [x for x in stderr.splitlines() if x.startswith("asyncrl learner: ")]
+    assert len(lines) == 1, stderr[-4000:]
+    # At least 3: more fail while the learner is busy before its next wait (first evaluation).
+    failed = re.search(r"the reward failed on (\d+) groups in a row \(reward.max_consec", lines[0])
+    assert failed and int(failed.group(1)) >= 3, lines[0]
+    assert "no reward function (never) scored any" in lines[0]

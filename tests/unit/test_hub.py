@@ -14,7 +14,7 @@ import zmq
 
 from asyncrl.launch.config import load_config
 from asyncrl.learner.data import PromptSource
-from asyncrl.learner.hub import GroupData, Hub, HubStopped
+from asyncrl.learner.hub import GroupData, Hub, HubStopped, RewardFailing
 from asyncrl.learner.metrics import LearnerMetrics
 from asyncrl.protocol.messages import (
     Ack,
@@ -49,7 +49,7 @@ class CharTokenizer:
         return "".join(chr(i + 30) for i in ids if i > EOS)
 
 
-def _hub(prompt: str, timeout: float = 30.0) -> Hub:
+def _hub(prompt: str, timeout: float = 30.0, extra: tuple[str, ...] = ()) -> Hub:
     # B=1, η=0: the gate allows (0+0+1)*1 = 1 group in flight or accepted at version 0.
     cfg = load_config(
         None,
@@ -66,6 +66,7 @@ def _hub(prompt: str, timeout: float = 30.0) -> Hub:
             "reward.plugin=tests.unit.reward_plugins:moody",
             "reward.workers=1",
             f"reward.timeout_seconds={timeout}",
+            *extra,
         ],
     )
     tok = CharTokenizer()
@@ -209,4 +210,27 @@ def test_a_dead_socket_loop_ends_the_run_and_health_says_why():
             hub.wait_for_groups(1, threading.Event())
         assert time.monotonic() - t < 1.0
     finally:
+        hub.stop()
+
+
+def test_a_reward_failing_on_every_group_ends_the_run():
+    # The reward raises on prompt "raise"; with max_consecutive_failures 2 the first failure
+    # is dropped and counted, the second ends the trainer's wait with a one-line reason.
+    hub = _hub("raise", extra=("reward.max_consecutive_failures=2",))
+    gen = Generator(hub)
+    try:
+        gen.ask(Hello("g0", "fake", 0))
+        gen.rollout(gen.ask(LeaseRequest("g0", 0)), ["4", "5"])
+        _wait(lambda: hub.metrics.reward_errors._value.get() == 1)
+        stop = threading.Event()
+        threading.Timer(0.5, stop.set).start()
+        assert hub.wait_for_groups(1, stop) is None  # one failure: the run goes on
+        gen.rollout(gen.ask(LeaseRequest("g0", 0)), ["4", "5"])
+        with pytest.raises(RewardFailing) as err:
+            hub.wait_for_groups(1, threading.Event())
+        msg = str(err.value)
+        assert "failed on 2 groups in a row (reward.max_consecutive_failures)" in msg
+        assert "does not like the prompt" in msg and "\n" not in msg
+    finally:
+        gen.close()
         hub.stop()

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from asyncrl.learner.rewards import RewardConfig
+from asyncrl.learner.rewards import RewardConfig, RewardInput
 from asyncrl.learner.rewards.pool import Failed, RewardJob, RewardPool, Scored
 
 PLUGINS = "tests.unit.reward_plugins"
@@ -26,6 +26,17 @@ def _pool(fn: str, timeout: float = 30.0, workers: int = 1) -> RewardPool:
     return pool
 
 
+def _job(prompt, completions, row, baseline=None) -> RewardJob:
+    """A group of one-token completions (ids unused by these plug-ins)."""
+    inp = RewardInput(prompt, prompt, completions, [[1]] * len(completions), row)
+    return RewardJob(inp, baseline, [1] if baseline is not None else [])
+
+
+def _rewards(out):
+    assert isinstance(out, Scored), out
+    return out.rewards
+
+
 def _score(pool: RewardPool, job: RewardJob, wait: float = 60.0):
     """Submit one job and wait for its outcome (delivered on a pool thread)."""
     results: queue.Queue = queue.Queue()
@@ -37,10 +48,10 @@ def test_scores_a_group_and_its_baseline():
     pool = _pool("exact")
     try:
         # Answer "4": completions "4" -> 1, "5" -> 0, "4" -> 1; the greedy baseline "5" -> 0.
-        job = RewardJob("2+2=", ["4", "5", "4"], {"answer": "4"}, [1, 1, 1], "5", 1)
-        assert _score(pool, job) == Scored([1.0, 0.0, 1.0], {}, 0.0)
+        job = _job("2+2=", ["4", "5", "4"], {"answer": "4"}, "5")
+        assert _score(pool, job) == Scored([1.0, 0.0, 1.0], {"reward_exact_mean": 2 / 3}, 0.0)
         # Without a baseline there is no baseline reward.
-        assert _score(pool, RewardJob("p", ["4"], {"answer": "4"}, [1])) == Scored([1.0])
+        assert _score(pool, _job("p", ["4"], {"answer": "4"})).baseline_reward is None
     finally:
         pool.close()
 
@@ -48,12 +59,10 @@ def test_scores_a_group_and_its_baseline():
 def test_a_raising_reward_is_an_error_and_the_worker_goes_on():
     pool = _pool("moody")
     try:
-        out = _score(pool, RewardJob("raise", ["a"], {"answer": "a"}, [1]))
+        out = _score(pool, _job("raise", ["a"], {"answer": "a"}))
         assert isinstance(out, Failed) and out.cause == "reward_error"
         assert "does not like the prompt" in out.detail
-        assert _score(pool, RewardJob("ok", ["a", "b"], {"answer": "a"}, [1, 1])) == Scored(
-            [1.0, 0.0]
-        )
+        assert _rewards(_score(pool, _job("ok", ["a", "b"], {"answer": "a"}))) == [1.0, 0.0]
     finally:
         pool.close()
 
@@ -63,13 +72,13 @@ def test_a_hanging_reward_is_killed_at_its_deadline_and_replaced():
     try:
         pid_before = pool._workers[0].proc.pid
         t0 = time.monotonic()
-        out = _score(pool, RewardJob("hang", ["a"], {"answer": "a"}, [1]))
+        out = _score(pool, _job("hang", ["a"], {"answer": "a"}))
         waited = time.monotonic() - t0
         assert isinstance(out, Failed) and out.cause == "reward_timeout"
         # Killed at the 2 s deadline, not later (generous bound for a loaded machine).
         assert 2.0 <= waited < 10.0
         # The next group is scored, by a fresh process.
-        assert _score(pool, RewardJob("ok", ["a"], {"answer": "a"}, [1])) == Scored([1.0])
+        assert _rewards(_score(pool, _job("ok", ["a"], {"answer": "a"}))) == [1.0]
         assert pool._workers[0].proc.pid != pid_before
     finally:
         pool.close()
@@ -79,10 +88,10 @@ def test_two_workers_score_side_by_side_while_one_hangs():
     pool = _pool("moody", timeout=30.0, workers=2)
     try:
         results: queue.Queue = queue.Queue()
-        assert pool.submit(lambda: RewardJob("hang", ["a"], {"answer": "a"}, [1]), results.put)
+        assert pool.submit(lambda: _job("hang", ["a"], {"answer": "a"}), results.put)
         # One worker is stuck for 30 s; the other scores this group long before.
-        ok = RewardJob("ok", ["b"], {"answer": "b"}, [1])
-        assert _score(pool, ok, wait=20.0) == Scored([1.0])
+        ok = _job("ok", ["b"], {"answer": "b"})
+        assert _rewards(_score(pool, ok, wait=20.0)) == [1.0]
     finally:
         t0 = time.monotonic()
         pool.close()
@@ -96,7 +105,7 @@ def test_the_queue_is_bounded():
     try:
         # One worker hangs on the first job; 4 per worker more wait in the queue; the next
         # submit is refused (the hub then stops reading rollouts).
-        hang = RewardJob("hang", ["a"], {"answer": "a"}, [1])
+        hang = _job("hang", ["a"], {"answer": "a"})
         assert pool.submit(lambda: hang, lambda out: None)
         deadline = time.monotonic() + 10
         while not pool._queue.empty():  # wait until the worker's thread took it

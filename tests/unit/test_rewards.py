@@ -8,15 +8,21 @@ import textwrap
 
 import pytest
 
-from asyncrl.learner.rewards import RewardConfig, has_variance, setup_reward
+from asyncrl.learner.rewards import RewardConfig, RewardInput, has_variance, setup_reward
 from asyncrl.learner.rewards.math import cheap_equal, extract_answer, gold_answer
 from asyncrl.learner.rewards.overlong import overlong_penalty
 
 
-def score(cfg: RewardConfig, prompt: str, completions: list[str], row: dict, lengths=None):
+def group(prompt, completions: list[str], row: dict, lengths=None) -> RewardInput:
+    """A group whose completion i has lengths[i] token ids (default: one per character)."""
+    lengths = lengths or [len(c) for c in completions]
+    return RewardInput(prompt, str(prompt), completions, [[7] * n for n in lengths], row)
+
+
+def score(cfg: RewardConfig, prompt, completions: list[str], row: dict, lengths=None):
     fn = setup_reward(cfg)
     try:
-        return fn(prompt, completions, row, lengths or [len(c) for c in completions])
+        return fn(group(prompt, completions, row, lengths))
     finally:
         fn.close()
 
@@ -88,15 +94,16 @@ def test_math_reward_with_math_verify_worker():
     fn = setup_reward(cfg)
     try:
         res = fn(
-            "q",
-            ["so \\boxed{0.5}", "the answer is \\sqrt{4}", "none"],
-            {"answer": "\\frac{1}{2}"},
-            [1, 1, 1],
+            group(
+                "q",
+                ["so \\boxed{0.5}", "the answer is \\sqrt{4}", "none"],
+                {"answer": "\\frac{1}{2}"},
+            )
         )
         assert res.rewards == [1.0, 0.0, 0.0]
         assert res.metrics["reward_extracted_frac"] == pytest.approx(2 / 3)
         assert res.metrics["reward_errors"] == 0.0
-        res = fn("q", ["\\boxed{x^2+2x+1}", "\\boxed{x^2+1}"], {"answer": "(x+1)^2"}, [1, 1])
+        res = fn(group("q", ["\\boxed{x^2+2x+1}", "\\boxed{x^2+1}"], {"answer": "(x+1)^2"}))
         assert res.rewards == [1.0, 0.0]
     finally:
         fn.close()
@@ -190,14 +197,14 @@ def plugin_module(tmp_path, monkeypatch):
     (tmp_path / "my_reward_plugin.py").write_text(
         textwrap.dedent(
             """
-            def length_score(prompts, completions, answer=None, **kw):
-                return [len(c) / 10 + (1.0 if c == answer else 0.0) for c in completions]
+            def length_score(prompts, completions, answer, **kw):
+                return [len(c) / 10 + (c == a) for c, a in zip(completions, answer)]
 
             def too_few(prompts, completions, **kw):
                 return [0.0]
 
-            def nan(prompts, completions, **kw):
-                return [float("nan")] * len(completions)
+            def inf(prompts, completions, **kw):
+                return [float("inf")] * len(completions)
             """
         )
     )
@@ -217,10 +224,10 @@ def test_plugin_errors(plugin_module):
     with pytest.raises(ValueError, match="returned 1 rewards for 2 completions"):
         score(RewardConfig(name="plugin", plugin=f"{plugin_module}:too_few"), "p", ["a", "b"], {})
     with pytest.raises(ValueError, match="finite"):
-        score(RewardConfig(name="plugin", plugin=f"{plugin_module}:nan"), "p", ["a"], {})
-    with pytest.raises(ValueError, match="reward.plugin.*no attribute 'missing'"):
+        score(RewardConfig(name="plugin", plugin=f"{plugin_module}:inf"), "p", ["a"], {})
+    with pytest.raises(ValueError, match="reward plug-in.*no attribute 'missing'"):
         setup_reward(RewardConfig(name="plugin", plugin=f"{plugin_module}:missing"))
-    with pytest.raises(ValueError, match="reward.plugin.*cannot import"):
+    with pytest.raises(ValueError, match="reward plug-in.*cannot import"):
         setup_reward(RewardConfig(name="plugin", plugin="no_such_module_xyz:f"))
 
 
