@@ -105,13 +105,13 @@ def check_tokenizer(model_dir: str):
 
 
 def label_fields(cfg: AsyncRLConfig) -> dict[str, tuple[str, str]]:
-    """Which row field each dataset must have for the reward and the evaluation, and the
-    setting that names it: the evaluation compares with `data.answer_field`, the rewards
-    that need a ground truth read `reward.answer_field`."""
-    out = {"data.eval_path": (cfg.data.answer_field, "data.answer_field")}
-    if cfg.reward.name in ("exact", "math"):
-        out["data.train_path"] = (cfg.reward.answer_field, "reward.answer_field")
-    return out
+    """Which row field each dataset must have, and the setting that names it: the built-in
+    rewards that compare with a ground truth (exact, math) read `reward.answer_field`, in
+    training and in the evaluation, which scores with the same reward."""
+    if not {spec for spec, _ in cfg.reward.resolved()} & {"exact", "math"}:
+        return {}
+    need = (cfg.reward.answer_field, "reward.answer_field")
+    return {"data.train_path": need, "data.eval_path": need}
 
 
 def check_data(cfg: AsyncRLConfig) -> dict[str, tuple[list[dict], list[str]]]:
@@ -175,24 +175,26 @@ def check_chat_prompts(rows, where, prompt_field: str, tokenizer) -> None:
 
 
 def dry_run_reward(cfg: AsyncRLConfig, row: dict, loc: str) -> None:
-    """Hook: call the configured reward once on the first train row, so a plug-in that does
-    not import or does not accept its arguments fails here. Only for plug-ins: the built-in
+    """Hook: call the configured plug-ins once on the first train row, so a plug-in that does
+    not import or does not accept its arguments fails here. Plug-ins only: the built-in
     rewards start worker processes or load models, which a preflight should not."""
-    if cfg.reward.name != "plugin":
+    plugins = [spec for spec, _ in cfg.reward.resolved() if ":" in spec]
+    if not plugins:
         return
-    from asyncrl.learner.rewards import setup_reward
+    from asyncrl.learner.rewards.combine import CombinedReward, dry_run
 
-    completion = str(row.get(cfg.reward.answer_field, ""))
+    only = cfg.reward.model_copy(
+        update={"functions": plugins, "weights": None, "name": "exact", "plugin": None}
+    )
+    only.overlong = only.overlong.model_copy(update={"enabled": False})
     try:
-        fn = setup_reward(cfg.reward)
-    except (ValueError, ImportError) as e:
+        CombinedReward(only).close()
+    except (ValueError, ImportError) as e:  # a plug-in that does not import or resolve
         raise PreflightError(str(e).splitlines()[0]) from None
     try:
-        fn(str(row[cfg.data.prompt_field]), [completion], row, [1])
+        dry_run(only, row, cfg.data.prompt_field)
     except Exception as e:  # the user's code: any failure is reported, in one line
         first = str(e).strip().splitlines()[0] if str(e).strip() else ""
         raise PreflightError(
-            f"reward.plugin {cfg.reward.plugin}: fails on {loc} ({type(e).__name__}: {first})"
+            f"reward plug-in {', '.join(plugins)}: fails on {loc} ({type(e).__name__}: {first})"
         ) from None
-    finally:
-        fn.close()

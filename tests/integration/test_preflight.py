@@ -113,7 +113,7 @@ def _case(tmp: Path, model: Path, name: str) -> tuple[list[str], str]:
         ),
         "answer field missing for the evaluation": (
             ["learner", m, f"data.train_path={good}", f"data.eval_path={solution}"],
-            f"{solution}:1: no field 'answer' (data.answer_field)",
+            f"{solution}:1: no field 'answer' (reward.answer_field)",
         ),
         "chat prompts without a chat template": (
             ["learner", m, f"data.train_path={chat}"],
@@ -122,11 +122,11 @@ def _case(tmp: Path, model: Path, name: str) -> tuple[list[str], str]:
         ),
         "reward plug-in does not import": (
             ["learner", m, f"data.train_path={good}", plugin, "reward.plugin=no_such_mod:f"],
-            "asyncrl learner: reward.plugin 'no_such_mod:f': cannot import module 'no_such_mod'",
+            "asyncrl learner: reward plug-in 'no_such_mod:f': cannot import module 'no_such_mod'",
         ),
         "reward plug-in fails on a row": (
             ["learner", m, f"data.train_path={good}", plugin, "reward.plugin=json:loads"],
-            f"asyncrl learner: reward.plugin json:loads: fails on {good}:1 (TypeError:",
+            f"asyncrl learner: reward plug-in json:loads: fails on {good}:1 (TypeError:",
         ),
         "YAML syntax error": (
             ["learner", "--config", str(tmp / "run.yaml")],
