@@ -19,11 +19,12 @@ from collections.abc import Callable
 import zmq
 
 from asyncrl.learner.hub.core import RateLimitedLog
+from asyncrl.learner.hub.peers import Sender
 from asyncrl.learner.hub.serving import WeightServing
 from asyncrl.learner.metrics import LearnerMetrics
 from asyncrl.protocol.codec import DecodeLimits, ProtocolError
 from asyncrl.protocol.messages import NcclJoin, NcclPull, RolloutGroup, WeightsRequest
-from asyncrl.protocol.sockets import SocketFactory, recv, send
+from asyncrl.protocol.sockets import SocketFactory, recv_from, send
 
 logger = logging.getLogger(__name__)
 
@@ -40,15 +41,16 @@ class SocketLoop:
         log: RateLimitedLog,
         serving: WeightServing,
         *,
-        on_control: Callable[[object, float], object | None],
-        on_rollout: Callable[[RolloutGroup], None],
+        on_control: Callable[[object, float, Sender], object | None],
+        on_rollout: Callable[[RolloutGroup, str], None],
         rollouts_open: Callable[[], bool],
         housekeeping: Callable[[float], None],
         housekeeping_every: float,
     ):
-        """`on_control(msg, now)` answers a control message (None: nothing to send back);
-        `on_rollout` takes a group; rollouts are read only while `rollouts_open()` (the
-        reward pool has room), so a busy pool holds groups back in ZeroMQ's queues."""
+        """`on_control(msg, now, sender)` answers a control message (None: nothing to send
+        back); `on_rollout(group, curve_key)` takes a group; rollouts are read only while
+        `rollouts_open()` (the reward pool has room), so a busy pool holds groups back in
+        ZeroMQ's queues."""
         self.factory = factory
         self.metrics = metrics
         self.log = log
@@ -163,9 +165,10 @@ class SocketLoop:
             return True
 
     def _recv(self, sock, routed: bool):
-        """(prefix, message); None when nothing is queued; False for a malformed message."""
+        """(prefix, message, CURVE key); None when nothing is queued; False for a malformed
+        message."""
         try:
-            return recv(sock, self.decode_limits, routed=routed, flags=zmq.NOBLOCK)
+            return recv_from(sock, self.decode_limits, routed=routed, flags=zmq.NOBLOCK)
         except zmq.Again:
             return None
         except ProtocolError as exc:
@@ -177,14 +180,14 @@ class SocketLoop:
         got = self._recv(self.control, routed=True)
         if not got:
             return got is False
-        prefix, msg = got
+        prefix, msg, key = got
         if isinstance(msg, WeightsRequest):
             self.serving.serve(self.control, prefix, msg)
             return True
         if isinstance(msg, (NcclJoin, NcclPull)):
             reply = self.serving.on_nccl(msg)
         else:
-            reply = self.on_control(msg, time.time())
+            reply = self.on_control(msg, time.time(), Sender(prefix[0], key))
         if reply is not None:
             send(self.control, reply, prefix=prefix)
         return True
@@ -193,10 +196,10 @@ class SocketLoop:
         got = self._recv(self.rollouts, routed=False)
         if not got:
             return got is False
-        _, msg = got
+        _, msg, key = got
         self.metrics.received.inc()
         if not isinstance(msg, RolloutGroup):
             self.metrics.malformed.labels(reason="unexpected_type").inc()
             return True
-        self.on_rollout(msg)
+        self.on_rollout(msg, key)
         return True

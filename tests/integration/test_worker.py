@@ -86,7 +86,7 @@ class ScriptedLearner:
             events = dict(poller.poll(20))
             if self.rollouts in events:
                 _, group = recv(self.rollouts)
-                self.pushed.append(group.lease_id)
+                self.pushed.append(int(group.lease_id, 16))
             if self.control in events:
                 prefix, msg = recv(self.control, routed=True)
                 send(self.control, self._reply(msg), prefix=prefix)
@@ -113,7 +113,8 @@ class ScriptedLearner:
                 return LeaseDenied("gate", 0.05, 0)
             self.issued += 1
             params = SamplingParams(temperature=1.0, top_p=1.0, top_k=0, max_new_tokens=4)
-            return Lease(self.issued, np.array([1, 2], np.int32), 2, params, 0.0, 0)
+            lease_id = f"{self.issued:032x}"  # lease n is n in hex: tests read it back
+            return Lease(lease_id, np.array([1, 2], np.int32), 2, params, 0.0, 0)
         if isinstance(msg, WeightsRequest):
             self.chunk_requests += 1
             pub = self.store.get(msg.version)
@@ -121,7 +122,7 @@ class ScriptedLearner:
                 msg.version, msg.index, np.frombuffer(pub.chunk(msg.index), np.uint8)
             )
         if isinstance(msg, LeaseReturn):
-            self.returned += [int(x) for x in msg.lease_ids]
+            self.returned += [int(x, 16) for x in msg.lease_ids]
         assert isinstance(msg, (LeaseReturn, Heartbeat)), msg
         return Ack(0)
 
