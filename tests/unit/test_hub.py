@@ -49,7 +49,9 @@ class CharTokenizer:
         return "".join(chr(i + 30) for i in ids if i > EOS)
 
 
-def _hub(prompt: str, timeout: float = 30.0) -> Hub:
+def _hub(
+    prompt: str, timeout: float = 30.0, factory: SocketFactory | None = None, overrides=()
+) -> Hub:
     # B=1, η=0: the gate allows (0+0+1)*1 = 1 group in flight or accepted at version 0.
     cfg = load_config(
         None,
@@ -66,11 +68,12 @@ def _hub(prompt: str, timeout: float = 30.0) -> Hub:
             "reward.plugin=tests.unit.reward_plugins:moody",
             "reward.workers=1",
             f"reward.timeout_seconds={timeout}",
+            *overrides,
         ],
     )
     tok = CharTokenizer()
     rows = [{"prompt": prompt, "answer": "4"} for _ in range(3)]
-    hub = Hub(cfg, PromptSource(rows, tok, "prompt"), tok, LearnerMetrics())
+    hub = Hub(cfg, PromptSource(rows, tok, "prompt"), tok, LearnerMetrics(), factory)
     hub.start()
     return hub
 
@@ -78,9 +81,9 @@ def _hub(prompt: str, timeout: float = 30.0) -> Hub:
 class Generator:
     """The generator's side of the wire, one request at a time."""
 
-    def __init__(self, hub: Hub, gid: str = "g0"):
+    def __init__(self, hub: Hub, gid: str = "g0", factory: SocketFactory | None = None):
         self.gid = gid
-        f = SocketFactory(linger_ms=0)
+        f = factory or SocketFactory(linger_ms=0)
         self.control = f.socket(zmq.DEALER, server=False)
         self.control.connect(hub.endpoints["control"])
         self.push = f.socket(zmq.PUSH, server=False)
