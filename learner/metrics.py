@@ -23,9 +23,10 @@ DROP_REASONS = (
 # a connection that never said hello, ids held by another connection, ids never issued.
 LEASE_MESSAGES = ("lease_request", "heartbeat", "lease_return")
 LEASE_REFUSALS = ("no_hello", "wrong_holder", "unknown_lease")
-# Weight chunk requests not served (`asyncrl_weight_requests_refused_total{reason}`): from a
-# connection that never said hello, past the per-connection cap of outstanding chunks, or the
-# reply could not be queued (the peer's queue is full or it left).
+# Weight chunk (and nccl join/pull) requests not served
+# (`asyncrl_weight_requests_refused_total{reason}`): from a connection that never said hello,
+# past the per-connection cap of outstanding chunks, or the reply could not be queued (the
+# peer's queue is full or it left).
 WEIGHT_REFUSALS = ("no_hello", "peer_cap", "not_sent")
 PHASES = ("wait", "logprob", "update", "publish", "eval")
 STALENESS_BUCKETS = (0, 1, 2, 3, 4, 6, 8, 16)
@@ -91,7 +92,7 @@ class LearnerMetrics:
         )
         self.weight_requests_refused = Counter(
             "asyncrl_weight_requests_refused",
-            "Weight chunk requests not served, by reason.",
+            "Weight chunk and nccl requests not served, by reason.",
             ["reason"],
             registry=r,
         )

@@ -185,7 +185,7 @@ class SocketLoop:
             self.serving.serve(self.control, prefix, msg)
             return True
         if isinstance(msg, (NcclJoin, NcclPull)):
-            reply = self.serving.on_nccl(msg)
+            reply = self.serving.on_nccl(msg, prefix[0])
         else:
             reply = self.on_control(msg, time.time(), Sender(prefix[0], key))
         if reply is not None:

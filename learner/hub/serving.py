@@ -120,9 +120,16 @@ class WeightServing:
     def _refuse(self, reason: str) -> None:
         self.metrics.weight_requests_refused.labels(reason=reason).inc()
 
-    def on_nccl(self, msg: NcclJoin | NcclPull) -> NcclGroup | NcclPlan:
-        if self.nccl is None:
+    def on_nccl(self, msg: NcclJoin | NcclPull, connection: bytes) -> NcclGroup | NcclPlan:
+        """Join or pull for a connection that said hello (a group costs the learner a port
+        and a broadcast per version: not for strangers)."""
+        why = ""
+        if not self.admitted(connection):
+            self._refuse("no_hello")
+            why = "say hello first"
+        elif self.nccl is None:
             why = "learner.weights.type is not nccl"
+        if why:
             if isinstance(msg, NcclJoin):
                 return NcclGroup("", 0, "", "", error=why)
             return NcclPlan(msg.version, "", missing=True, reason=why)

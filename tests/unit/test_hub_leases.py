@@ -21,6 +21,8 @@ from asyncrl.protocol.messages import (
     LeaseDenied,
     LeaseRequest,
     LeaseReturn,
+    NcclGroup,
+    NcclJoin,
     WeightsChunk,
     WeightsRequest,
     Welcome,
@@ -143,6 +145,21 @@ def test_under_curve_a_group_completes_only_with_the_holders_key(tmp_path):
             g.close()
         hub.stop()
         server.close()
+
+
+def test_nccl_groups_only_for_connections_that_said_hello():
+    hub = _hub("2+2=")
+    gen = Generator(hub)
+    try:
+        assert gen.ask(NcclJoin("g0", 2)) == NcclGroup("", 0, "", "", error="say hello first")
+        assert _weights_refused(hub, "no_hello") == 1
+        gen.ask(Hello("g0", "fake", 0))
+        # Past the hello check: this run offers no nccl transport.
+        assert gen.ask(NcclJoin("g0", 2)).error == "learner.weights.type is not nccl"
+        assert _weights_refused(hub, "no_hello") == 1
+    finally:
+        gen.close()
+        hub.stop()
 
 
 def _publish(hub, nbytes: int) -> bytes:
