@@ -212,7 +212,10 @@ class Hub:
             return peer
         self.metrics.lease_messages_refused.labels(message=message, reason="no_hello").inc(n)
         self.core.log.warning(
-            "no_hello", "%s from a connection that did not say hello as %r", message, generator_id
+            "no_hello",
+            "%s refused: the connection did not say hello as %r",
+            message,
+            generator_id[:64],
         )
         return None
 

@@ -12,6 +12,7 @@ import threading
 from collections.abc import Callable
 from typing import Protocol
 
+from asyncrl.learner.hub.core import RateLimitedLog
 from asyncrl.learner.metrics import LearnerMetrics
 from asyncrl.learner.weights import MAX_OUTSTANDING_PER_PEER, PublishedWeights, WeightsStore
 from asyncrl.protocol.messages import (
@@ -48,6 +49,7 @@ class WeightServing:
         served chunks)."""
         self.store = WeightsStore(chunk_bytes)
         self.admitted = admitted
+        self.log = RateLimitedLog()
         self.metrics = metrics
         self.wake = wake
         self.path = ""  # where the disk transport wrote the latest version
@@ -114,11 +116,12 @@ class WeightServing:
         # Only bytes ZeroMQ queued count as served; replies it could not queue are refusals.
         self.metrics.weight_bytes_served.inc(nbytes)
         if self.store.not_sent:
-            self.metrics.weight_requests_refused.labels(reason="not_sent").inc(self.store.not_sent)
+            self._refuse("not_sent", self.store.not_sent)
             self.store.not_sent = 0
 
-    def _refuse(self, reason: str) -> None:
-        self.metrics.weight_requests_refused.labels(reason=reason).inc()
+    def _refuse(self, reason: str, n: int = 1) -> None:
+        self.metrics.weight_requests_refused.labels(reason=reason).inc(n)
+        self.log.warning(f"weights-{reason}", "weight requests not served (%s)", reason)
 
     def on_nccl(self, msg: NcclJoin | NcclPull, connection: bytes) -> NcclGroup | NcclPlan:
         """Join or pull for a connection that said hello (a group costs the learner a port
