@@ -15,14 +15,14 @@ Pure logic: no locks (the hub serialises calls), no clock (`now` is passed in), 
 
 from __future__ import annotations
 
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from asyncrl.buffer.config import BufferConfig
 from asyncrl.buffer.gate import StalenessGate
-from asyncrl.buffer.leases import LeaseRecord, LeaseTable
+from asyncrl.buffer.leases import Holder, LeaseRecord, LeaseTable
 from asyncrl.buffer.replay import BufferedGroup, Dropped, ReplayBuffer
 
 # Why a group that came back did not enter the buffer -> whether its prompt goes out again.
@@ -54,7 +54,7 @@ class Ledger:
         self.reissue: deque[int] = deque()
         # Leases whose group came back and is being scored: closed for their generator, still
         # in flight for the gate until the group is accepted or rejected.
-        self.scoring: dict[int, LeaseRecord] = {}
+        self.scoring: dict[str, LeaseRecord] = {}
         self.consumed = 0
 
     # ------------------------------------------------------------ read-only counters
@@ -77,15 +77,15 @@ class Ledger:
     def capacity(self, version: int) -> int:
         return self.gate.capacity(version)
 
-    def holder(self, lease_id: int) -> str | None:
-        """The generator holding open lease `lease_id`, if any."""
+    def holder(self, lease_id: str) -> Holder | None:
+        """Who holds open lease `lease_id`, if anyone."""
         rec = self.leases.open.get(lease_id)
-        return rec.generator_id if rec is not None else None
+        return rec.holder if rec is not None else None
 
     # ------------------------------------------------------------ lease events
     def on_lease_requested(
         self,
-        generator_id: str,
+        holder: Holder,
         held_version: int,
         learner_version: int,
         now: float,
@@ -100,22 +100,33 @@ class Ledger:
         if not self.gate.can_issue(held_version):
             return Denied("gate")
         index = self.reissue.popleft() if self.reissue else next_prompt()
+        # Every issue draws a fresh id, a re-issued prompt too: the old id stays dead.
         rec = self.leases.issue(
-            index, generator_id, held_version, now, self.lease_seconds, self.group_size
+            index, holder, held_version, now, self.lease_seconds, self.group_size
         )
         self.gate.on_issue()
         return rec
 
-    def on_leases_extended(self, generator_id: str, lease_ids: list[int], now: float) -> None:
-        """A heartbeat: the generator is still working on these."""
-        self.leases.extend(generator_id, lease_ids, now, self.lease_seconds)
+    def on_leases_extended(self, holder: Holder, lease_ids: list[str], now: float) -> Counter[str]:
+        """A heartbeat: `holder` is still working on these. Returns refusals by reason."""
+        return self.leases.extend(holder, lease_ids, now, self.lease_seconds)
 
-    def on_leases_returned(self, generator_id: str, lease_ids: list[int]) -> int:
-        """The generator hands leases back unfinished (shutdown). Returns how many were its."""
-        closed = [r for r in (self.leases.give_back(i, generator_id) for i in lease_ids) if r]
-        for rec in closed:
-            self._end_without_group(rec, reissue=True)
-        return len(closed)
+    def on_leases_returned(self, holder: Holder, lease_ids: list[str]) -> Counter[str]:
+        """`holder` hands leases back unfinished (shutdown); their prompts go out again.
+        Returns the refusals by reason (`wrong_holder`, `unknown_lease`; ids closed meanwhile
+        are not counted)."""
+        refused: Counter[str] = Counter()
+        for lid in lease_ids:
+            rec, why = self.leases.give_back(lid, holder)
+            if rec is not None:
+                self._end_without_group(rec, reissue=True)
+            elif why in ("wrong_holder", "unknown_lease"):
+                refused[why] += 1
+        return refused
+
+    def on_holder_moved(self, old: Holder, new: Holder) -> int:
+        """The holder proved it is the same on a new connection: its leases follow it."""
+        return self.leases.move_holder(old, new)
 
     def on_leases_expired(self, now: float) -> list[LeaseRecord]:
         """Leases past their deadline are reclaimed; their prompts go out again."""
@@ -132,14 +143,12 @@ class Ledger:
         return recs
 
     # ------------------------------------------------------------ group events
-    def on_group_received(self, lease_id: int, generator_id: str) -> LeaseRecord | str:
-        """A group came back for `lease_id`. Returns its lease, now being scored, or why it is
-        not taken: `invalid` (the lease is someone else's; theirs is left alone), `expired`
-        (returned after reclaim) or `duplicate` (already returned or never issued)."""
-        holder = self.holder(lease_id)
-        if holder is not None and holder != generator_id:
-            return "invalid"
-        rec, why = self.leases.complete(lease_id)
+    def on_group_received(self, lease_id: str, generator_id: str, key: str) -> LeaseRecord | str:
+        """A group came back for `lease_id` from `generator_id` (with CURVE key `key`, "" without
+        CURVE). Returns its lease, now being scored, or why it is not taken: `wrong_holder`
+        (someone else's lease; theirs is left alone), `expired` (returned after reclaim),
+        `duplicate` (already returned) or `unknown_lease` (never issued)."""
+        rec, why = self.leases.complete(lease_id, generator_id, key)
         if rec is None:
             return why
         self.scoring[lease_id] = rec
@@ -172,22 +181,21 @@ class Ledger:
 
     # ------------------------------------------------------------ checkpoint
     def state_dict(self, spill: Callable[[BufferedGroup], Any]) -> dict:
-        """Gate counters, consumed count, lease ids, prompts to send out again and the waiting
-        groups (each through `spill`)."""
+        """Gate counters, consumed count, prompts to send out again and the waiting groups (each
+        through `spill`). Lease ids need no counter: they are random."""
         # Open leases and groups being scored die with the process: their prompts go out
         # again after a resume.
         pending = [*self.leases.open.values(), *self.scoring.values()]
         return {
             "gate": self.gate.state_dict(),
             "consumed": self.consumed,
-            "next_lease_id": self.leases.next_id,
             "reissue": list(self.reissue) + [r.prompt_index for r in pending],
             "waiting": [spill(g) for g in self.buffer.groups()],
         }
 
     def load_state_dict(self, state: dict, unspill: Callable[[Any], BufferedGroup]) -> None:
         self.consumed = int(state["consumed"])
-        self.leases.next_id = int(state["next_lease_id"])
+        # Checkpoints before random lease ids carry "next_lease_id": nothing needs it now.
         self.reissue = deque(int(i) for i in state["reissue"])
         for item in state.get("waiting", []):
             # Restoring into a smaller buffer evicts: not counted, the gate is rebuilt below.

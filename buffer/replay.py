@@ -17,7 +17,7 @@ from typing import Any
 class BufferedGroup:
     """One group as the buffer sees it; `payload` is opaque (the learner's tensors-to-be)."""
 
-    lease_id: int
+    lease_id: str
     prompt_index: int
     version: int
     nbytes: int

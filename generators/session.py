@@ -71,7 +71,11 @@ class Session:
         self.last_error = ""
         self.lease_seconds = 0.0
         self.heartbeat_seconds = 0.0
-        self._held: set[int] = set()
+        # The learner's token for our session (`Welcome.session`): heartbeats, sent over their
+        # own socket, present it; after a reconnect the next hello does, so the leases this
+        # generator holds follow it to the new connection.
+        self.session_token = ""
+        self._held: set[str] = set()
         self._held_lock = threading.Lock()
         # Lease prefetch: a LeaseRequest is out whose reply has not been taken; `_early` keeps
         # that reply when it arrives while we wait for another (a weight chunk, an ack).
@@ -118,8 +122,13 @@ class Session:
         self._socks = []
 
     def hello(self) -> Message:
-        """Hello; the reply is a Welcome naming the learner's latest weights."""
-        return self.request(Hello(self.generator_id, self.backend.name, self.backend.version))
+        """Hello; the reply is a Welcome naming the learner's latest weights and our session."""
+        reply = self.request(
+            Hello(self.generator_id, self.backend.name, self.backend.version, self.session_token)
+        )
+        if isinstance(reply, Welcome):
+            self.session_token = reply.session
+        return reply
 
     # ---------------------------------------------------------------- leases
     def next_lease(self) -> Message:
@@ -146,7 +155,7 @@ class Session:
             if isinstance(reply, Lease):
                 self.send(LeaseReturn(self.generator_id, [reply.lease_id]))
                 self.reply(stoppable=True)  # the ack: the return landed before sockets close
-                logger.info("returned prefetched lease %d", reply.lease_id)
+                logger.info("returned prefetched lease %s", reply.lease_id)
         except (LearnerGone, Stopping):
             pass  # the lease expires on the learner and is re-issued then
 
@@ -269,10 +278,11 @@ class Session:
             while not self._hb_stop.wait(self.heartbeat_seconds):
                 with self._held_lock:
                     held = sorted(self._held)
+                beat = Heartbeat(self.generator_id, self.backend.version, held, self.session_token)
                 if not sock.poll(200, zmq.POLLOUT):
                     continue  # the main loop notices the learner is gone and reconnects
                 try:
-                    send(sock, Heartbeat(self.generator_id, self.backend.version, held))
+                    send(sock, beat)
                 except zmq.Again:
                     continue  # the main loop notices the learner is gone and reconnects
                 if sock.poll(int(self.heartbeat_seconds * 1000)):

@@ -145,7 +145,13 @@ class GeneratorWorker:
         """Sleep on the weights socket (a new version is what usually unblocks the gate)."""
         t = time.time()
         version = self.backend.version
-        if denied.learner_version != version and self.weights.pending is None:
+        if denied.reason == "hello":
+            # The learner does not know this connection (it restarted while our socket
+            # reconnected by itself): say hello again, as on a new connection.
+            welcome = self.session.hello()
+            if isinstance(welcome, Welcome):
+                self.weights.connected(welcome)
+        elif denied.learner_version != version and self.weights.pending is None:
             # We may have missed an announcement (PUB drops while connecting): ask again.
             welcome = self.session.hello()
             if isinstance(welcome, Welcome) and welcome.weights_version not in (-1, version):

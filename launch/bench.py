@@ -50,7 +50,7 @@ def _rollout_group(g: int = 8, t: int = 1000, seed: int = 0) -> RolloutGroup:
     rng = np.random.default_rng(seed)
     n = g * t
     return RolloutGroup(
-        lease_id=1,
+        lease_id="0" * 32,
         generator_id="bench",
         tokens=rng.integers(0, 150_000, n, dtype=np.int32),
         logprobs=-rng.random(n, dtype=np.float32) * 5,

@@ -32,7 +32,16 @@ MALFORMED_REASONS = (*DECODE_REASONS, "unexpected_type", "internal")
 # its handshake failed (protocol mismatch, or CURVE authentication).
 DISCONNECT_REASONS = ("disconnected", "handshake", "auth")
 AUTH_FAILURE_REASONS = ("unknown_key",)  # protocol.auth
-DENY_REASONS = ("gate", "version")
+DENY_REASONS = ("gate", "version", "hello")
+# Lease messages refused (`asyncrl_lease_messages_refused_total{message, reason}`): a request from
+# a connection that never said hello, ids held by another connection, ids never issued.
+LEASE_MESSAGES = ("lease_request", "heartbeat", "lease_return")
+LEASE_REFUSALS = ("no_hello", "wrong_holder", "unknown_lease")
+# Weight chunk (and nccl join/pull) requests not served
+# (`asyncrl_weight_requests_refused_total{reason}`): from a connection that never said hello,
+# past the per-connection cap of outstanding chunks, or the reply could not be queued (the
+# peer's queue is full or it left).
+WEIGHT_REFUSALS = ("no_hello", "peer_cap", "not_sent")
 PHASES = ("wait", "logprob", "update", "publish", "eval")
 STALENESS_BUCKETS = (0, 1, 2, 3, 4, 6, 8, 16)
 
@@ -108,6 +117,12 @@ class LearnerMetrics:
             "Bytes of weights sent to generators (chunks and NCCL broadcasts).",
             registry=r,
         )
+        self.weight_requests_refused = Counter(
+            "asyncrl_weight_requests_refused",
+            "Weight chunk and nccl requests not served, by reason.",
+            ["reason"],
+            registry=r,
+        )
         self.weight_broadcast_seconds = Histogram(
             "asyncrl_weight_broadcast_seconds",
             "NCCL transport: time to broadcast one version into one generator's group.",
@@ -158,6 +173,12 @@ class LearnerMetrics:
         self.leases_denied = Counter(
             "asyncrl_leases_denied", "Lease requests refused, by reason.", ["reason"], registry=r
         )
+        self.lease_messages_refused = Counter(
+            "asyncrl_lease_messages_refused",
+            "Lease requests, heartbeats and lease returns refused (per lease id), by reason.",
+            ["message", "reason"],
+            registry=r,
+        )
         self.max_staleness = Gauge(
             "asyncrl_max_staleness", "Configured staleness limit (eta).", registry=r
         )
@@ -197,8 +218,12 @@ class LearnerMetrics:
             (self.peer_disconnects, DISCONNECT_REASONS),
             (self.leases_denied, DENY_REASONS),
             (self.auth_failures, AUTH_FAILURE_REASONS),
+            (self.weight_requests_refused, WEIGHT_REFUSALS),
         ):
             for reason in reasons:
                 counter.labels(reason=reason)
+        for message in LEASE_MESSAGES:
+            for reason in LEASE_REFUSALS:
+                self.lease_messages_refused.labels(message=message, reason=reason)
         for phase in PHASES:
             self.step_seconds.labels(phase=phase)

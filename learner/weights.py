@@ -16,10 +16,12 @@ reads from it.
 from __future__ import annotations
 
 import threading
+from collections import Counter
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+import zmq
 
 from asyncrl.protocol.blob import DTYPE_TAGS, Checksum, Serialized, digest_of, encode_header
 from asyncrl.protocol.messages import WeightsChunk, WeightsRequest
@@ -133,6 +135,28 @@ class PublishedWeights:
 # Chunk requests a store holds for chunks not written yet; beyond it they are answered
 # `missing` (each generator has a handful outstanding: this is a bound against a runaway peer).
 MAX_DEFERRED = 16384
+# Chunk requests one connection may have outstanding (held, or sent and still queued in ZeroMQ
+# towards it); generators keep a window of a few. Past it a request is refused: a peer that
+# does not read what it asked for cannot make the learner queue more for it.
+MAX_OUTSTANDING_PER_PEER = 32
+
+
+def send_now(sock, msg, prefix: list, track: bool = False):
+    """Send a reply on a ROUTER without blocking and learn whether it was queued: the tracker
+    (or True untracked), or None when the peer's queue is full or the peer has gone. Without
+    ROUTER_MANDATORY, ZeroMQ drops such a message silently and the send looks successful; it is
+    set around this send only, so the loop's other replies keep the socket's drop semantics."""
+    sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+    try:
+        return send(sock, msg, prefix, flags=zmq.NOBLOCK, track=track) or True
+    except zmq.Again:
+        return None
+    except zmq.ZMQError as exc:
+        if exc.errno == zmq.EHOSTUNREACH:
+            return None
+        raise
+    finally:
+        sock.setsockopt(zmq.ROUTER_MANDATORY, 0)
 
 
 class WeightsStore:
@@ -151,6 +175,9 @@ class WeightsStore:
         self._previous: PublishedWeights | None = None
         self._retired: PublishedWeights | None = None  # the version before `_previous`
         self._deferred: list[tuple] = []  # (socket, routing prefix, request)
+        self._deferred_by_peer: Counter[bytes] = Counter()
+        self._sends_by_peer: dict[bytes, list] = {}  # trackers of chunk sends not yet done
+        self.not_sent = 0  # replies ZeroMQ could not queue (peer queue full, or peer gone)
 
     def put(self, version: int, blob: bytes) -> PublishedWeights:
         return self._rotate(PublishedWeights(version, blob, digest_of(blob), self.chunk_bytes))
@@ -190,26 +217,43 @@ class WeightsStore:
     def deferred(self) -> bool:
         return bool(self._deferred)
 
+    def outstanding(self, peer: bytes) -> int:
+        """Requests of connection `peer` held, or answered and still queued towards it."""
+        sends = [t for t in self._sends_by_peer.get(peer, ()) if not t.done]
+        if sends:
+            self._sends_by_peer[peer] = sends
+        else:
+            self._sends_by_peer.pop(peer, None)
+        return len(sends) + self._deferred_by_peer[peer]
+
     def serve(self, sock, prefix: list, req: WeightsRequest) -> int:
         """Answer a chunk request on a ROUTER socket: the chunk sent without a copy (tracked,
         so its blob is reused only once ZeroMQ is done with it), or `missing` when the version
         was superseded or the index is out of range; held for `serve_deferred` when the chunk
-        is not written yet. Returns the bytes served. Call from the socket's thread only."""
+        is not written yet. Returns the bytes ZeroMQ took (a reply it could not queue counts
+        in `not_sent`, not here). Call from the socket's thread only."""
         pub = self.get(req.version)
         if pub is not None and 0 <= req.index < pub.chunks and not pub.available(req.index):
             with self._lock:
                 if len(self._deferred) < MAX_DEFERRED:
                     self._deferred.append((sock, prefix, req))
+                    self._deferred_by_peer[prefix[0]] += 1
                     return 0
             pub = None
         if pub is None or not 0 <= req.index < pub.chunks:
             gone = WeightsChunk(req.version, req.index, np.zeros(0, np.uint8), missing=True)
-            send(sock, gone, prefix=prefix)
+            if send_now(sock, gone, prefix) is None:
+                self.not_sent += 1
             return 0
         data = np.frombuffer(pub.chunk(req.index), np.uint8)
         digest = pub.digest if req.index == pub.chunks - 1 else ""
         reply = WeightsChunk(req.version, req.index, data, digest=digest)
-        pub.sent(send(sock, reply, prefix, track=True))
+        tracker = send_now(sock, reply, prefix, track=True)
+        if tracker is None:
+            self.not_sent += 1
+            return 0
+        pub.sent(tracker)
+        self._sends_by_peer.setdefault(prefix[0], []).append(tracker)
         return len(data)
 
     def serve_deferred(self, sock) -> int:
@@ -222,6 +266,10 @@ class WeightsStore:
                 ready = item[0] is sock and (pub is None or pub.available(item[2].index))
                 (due if ready else keep).append(item)
             self._deferred = keep
+            for _, prefix, _ in due:
+                self._deferred_by_peer[prefix[0]] -= 1
+                if self._deferred_by_peer[prefix[0]] <= 0:
+                    del self._deferred_by_peer[prefix[0]]
         return sum(self.serve(s, prefix, req) for s, prefix, req in due)
 
     def _held(self, version: int) -> PublishedWeights | None:

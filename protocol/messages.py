@@ -22,7 +22,7 @@ from pydantic import BaseModel
 
 from asyncrl.protocol.settings import SamplingParams
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 # What a scalar annotation accepts on the wire. msgpack writes a float that happens to be
 # integral as it was given, so float fields take ints too.
@@ -109,11 +109,13 @@ def message(type_name: str):
 
 @message("hello")
 class Hello(Message):
-    """First message of a generator; the reply is a `Welcome`."""
+    """First message of a generator; the reply is a `Welcome`. `session`: the token of the
+    generator's previous connection, if it had one: its open leases then follow it here."""
 
     generator_id: str
     backend: str
     version: int
+    session: str = ""
 
 
 @message("welcome")
@@ -132,15 +134,20 @@ class Welcome(Message):
     weights_path: str = ""  # disk transport: where the latest version lies
     lease_seconds: float = 0.0  # lease duration before heartbeats; 0 = not announced
     nccl: bool = False  # the learner broadcasts weights to servers that join a group (NcclJoin)
+    # A secret naming this connection's session: heartbeats sent over another socket present
+    # it to extend the leases this connection received.
+    session: str = ""
 
 
 @message("heartbeat")
 class Heartbeat(Message):
-    """Periodic liveness signal; lists the leases the generator still works on."""
+    """Periodic liveness signal; lists the leases the generator still works on. Sent over its
+    own socket, so it names the session (`Welcome.session`) whose leases it extends."""
 
     generator_id: str
     version: int
-    lease_ids: list[int] = field(default_factory=list)
+    lease_ids: list[str] = field(default_factory=list)
+    session: str = ""
 
 
 @message("lease_request")
@@ -158,7 +165,7 @@ class Lease(Message):
     """One prompt group to generate, returned with `lease_id` before `deadline` (unix seconds):
     `group_size` samples of `prompt_ids`, drawn as `sampling` says."""
 
-    lease_id: int
+    lease_id: str  # 32 hex characters: random, never reused
     prompt_ids: NDArray[np.int32]
     group_size: int
     sampling: SamplingParams
@@ -169,8 +176,9 @@ class Lease(Message):
 
 @message("lease_denied")
 class LeaseDenied(Message):
-    """No lease now: `reason` is `gate` (staleness limit), `exhausted` (dataset done) or
-    `version` (the generator must load newer weights first)."""
+    """No lease now: `reason` is `gate` (staleness limit), `exhausted` (dataset done),
+    `version` (the generator must load newer weights first) or `hello` (this connection has
+    not said hello: leases are bound to the connection that receives them)."""
 
     reason: str
     retry_after: float
@@ -182,7 +190,7 @@ class LeaseReturn(Message):
     """A generator gives a lease back unfinished (shutdown); it is re-issued at once."""
 
     generator_id: str
-    lease_ids: list[int]
+    lease_ids: list[str]
 
 
 @message("ack")
@@ -198,7 +206,7 @@ class RolloutGroup(Message):
     `tokens[offsets[i]:offsets[i]+lengths[i]]`, with `logprobs` and `versions` aligned to them.
     `offsets` is derived, not sent."""
 
-    lease_id: int
+    lease_id: str
     generator_id: str
     tokens: NDArray[np.int32]  # [sum(lengths)]
     logprobs: NDArray[np.float32]  # [sum(lengths)], behaviour logprob of each sampled token

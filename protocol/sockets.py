@@ -193,7 +193,16 @@ def recv(
     sock: zmq.Socket, limits: DecodeLimits = DEFAULT_LIMITS, routed: bool = False, flags: int = 0
 ) -> tuple[list, Message]:
     """Receive and decode one message. Returns (routing frames, message); raises
-    ProtocolError on malformed input (the caller counts it).
+    ProtocolError on malformed input (the caller counts it)."""
+    prefix, msg, _ = recv_from(sock, limits, routed, flags)
+    return prefix, msg
+
+
+def recv_from(
+    sock: zmq.Socket, limits: DecodeLimits = DEFAULT_LIMITS, routed: bool = False, flags: int = 0
+) -> tuple[list, Message, str]:
+    """`recv`, plus the sender's CURVE public key (Z85, "" without CURVE): leases are bound to
+    it, and a PULL socket has no routing identity to tell senders apart.
 
     Frames are taken one at a time, so a message with more frames than the protocol allows, or
     with a frame larger than any legitimate one, is drained and dropped (`frames`, `oversize`)
@@ -221,7 +230,17 @@ def recv(
     prefix: list = []
     if routed:
         prefix, frames = [frames[0].bytes], frames[1:]
-    return prefix, decode(frames, limits)
+    key = peer_key(frames[0]) if frames else ""
+    return prefix, decode(frames, limits), key
+
+
+def peer_key(frame: zmq.Frame) -> str:
+    """The user id ZAP gave the sender of `frame`: pyzmq's authenticator sets the client's
+    CURVE public key (Z85). "" when no ZAP handler ran (no CURVE)."""
+    try:
+        return frame.get("User-Id") or ""
+    except zmq.ZMQError:
+        return ""
 
 
 def free_port(host: str = "127.0.0.1") -> int:

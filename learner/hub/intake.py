@@ -67,17 +67,16 @@ class Intake:
         return None
 
     # ------------------------------------------------------------ socket thread
-    def on_rollout(self, msg: RolloutGroup, now: float) -> None:
+    def on_rollout(self, msg: RolloutGroup, key: str, now: float) -> None:
+        """A group from the rollouts socket; `key` is its sender's CURVE key ("" without CURVE).
+        It completes its lease only with the lease's secret id, generator id and key."""
         core, gid = self.core, msg.generator_id
         with core.lock:
-            got = core.ledger.on_group_received(msg.lease_id, gid)
-            if got == "invalid":
-                # Someone else's lease id: dropped without disturbing the real holder's lease.
-                holder = core.ledger.holder(msg.lease_id)
-                core.drop("invalid", f"lease {msg.lease_id} belongs to {holder}")
-                return
+            got = core.ledger.on_group_received(msg.lease_id, gid, key)
             if isinstance(got, str):
-                core.drop(got, f"lease {msg.lease_id} from {gid} is {got}")
+                # wrong_holder leaves the real holder's lease open; the detail never names
+                # the holder (a probe learns nothing but the reason).
+                core.drop(got, f"lease {msg.lease_id[:8]}... from {gid[:64]!r} is {got}")
                 return
             rec = got
             try:

@@ -26,6 +26,7 @@ import zmq
 from zmq.utils.monitor import recv_monitor_message
 
 from asyncrl.learner.hub.core import RateLimitedLog
+from asyncrl.learner.hub.peers import Sender
 from asyncrl.learner.hub.serving import WeightServing
 from asyncrl.learner.metrics import LearnerMetrics
 from asyncrl.protocol.codec import ProtocolError
@@ -39,7 +40,7 @@ from asyncrl.protocol.messages import (
     RolloutGroup,
     WeightsRequest,
 )
-from asyncrl.protocol.sockets import ReceiveLimits, SocketFactory, recv, send
+from asyncrl.protocol.sockets import ReceiveLimits, SocketFactory, recv_from, send
 
 logger = logging.getLogger(__name__)
 
@@ -64,15 +65,16 @@ class SocketLoop:
         log: RateLimitedLog,
         serving: WeightServing,
         *,
-        on_control: Callable[[object, float], object | None],
-        on_rollout: Callable[[RolloutGroup], None],
+        on_control: Callable[[object, float, Sender], object | None],
+        on_rollout: Callable[[RolloutGroup, str], None],
         rollouts_open: Callable[[], bool],
         housekeeping: Callable[[float], None],
         housekeeping_every: float,
     ):
-        """`on_control(msg, now)` answers a control message (None: nothing to send back);
-        `on_rollout` takes a group; rollouts are read only while `rollouts_open()` (the
-        reward pool has room), so a busy pool holds groups back in ZeroMQ's queues."""
+        """`on_control(msg, now, sender)` answers a control message (None: nothing to send
+        back); `on_rollout(group, curve_key)` takes a group; rollouts are read only while
+        `rollouts_open()` (the reward pool has room), so a busy pool holds groups back in
+        ZeroMQ's queues."""
         self.factory = factory
         self.metrics = metrics
         self.log = log
@@ -218,9 +220,10 @@ class SocketLoop:
                     self.log.warning("peer-" + reason, "a peer's %s failed", reason)
 
     def _recv(self, sock, limits: ReceiveLimits, routed: bool):
-        """(prefix, message); None when nothing is queued; False for a malformed message."""
+        """(prefix, message, CURVE key); None when nothing is queued; False for a malformed
+        message."""
         try:
-            return recv(sock, limits.decode, routed=routed, flags=zmq.NOBLOCK)
+            return recv_from(sock, limits.decode, routed=routed, flags=zmq.NOBLOCK)
         except zmq.Again:
             return None
         except ProtocolError as exc:
@@ -232,7 +235,7 @@ class SocketLoop:
         got = self._recv(self.control, self.limits["control"], routed=True)
         if not got:
             return got is False
-        prefix, msg = got
+        prefix, msg, key = got
         if not isinstance(msg, CONTROL_TYPES):
             self.metrics.malformed.labels(reason="unexpected_type").inc()
             self.log.warning("unexpected", "unexpected %s on the control socket", msg.TYPE)
@@ -242,9 +245,9 @@ class SocketLoop:
             self.serving.serve(self.control, prefix, msg)
             return True
         if isinstance(msg, (NcclJoin, NcclPull)):
-            reply = self.serving.on_nccl(msg)
+            reply = self.serving.on_nccl(msg, prefix[0])
         else:
-            reply = self.on_control(msg, time.time())
+            reply = self.on_control(msg, time.time(), Sender(prefix[0], key))
         if reply is not None:
             send(self.control, reply, prefix=prefix)
         return True
@@ -253,11 +256,11 @@ class SocketLoop:
         got = self._recv(self.rollouts, self.limits["rollouts"], routed=False)
         if not got:
             return got is False
-        _, msg = got
+        _, msg, key = got
         if not isinstance(msg, RolloutGroup):
             self.metrics.malformed.labels(reason="unexpected_type").inc()
             self.log.warning("unexpected", "unexpected %s on the rollouts socket", msg.TYPE)
             return True
         self.metrics.received.inc()
-        self.on_rollout(msg)
+        self.on_rollout(msg, key)
         return True

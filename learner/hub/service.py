@@ -22,6 +22,7 @@ from asyncrl.learner.hub.generators import Generators
 from asyncrl.learner.hub.groups import spill, unspill
 from asyncrl.learner.hub.intake import Intake
 from asyncrl.learner.hub.loop import SocketLoop
+from asyncrl.learner.hub.peers import Peer, Peers, Sender
 from asyncrl.learner.hub.serving import NcclService, WeightServing
 from asyncrl.learner.metrics import LearnerMetrics
 from asyncrl.learner.rewards.pool import RewardPool
@@ -64,8 +65,12 @@ class Hub:
         self.metrics = metrics
         self.core = core = HubCore(cfg, metrics)
         self.pool = RewardPool(cfg.reward)
-        self.serving = WeightServing(cfg.learner.weight_chunk_bytes, metrics, self._wake)
-        self.generators = Generators(core, self.serving.forget)
+        # Who said hello: leases are bound to those connections, only they get weights.
+        self.peers = Peers()
+        self.serving = WeightServing(
+            cfg.learner.weight_chunk_bytes, metrics, self._wake, self.peers.admitted
+        )
+        self.generators = Generators(core, self._forget_generator)
         self.intake = Intake(core, prompts, tokenizer, self.pool, self.generators, self._accepted)
         self.loop = SocketLoop(
             factory or SocketFactory(),
@@ -73,7 +78,7 @@ class Hub:
             core.log,
             self.serving,
             on_control=self._on_control,
-            on_rollout=lambda msg: self.intake.on_rollout(msg, time.time()),
+            on_rollout=lambda msg, key: self.intake.on_rollout(msg, key, time.time()),
             rollouts_open=lambda: not self.pool.saturated(),
             housekeeping=self._housekeeping,
             housekeeping_every=min(0.25, cfg.buffer.heartbeat_seconds / 4),
@@ -177,7 +182,7 @@ class Hub:
 
     def state_dict(self) -> dict:
         """What a checkpoint needs to resume without losing or repeating work: the ledger's
-        counters, lease ids and prompts to re-issue, the waiting groups (spilled), and the
+        counters and prompts to re-issue, the waiting groups (spilled), and the
         prompt cursor."""
         with self.core.lock:
             return {**self.core.ledger.state_dict(spill), "prompts": self.prompts.state_dict()}
@@ -189,26 +194,61 @@ class Hub:
             self._update_gauges()
 
     # ---------------------------------------------------------------- control handlers
-    def _on_control(self, msg, now: float):
+    def _on_control(self, msg, now: float, sender: Sender):
         with self.core.lock:
             if isinstance(msg, LeaseRequest):
-                return self._on_lease_request(msg, now)
+                return self._on_lease_request(msg, now, sender)
             if isinstance(msg, Heartbeat):
-                self.generators.touch(msg.generator_id, None, msg.version, now)
-                ids = [int(x) for x in msg.lease_ids]
-                self.core.ledger.on_leases_extended(msg.generator_id, ids, now)
-                return Ack(self.core.version)
+                return self._on_heartbeat(msg, now, sender)
             if isinstance(msg, Hello):
-                return self._on_hello(msg, now)
+                return self._on_hello(msg, now, sender)
             if isinstance(msg, LeaseReturn):
-                ids = [int(x) for x in msg.lease_ids]
-                self.core.ledger.on_leases_returned(msg.generator_id, ids)
+                peer = self._peer(sender, msg.generator_id, "lease_return", len(msg.lease_ids))
+                if peer is not None:
+                    refused = self.core.ledger.on_leases_returned(peer.holder, msg.lease_ids)
+                    self._refused("lease_return", refused)
                 return Ack(self.core.version)
         self.metrics.malformed.labels(reason="unexpected_type").inc()
         self.core.log.warning("unexpected", "unexpected %s on control socket", msg.TYPE)
         return None
 
-    def _on_hello(self, msg: Hello, now: float) -> Welcome:
+    def _peer(self, sender: Sender, generator_id: str, message: str, n: int = 1) -> Peer | None:
+        """The session of `sender` if it said hello as `generator_id`; else counted (`n` per
+        lease id the message names) as refused for `no_hello`."""
+        peer = self.peers.get(sender)
+        if peer is not None and peer.generator_id == generator_id:
+            return peer
+        self.metrics.lease_messages_refused.labels(message=message, reason="no_hello").inc(n)
+        self.core.log.warning(
+            "no_hello",
+            "%s refused: the connection did not say hello as %r",
+            message,
+            generator_id[:64],
+        )
+        return None
+
+    def _refused(self, message: str, refused) -> None:
+        for reason, n in refused.items():
+            self.metrics.lease_messages_refused.labels(message=message, reason=reason).inc(n)
+            self.core.log.warning(reason, "%s: %d lease ids refused (%s)", message, n, reason)
+
+    def _on_heartbeat(self, msg: Heartbeat, now: float, sender: Sender) -> Ack:
+        # The heartbeat thread has a socket of its own: it names its session by token. Over
+        # the session's own connection no token is needed.
+        peer = self.peers.by_token(msg.session, msg.generator_id, sender.key)
+        if peer is None:
+            peer = self._peer(sender, msg.generator_id, "heartbeat", max(1, len(msg.lease_ids)))
+        if peer is not None:
+            self.generators.touch(msg.generator_id, None, msg.version, now)
+            refused = self.core.ledger.on_leases_extended(peer.holder, msg.lease_ids, now)
+            self._refused("heartbeat", refused)
+        return Ack(self.core.version)
+
+    def _on_hello(self, msg: Hello, now: float, sender: Sender) -> Welcome:
+        peer, moved_from = self.peers.hello(sender, msg.generator_id, msg.session)
+        if moved_from is not None:
+            n = self.core.ledger.on_holder_moved(moved_from, peer.holder)
+            logger.info("generator %s reconnected; %d open leases follow it", msg.generator_id, n)
         # Generators also say hello to re-sync a missed weights announcement; only a new
         # (or previously expired) generator is news.
         joined = self.generators.touch(msg.generator_id, msg.backend, msg.version, now)
@@ -234,12 +274,21 @@ class Hub:
             weights_path=self.serving.path if pub else "",
             lease_seconds=float(b.lease_seconds),
             nccl=self.serving.nccl is not None,
+            session=peer.token,
         )
 
-    def _on_lease_request(self, msg: LeaseRequest, now: float) -> Lease | LeaseDenied:
+    def _on_lease_request(
+        self, msg: LeaseRequest, now: float, sender: Sender
+    ) -> Lease | LeaseDenied:
+        peer = self._peer(sender, msg.generator_id, "lease_request")
+        if peer is None:
+            # A lease is bound to the connection that receives it: say hello first (a
+            # generator whose learner restarted under a live connection does so on this).
+            self.metrics.leases_denied.labels(reason="hello").inc()
+            return LeaseDenied("hello", 0.5, self.core.version)
         self.generators.touch(msg.generator_id, None, msg.version, now)
         got = self.core.ledger.on_lease_requested(
-            msg.generator_id, msg.version, self.core.version, now, lambda: self.prompts.next().index
+            peer.holder, msg.version, self.core.version, now, lambda: self.prompts.next().index
         )
         if isinstance(got, Denied):
             self.metrics.leases_denied.labels(reason=got.reason).inc()
@@ -264,6 +313,11 @@ class Hub:
             self.metrics.leases_expired.inc(len(expired))
             self.generators.reclaim_silent(now)
             self._update_gauges()
+
+    def _forget_generator(self, generator_id: str) -> None:
+        """A generator went silent: its sessions end and the nccl publisher drops its group."""
+        self.peers.forget_generator(generator_id)
+        self.serving.forget(generator_id)
 
     def _accepted(self) -> None:
         self._update_gauges()

@@ -12,8 +12,9 @@ import threading
 from collections.abc import Callable
 from typing import Protocol
 
+from asyncrl.learner.hub.core import RateLimitedLog
 from asyncrl.learner.metrics import LearnerMetrics
-from asyncrl.learner.weights import PublishedWeights, WeightsStore
+from asyncrl.learner.weights import MAX_OUTSTANDING_PER_PEER, PublishedWeights, WeightsStore
 from asyncrl.protocol.messages import (
     NcclGroup,
     NcclJoin,
@@ -37,8 +38,18 @@ class NcclService(Protocol):
 
 
 class WeightServing:
-    def __init__(self, chunk_bytes: int, metrics: LearnerMetrics, wake: Callable[[], None]):
+    def __init__(
+        self,
+        chunk_bytes: int,
+        metrics: LearnerMetrics,
+        wake: Callable[[], None],
+        admitted: Callable[[bytes], bool],
+    ):
+        """`admitted(routing_identity)`: whether that connection said hello (only those are
+        served chunks)."""
         self.store = WeightsStore(chunk_bytes)
+        self.admitted = admitted
+        self.log = RateLimitedLog()
         self.metrics = metrics
         self.wake = wake
         self.path = ""  # where the disk transport wrote the latest version
@@ -85,17 +96,43 @@ class WeightServing:
         return ann
 
     def serve(self, control, prefix: list[bytes], msg: WeightsRequest) -> None:
-        # The store has its own lock: chunks are served without taking the hub's.
-        self.metrics.weight_bytes_served.inc(self.store.serve(control, prefix, msg))
+        """Serve a chunk to a connection that said hello and has fewer than the cap of
+        requests outstanding; refused requests get no reply (counted): a generator whose
+        learner restarted under it times out, reconnects and says hello."""
+        if not self.admitted(prefix[0]):
+            self._refuse("no_hello")
+        elif self.store.outstanding(prefix[0]) >= MAX_OUTSTANDING_PER_PEER:
+            self._refuse("peer_cap")
+        else:
+            # The store has its own lock: chunks are served without taking the hub's.
+            self._served(self.store.serve(control, prefix, msg))
 
     def serve_deferred(self, control) -> None:
         """Answer held chunk requests whose chunk has been written since."""
         if self.store.deferred:
-            self.metrics.weight_bytes_served.inc(self.store.serve_deferred(control))
+            self._served(self.store.serve_deferred(control))
 
-    def on_nccl(self, msg: NcclJoin | NcclPull) -> NcclGroup | NcclPlan:
-        if self.nccl is None:
+    def _served(self, nbytes: int) -> None:
+        # Only bytes ZeroMQ queued count as served; replies it could not queue are refusals.
+        self.metrics.weight_bytes_served.inc(nbytes)
+        if self.store.not_sent:
+            self._refuse("not_sent", self.store.not_sent)
+            self.store.not_sent = 0
+
+    def _refuse(self, reason: str, n: int = 1) -> None:
+        self.metrics.weight_requests_refused.labels(reason=reason).inc(n)
+        self.log.warning(f"weights-{reason}", "weight requests not served (%s)", reason)
+
+    def on_nccl(self, msg: NcclJoin | NcclPull, connection: bytes) -> NcclGroup | NcclPlan:
+        """Join or pull for a connection that said hello (a group costs the learner a port
+        and a broadcast per version: not for strangers)."""
+        why = ""
+        if not self.admitted(connection):
+            self._refuse("no_hello")
+            why = "say hello first"
+        elif self.nccl is None:
             why = "learner.weights.type is not nccl"
+        if why:
             if isinstance(msg, NcclJoin):
                 return NcclGroup("", 0, "", "", error=why)
             return NcclPlan(msg.version, "", missing=True, reason=why)

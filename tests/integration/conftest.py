@@ -98,7 +98,7 @@ def scrape(url: str, timeout: float = 5.0) -> dict[str, float]:
     return out
 
 
-def stranger_rollout(lease_id: int) -> list[bytes]:
+def stranger_rollout(lease_id: str) -> list[bytes]:
     """The frames of a well-formed rollout group from a generator the learner never leased
     to (`intruder`)."""
     import numpy as np

@@ -44,7 +44,7 @@ def _probe(factory_or_ctx, endpoints: dict) -> dict[str, int]:
         # at once: that is the expected outcome for a rejected peer, not an error.
         for sock, frames in (
             (dealer, [bytes(f) for f in encode(Hello("intruder", "hf", 0))]),
-            (push, stranger_rollout(1)),
+            (push, stranger_rollout("1" * 32)),
         ):
             try:
                 sock.send_multipart(frames, zmq.NOBLOCK)

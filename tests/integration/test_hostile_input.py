@@ -1,8 +1,9 @@
 """A running learner survives a flood of malformed frames and counts every one.
 
-10,000 frames of garbage, truncated headers, wrong dtypes and bogus leases go at the control
-and rollouts endpoints while `asyncrl local` trains; afterwards the learner must be alive,
-its policy version must have advanced, and the drops must show in its metrics.
+10,000 frames of garbage, truncated headers, wrong dtypes, bogus leases and weight-chunk
+requests from a peer that never said hello go at the control and rollouts endpoints while
+`asyncrl local` trains; afterwards the learner must be alive, its policy version must have
+advanced, and the drops and refusals must show in its metrics.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import msgpack
 import zmq
 
 from asyncrl.protocol.codec import encode
-from asyncrl.protocol.messages import LeaseRequest
+from asyncrl.protocol.messages import LeaseRequest, WeightsRequest
 from tests.integration.conftest import next_event, scrape, start_cli, stranger_rollout
 
 N_FRAMES = 10_000
@@ -28,11 +29,12 @@ def _sum(metrics: dict[str, float], prefix: str) -> float:
 
 def _hostile_frames(rng: random.Random) -> list[list[bytes]]:
     """A mix of malformed multipart messages (each a list of frames)."""
-    good = stranger_rollout(10**9)
+    good = stranger_rollout("f" * 32)
+    chunk_request = [bytes(f) for f in encode(WeightsRequest(0, 0))]
     header = msgpack.unpackb(good[0], raw=False)
     kinds = []
     for i in range(N_FRAMES):
-        k = i % 8
+        k = i % 9
         if k == 0:
             kinds.append([rng.randbytes(rng.randint(0, 64))])
         elif k == 1:
@@ -48,8 +50,10 @@ def _hostile_frames(rng: random.Random) -> list[list[bytes]]:
             kinds.append([msgpack.packb({"v": 1, "t": "lease_request", "f": {"x": 1}, "a": []})])
         elif k == 6:
             kinds.append([msgpack.packb(msgpack.ExtType(1, b"\x00" * 8))])
-        else:
+        elif k == 7:
             kinds.append([msgpack.packb([1] * 5000)])
+        else:
+            kinds.append(chunk_request)  # no hello on this connection: refused, not served
     return kinds
 
 
@@ -90,15 +94,23 @@ def test_flood_of_malformed_frames_is_counted_and_training_continues(small_overr
         deadline = time.time() + 120
         while time.time() < deadline:
             m = scrape(metrics_url)
-            counted = _sum(m, "asyncrl_malformed_messages_total") + _sum(
-                m, "asyncrl_rollouts_dropped_total"
+            counted = (
+                _sum(m, "asyncrl_malformed_messages_total")
+                + _sum(m, "asyncrl_rollouts_dropped_total")
+                + _sum(m, "asyncrl_weight_requests_refused_total")
             )
             if counted >= N_FRAMES:
                 break
             time.sleep(0.5)
         assert counted >= N_FRAMES, counted
-        # The well-formed bogus-lease groups are counted as duplicates, not as malformed.
-        assert m['asyncrl_rollouts_dropped_total{reason="duplicate"}'] >= N_FRAMES // 8 // 2
+        # The well-formed groups under an id never issued are `unknown_lease`, not malformed
+        # and not `duplicate`; chunk requests without hello are refused, none served to it.
+        assert m['asyncrl_rollouts_dropped_total{reason="unknown_lease"}'] >= N_FRAMES // 9 // 2
+        assert m['asyncrl_weight_requests_refused_total{reason="no_hello"}'] >= N_FRAMES // 9 // 2
+        assert (
+            m['asyncrl_lease_messages_refused_total{message="lease_request",reason="no_hello"}']
+            >= 1
+        )
         dealer.close(0)
         push.close(0)
         ctx.term()

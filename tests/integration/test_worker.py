@@ -56,6 +56,9 @@ class ScriptedLearner:
         self.pushed: list[int] = []  # lease ids of received groups, in order
         self.returned: list[int] = []
         self.chunk_requests = 0
+        self.hellos: list[Hello] = []
+        self.heartbeats: list[Heartbeat] = []
+        self.deny_hello = 0  # lease requests to deny with "hello" (a learner that restarted)
         self.on_request = None  # called with the request number, in the learner thread
         self.store = WeightsStore(chunk_bytes=64)
         self._announce: list[WeightsAnnouncement] = []
@@ -86,13 +89,14 @@ class ScriptedLearner:
             events = dict(poller.poll(20))
             if self.rollouts in events:
                 _, group = recv(self.rollouts)
-                self.pushed.append(group.lease_id)
+                self.pushed.append(int(group.lease_id, 16))
             if self.control in events:
                 prefix, msg = recv(self.control, routed=True)
                 send(self.control, self._reply(msg), prefix=prefix)
 
     def _reply(self, msg):
         if isinstance(msg, Hello):
+            self.hellos.append(msg)
             return Welcome(
                 learner_version=0,
                 weights_version=-1,
@@ -104,24 +108,31 @@ class ScriptedLearner:
                 rollouts_port=self.ports[1],
                 weights_port=self.ports[2],
                 lease_seconds=self.lease_seconds,
+                session="token-1",
             )
         if isinstance(msg, LeaseRequest):
             self.requests.append(time.perf_counter())
             if self.on_request is not None:
                 self.on_request(len(self.requests))
+            if self.deny_hello:
+                self.deny_hello -= 1
+                return LeaseDenied("hello", 0.05, 0)
             if self.issued >= self.leases:
                 return LeaseDenied("gate", 0.05, 0)
             self.issued += 1
             params = SamplingParams(temperature=1.0, top_p=1.0, top_k=0, max_new_tokens=4)
-            return Lease(self.issued, np.array([1, 2], np.int32), 2, params, 0.0, 0)
+            lease_id = f"{self.issued:032x}"  # lease n is n in hex: tests read it back
+            return Lease(lease_id, np.array([1, 2], np.int32), 2, params, 0.0, 0)
         if isinstance(msg, WeightsRequest):
             self.chunk_requests += 1
             pub = self.store.get(msg.version)
             return WeightsChunk(
                 msg.version, msg.index, np.frombuffer(pub.chunk(msg.index), np.uint8)
             )
+        if isinstance(msg, Heartbeat):
+            self.heartbeats.append(msg)
         if isinstance(msg, LeaseReturn):
-            self.returned += [int(x) for x in msg.lease_ids]
+            self.returned += [int(x, 16) for x in msg.lease_ids]
         assert isinstance(msg, (LeaseReturn, Heartbeat)), msg
         return Ack(0)
 
@@ -349,3 +360,18 @@ def test_stop_is_prompt_when_the_learner_already_exited():
     th.join(15)
     assert not th.is_alive()
     assert time.monotonic() - t < 8, time.monotonic() - t
+
+
+def test_a_hello_denial_says_hello_again_and_heartbeats_name_the_session():
+    learner, backend = ScriptedLearner(leases=1), StubBackend(seconds=0.6)
+    learner.deny_hello = 1
+    worker = _worker(backend, learner, prefetch=False)
+    _serve_groups(worker, learner, 1)
+    # Hello on connecting (no session yet), hello again on the denial presenting the token
+    # the first welcome gave; then the lease, generated and pushed.
+    assert [h.session for h in learner.hellos] == ["", "token-1"]
+    assert learner.pushed == [1]
+    # Heartbeats (every 0.2 s, from their own socket) name the session and, during the
+    # 0.6 s generation, the lease.
+    assert learner.heartbeats and {h.session for h in learner.heartbeats} == {"token-1"}
+    assert [f"{1:032x}"] in [h.lease_ids for h in learner.heartbeats]

@@ -1,6 +1,8 @@
 """Replay buffer and lease table."""
 
-from asyncrl.buffer.leases import LeaseTable
+import pytest
+
+from asyncrl.buffer.leases import Holder, LeaseTable
 from asyncrl.buffer.replay import BufferedGroup, ReplayBuffer
 
 
@@ -49,22 +51,39 @@ def test_reuse_keeps_group_for_max_reuse_more_steps():
     assert second[0].uses == 2
 
 
-def test_leases_duplicate_expired_and_reclaim():
-    t = LeaseTable()
-    a = t.issue(
-        prompt_index=5, generator_id="g0", version=0, now=100.0, duration=10.0, group_size=4
-    )
-    b = t.issue(6, "g1", 0, 100.0, 10.0, 4)
-    assert (a.lease_id, b.lease_id) == (1, 2)
-    rec, why = t.complete(1)
+def test_leases_duplicate_expired_unknown_and_reclaim():
+    ids = iter(["id-a", "id-b", "id-c", "id-b"])
+    t = LeaseTable(new_id=lambda: next(ids))
+    g0, g1, g2 = (Holder(g, g.encode()) for g in ("g0", "g1", "g2"))
+    a = t.issue(prompt_index=5, holder=g0, version=0, now=100.0, duration=10.0, group_size=4)
+    b = t.issue(6, g1, 0, 100.0, 10.0, 4)
+    assert (a.lease_id, b.lease_id) == ("id-a", "id-b")
+    rec, why = t.complete("id-a", "g0", "")
     assert rec.prompt_index == 5 and why == ""
-    assert t.complete(1) == (None, "duplicate")
-    # Lease 2's deadline is 110; at 111 it expires and a late return says "expired".
-    assert [r.lease_id for r in t.expire_due(111.0)] == [2]
-    assert t.complete(2) == (None, "expired")
-    assert t.complete(999) == (None, "duplicate")
-    c = t.issue(7, "g2", 1, 200.0, 10.0, 4)
-    t.extend("g2", [c.lease_id], now=205.0, duration=10.0)
+    assert t.complete("id-a", "g0", "") == (None, "duplicate")
+    # Lease b's deadline is 110; at 111 it expires and a late return says "expired".
+    assert [r.lease_id for r in t.expire_due(111.0)] == ["id-b"]
+    assert t.complete("id-b", "g1", "") == (None, "expired")
+    assert t.complete("never", "g0", "") == (None, "unknown_lease")
+    c = t.issue(7, g2, 1, 200.0, 10.0, 4)
+    # Extended by its holder: 205 + 10; by g1 and for an unknown id: refused, counted.
+    assert t.extend(g2, [c.lease_id], now=205.0, duration=10.0) == {}
+    assert t.extend(g1, [c.lease_id, "never"], now=209.0, duration=10.0) == {
+        "wrong_holder": 1,
+        "unknown_lease": 1,
+    }
     assert t.open[c.lease_id].deadline == 215.0
     assert [r.lease_id for r in t.reclaim_generator("g2")] == [c.lease_id]
-    assert t.next_id == 4  # ids are never reused
+    # An id source that repeats itself ("id-b" again) is refused rather than reused.
+    with pytest.raises(RuntimeError, match="issued twice"):
+        t.issue(8, g0, 1, 300.0, 10.0, 4)
+
+
+def test_closed_lease_memory_is_bounded():
+    t = LeaseTable(remember=2)
+    h = Holder("g0", b"c")
+    recs = [t.issue(i, h, 0, 0.0, 1.0, 1) for i in range(3)]
+    for r in recs:
+        t.complete(r.lease_id, "g0", "")
+    # Only the last 2 closed ids are remembered: the first is now an unknown id.
+    assert [t.why_closed(r.lease_id) for r in recs] == ["unknown_lease", "duplicate", "duplicate"]

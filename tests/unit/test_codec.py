@@ -19,7 +19,7 @@ from asyncrl.protocol.settings import SamplingConfig, SamplingParams
 
 def _group(**kw):
     base = dict(
-        lease_id=7,
+        lease_id="7" * 32,
         generator_id="g0",
         tokens=np.array([5, 6, 2, 9, 2], np.int32),
         logprobs=np.array([-0.1, -0.2, -0.3, -1.0, -0.5], np.float32),
@@ -40,7 +40,7 @@ def test_rollout_round_trip_keeps_arrays_and_fields():
     msg = _group()
     out = decode(_frames(msg))
     assert isinstance(out, RolloutGroup)
-    assert out.lease_id == 7 and out.generator_id == "g0"
+    assert out.lease_id == "7" * 32 and out.generator_id == "g0"
     np.testing.assert_array_equal(out.tokens, msg.tokens)
     np.testing.assert_array_equal(out.logprobs, msg.logprobs)
     assert out.baseline_tokens is None
@@ -57,7 +57,7 @@ def test_scalar_only_message_round_trip():
 
 def _lease(**kw):
     base = dict(
-        lease_id=1,
+        lease_id="1" * 32,
         prompt_ids=np.array([1, 2, 3], np.int32),
         group_size=8,
         sampling=SamplingParams(temperature=1.0, top_p=1.0, top_k=0, max_new_tokens=16),
@@ -145,7 +145,7 @@ def _tamper(msg, fn):
     [
         (lambda h, f: h.update(v=99), "schema_version"),
         (lambda h, f: h.update(t="bogus"), "type"),
-        (lambda h, f: h["f"].update(lease_id="7"), "field"),
+        (lambda h, f: h["f"].update(lease_id=7), "field"),
         (lambda h, f: h["f"].update(lease_id=True), "field"),
         (lambda h, f: h["f"].update(generate_seconds=float("nan")), "field"),
         (lambda h, f: h["f"].pop("lease_id"), "field"),
@@ -182,11 +182,11 @@ def test_garbage_and_limits():
 
 
 def test_schema_is_derived_from_the_annotations():
-    # RolloutGroup declares lease_id: int, generator_id: str, four NDArray fields,
+    # RolloutGroup declares lease_id: str, generator_id: str, four NDArray fields,
     # finish_reasons: list[str], generate_seconds: float, baseline_tokens: NDArray | None = None.
     schema = RolloutGroup.SCHEMA
     assert schema.scalars == {
-        "lease_id": (int,),
+        "lease_id": (str,),
         "generator_id": (str,),
         "finish_reasons": (list,),
         "generate_seconds": (float, int),

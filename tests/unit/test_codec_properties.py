@@ -26,6 +26,7 @@ from asyncrl.protocol.settings import SamplingParams
 ints = st.integers(min_value=-(2**62), max_value=2**62)
 small = st.integers(min_value=0, max_value=10_000)
 names = st.text(max_size=64)
+lease_ids = st.text("0123456789abcdef", min_size=32, max_size=32)
 floats = st.floats(allow_nan=False, allow_infinity=False, width=64)
 SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -39,7 +40,7 @@ def rollout_groups(draw):
     versions = draw(st.lists(st.integers(0, 10**6), min_size=total, max_size=total))
     baseline = draw(st.none() | st.lists(st.integers(0, 1000), max_size=10))
     return RolloutGroup(
-        lease_id=draw(small),
+        lease_id=draw(lease_ids),
         generator_id=draw(names),
         tokens=np.array(tokens, np.int32),
         logprobs=np.array(logprobs, np.float32),
@@ -60,11 +61,11 @@ def rollout_groups(draw):
 messages = st.one_of(
     st.builds(Hello, names, names, ints),
     st.builds(LeaseRequest, names, ints),
-    st.builds(Heartbeat, names, ints, st.lists(small, max_size=20)),
+    st.builds(Heartbeat, names, ints, st.lists(lease_ids, max_size=20), lease_ids),
     st.builds(LeaseDenied, st.sampled_from(["gate", "version", "exhausted"]), floats, ints),
     st.builds(
         Lease,
-        lease_id=small,
+        lease_id=lease_ids,
         prompt_ids=st.lists(st.integers(0, 2**31 - 1), max_size=50).map(
             lambda x: np.array(x, np.int32)
         ),

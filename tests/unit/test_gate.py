@@ -3,7 +3,7 @@
 import pytest
 
 from asyncrl.buffer.gate import StalenessGate
-from asyncrl.buffer.leases import LeaseTable
+from asyncrl.buffer.leases import Holder, LeaseTable
 
 
 def test_synchronous_eta0_issues_one_step_of_work():
@@ -78,7 +78,7 @@ def test_generators_joining_and_leaving_with_a_fake_clock():
     held = []
     for _ in range(4):
         assert gate.can_issue(0)
-        held.append(leases.issue(len(held), "g0", 0, clock, 60.0, 4))
+        held.append(leases.issue(len(held), Holder("g0", b"c0"), 0, clock, 60.0, 4))
         gate.on_issue()
     assert not gate.can_issue(0)
     # g0 falls silent; two heartbeat intervals later the hub reclaims its leases, which frees
@@ -87,11 +87,11 @@ def test_generators_joining_and_leaving_with_a_fake_clock():
     for _ in leases.reclaim_generator("g0"):
         gate.on_lease_closed()
     assert gate.in_flight == 0 and gate.can_issue(0)
-    late = leases.issue(0, "g1", 0, clock, 60.0, 4)
+    late = leases.issue(0, Holder("g1", b"c1"), 0, clock, 60.0, 4)
     gate.on_issue()
     # g0's late return is refused by lease id (never trained), g1's completes.
-    assert leases.complete(held[0].lease_id) == (None, "expired")
-    rec, why = leases.complete(late.lease_id)
+    assert leases.complete(held[0].lease_id, "g0", "") == (None, "expired")
+    rec, why = leases.complete(late.lease_id, "g1", "")
     assert rec is not None and why == ""
     gate.on_accept()
     assert (gate.accepted, gate.in_flight) == (1, 0)

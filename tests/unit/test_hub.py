@@ -49,7 +49,9 @@ class CharTokenizer:
         return "".join(chr(i + 30) for i in ids if i > EOS)
 
 
-def _hub(prompt: str, timeout: float = 30.0, extra: tuple[str, ...] = ()) -> Hub:
+def _hub(
+    prompt: str, timeout: float = 30.0, factory: SocketFactory | None = None, overrides=()
+) -> Hub:
     # B=1, η=0: the gate allows (0+0+1)*1 = 1 group in flight or accepted at version 0.
     cfg = load_config(
         None,
@@ -66,12 +68,12 @@ def _hub(prompt: str, timeout: float = 30.0, extra: tuple[str, ...] = ()) -> Hub
             "reward.plugin=tests.unit.reward_plugins:moody",
             "reward.workers=1",
             f"reward.timeout_seconds={timeout}",
-            *extra,
+            *overrides,
         ],
     )
     tok = CharTokenizer()
     rows = [{"prompt": prompt, "answer": "4"} for _ in range(3)]
-    hub = Hub(cfg, PromptSource(rows, tok, "prompt"), tok, LearnerMetrics())
+    hub = Hub(cfg, PromptSource(rows, tok, "prompt"), tok, LearnerMetrics(), factory)
     hub.start()
     return hub
 
@@ -79,9 +81,9 @@ def _hub(prompt: str, timeout: float = 30.0, extra: tuple[str, ...] = ()) -> Hub
 class Generator:
     """The generator's side of the wire, one request at a time."""
 
-    def __init__(self, hub: Hub, gid: str = "g0"):
+    def __init__(self, hub: Hub, gid: str = "g0", factory: SocketFactory | None = None):
         self.gid = gid
-        f = SocketFactory(linger_ms=0)
+        f = factory or SocketFactory(linger_ms=0)
         self.control = f.socket(zmq.DEALER, server=False)
         self.control.connect(hub.endpoints["control"])
         self.push = f.socket(zmq.PUSH, server=False)
@@ -216,7 +218,7 @@ def test_a_dead_socket_loop_ends_the_run_and_health_says_why():
 def test_a_reward_failing_on_every_group_ends_the_run():
     # The reward raises on prompt "raise"; with max_consecutive_failures 2 the first failure
     # is dropped and counted, the second ends the trainer's wait with a one-line reason.
-    hub = _hub("raise", extra=("reward.max_consecutive_failures=2",))
+    hub = _hub("raise", overrides=("reward.max_consecutive_failures=2",))
     gen = Generator(hub)
     try:
         gen.ask(Hello("g0", "fake", 0))

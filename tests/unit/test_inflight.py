@@ -91,7 +91,7 @@ def test_learner_treats_a_mixed_group_as_its_oldest_version(model_dir):
     backend, _ = backend_with_update(model_dir, "continue")
     samples = backend.generate(PROMPT, 2, PARAMS)
     group = RolloutGroup(
-        lease_id=1,
+        lease_id="1" * 32,
         generator_id="g",
         tokens=np.concatenate([s.tokens for s in samples]),
         logprobs=np.concatenate([s.logprobs for s in samples]),

@@ -1,0 +1,188 @@
+"""Soak: a learner and two generators launched separately for 30 minutes, a generator killed
+(-9) and restarted every 2 minutes, the learner killed (-9) and resumed every 10 minutes.
+
+Judged at the end, from the group audit log (`learner.audit_log`) and what was sampled:
+0 groups trained twice, 0 accepted groups lost (each trained, dropped with a counted reason, or
+still waiting at the finish), policy versions never going back within a learner's life and
+each resume starting from a checkpoint no newer than what was reached, and a flat resident
+memory over the last 10 minutes (least-squares slope under 1 MB/min for the learner's process
+tree and for each generator). The figures are printed for the closing note.
+
+`ASYNCRL_SOAK_SECONDS` (default 1800), `ASYNCRL_SOAK_GENERATOR_KILL` (120) and
+`ASYNCRL_SOAK_LEARNER_KILL` (600) shorten it for a trial run. Left out: killing the learner
+at chosen moments of a save (tests/integration/test_checkpoint_kill.py does that).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from asyncrl.learner.audit import check_audit, read_events
+from tests.integration.conftest import next_event, scrape, start_cli
+from tests.integration.test_resume import _free_ports
+
+pytestmark = pytest.mark.slow
+
+DURATION = float(os.environ.get("ASYNCRL_SOAK_SECONDS", 1800))
+GEN_KILL = float(os.environ.get("ASYNCRL_SOAK_GENERATOR_KILL", 120))
+LEARNER_KILL = float(os.environ.get("ASYNCRL_SOAK_LEARNER_KILL", 600))
+RSS_WINDOW = min(600.0, LEARNER_KILL)  # the last learner life, at most 10 minutes
+RSS_WARMUP = 90.0  # model load, first publish and evaluation fill memory once
+
+
+def _rss_tree(pid: int) -> float | None:
+    """Resident bytes of a process and its children (the learner's reward workers)."""
+    try:
+        p = psutil.Process(pid)
+        return p.memory_info().rss + sum(
+            c.memory_info().rss for c in p.children(recursive=True) if c.is_running()
+        )
+    except psutil.Error:
+        return None
+
+
+def _slope_mb_per_min(samples: list[tuple[float, float]]) -> float:
+    """Least-squares slope of (seconds, bytes) samples, in MB per minute."""
+    n = len(samples)
+    mt = sum(t for t, _ in samples) / n
+    mr = sum(r for _, r in samples) / n
+    num = sum((t - mt) * (r - mr) for t, r in samples)
+    den = sum((t - mt) ** 2 for t, _ in samples)
+    return num / den * 60 / 1e6
+
+
+def _stop(proc: subprocess.Popen | None, sig=signal.SIGTERM, timeout: float = 120) -> None:
+    if proc is None or proc.poll() is not None:
+        return
+    proc.send_signal(sig)
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=30)
+
+
+def test_soak_kills_and_resumes(small_overrides, tmp_path):
+    control, rollouts, weights, metrics = _free_ports(4)
+    common = [
+        *small_overrides,
+        f"learner.control_port={control}",
+        f"learner.rollouts_port={rollouts}",
+        f"learner.weights_port={weights}",
+        f"learner.metrics_port={metrics}",
+        "learner.audit_log=true",
+        "train.steps=1000000",  # ended by SIGTERM at the deadline
+        "train.checkpoint_every=5",
+        "train.keep_checkpoints=2",
+        "buffer.max_staleness=2",
+        "buffer.filter_zero_variance=false",  # every group is one the audit must follow
+    ]
+    out = Path(next(a.split("=", 1)[1] for a in common if a.startswith("learner.output")))
+    url = f"http://127.0.0.1:{metrics}/metrics"
+    gen_args = [*common, f"generator.learner=tcp://127.0.0.1:{control}", "generator.metrics_port=0"]
+    gen_args.append("generator.reconnect_seconds=2")
+
+    def start_generator(name: str, n: int) -> subprocess.Popen:
+        args = [*gen_args, f"generator.generator_id={name}"]
+        return start_cli(["generator", *args], tmp_path / f"{name}-{n}.log")
+
+    lives: list[dict] = []  # per learner life: resumed version, versions seen, rss samples
+
+    def start_learner(resume: bool) -> subprocess.Popen:
+        n = len(lives) + 1
+        proc = start_cli(
+            ["learner", *common, *(["--resume"] if resume else [])], tmp_path / f"learner-{n}.log"
+        )
+        ready = next_event(proc, "learner_ready")
+        lives.append({"resumed": ready["policy_version"], "versions": [], "rss": []})
+        return proc
+
+    learner = start_learner(resume=False)
+    gens = {name: start_generator(name, 0) for name in ("gen-a", "gen-b")}
+    gen_rss: dict[str, list[tuple[float, float]]] = {name: [] for name in gens}
+    gen_kills = learner_kills = 0
+    t0 = time.time()
+    next_gen_kill, next_learner_kill = t0 + GEN_KILL, t0 + LEARNER_KILL
+    try:
+        while time.time() < t0 + DURATION:
+            now = time.time()
+            if now >= next_learner_kill:
+                learner.send_signal(signal.SIGKILL)
+                learner.wait(timeout=30)
+                learner_kills += 1
+                learner = start_learner(resume=True)
+                next_learner_kill = now + LEARNER_KILL
+            if now >= next_gen_kill:
+                name = ("gen-a", "gen-b")[gen_kills % 2]
+                _stop(gens[name], signal.SIGKILL)
+                gen_kills += 1
+                gens[name] = start_generator(name, gen_kills)
+                gen_rss[name] = []  # a new process: its own memory curve
+                next_gen_kill = now + GEN_KILL
+            life = lives[-1]
+            try:
+                life["versions"].append(scrape(url, timeout=5).get("asyncrl_policy_version", -1))
+            except OSError:
+                pass
+            rss = _rss_tree(learner.pid)
+            if rss is not None:
+                life["rss"].append((now, rss))
+            for name, proc in gens.items():
+                rss = _rss_tree(proc.pid)
+                if rss is not None:
+                    gen_rss[name].append((now, rss))
+            assert learner.poll() is None, (tmp_path / f"learner-{len(lives)}.log").read_text()
+            time.sleep(5)
+        _stop(learner, signal.SIGTERM, timeout=600)
+        assert learner.returncode == 0, (tmp_path / f"learner-{len(lives)}.log").read_text()[-3000:]
+    finally:
+        _stop(learner, signal.SIGKILL)
+        for proc in gens.values():
+            _stop(proc)
+
+    report = check_audit(read_events(out / "audit.jsonl"))
+    summary = json.loads((out / "summary.json").read_text())
+    end = time.time()
+    learner_slope = _slope_mb_per_min(
+        [(t, r) for t, r in lives[-1]["rss"] if t >= max(end - RSS_WINDOW, t0) + RSS_WARMUP]
+    )
+    gen_slopes = {
+        name: _slope_mb_per_min([(t, r) for t, r in s if t >= s[0][0] + 30])
+        for name, s in gen_rss.items()
+        if len(s) > 10
+    }
+    figures = {
+        "seconds": round(end - t0),
+        "generator_kills": gen_kills,
+        "learner_kills": learner_kills,
+        "final_version": summary["policy_version"],
+        "accepted": report.accepted,
+        "trained": report.trained,
+        "dropped_after_accept": report.dropped,
+        "trained_twice": len(report.trained_twice),
+        "accepted_lost": len(report.lost),
+        "rollbacks": report.rollbacks,
+        "learner_rss_mb": round(lives[-1]["rss"][-1][1] / 1e6),
+        "learner_rss_slope_mb_per_min": round(learner_slope, 3),
+        "generator_rss_slope_mb_per_min": {k: round(v, 3) for k, v in gen_slopes.items()},
+    }
+    print("SOAK", json.dumps(figures))
+
+    assert report.finished and report.incarnations == learner_kills + 1
+    assert report.trained_twice == [], report.trained_twice[:10]
+    assert report.lost == [], report.lost[:10]
+    for prev, life in zip(lives, lives[1:]):
+        seen = [v for v in prev["versions"] if v >= 0]
+        assert seen == sorted(seen), "policy version went back within a learner's life"
+        assert prev["resumed"] <= life["resumed"] <= max(seen, default=prev["resumed"])
+    assert summary["max_staleness_seen"] <= 2
+    assert learner_slope < 1.0, figures
+    assert all(s < 1.0 for s in gen_slopes.values()), figures
