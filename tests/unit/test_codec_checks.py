@@ -10,7 +10,13 @@ import pytest
 import zmq
 
 from asyncrl.protocol.codec import DEFAULT_LIMITS, DecodeLimits, ProtocolError, decode, encode
-from asyncrl.protocol.messages import Heartbeat, LeaseReturn, NcclPlan, RolloutGroup
+from asyncrl.protocol.messages import (
+    SCHEMA_VERSION,
+    Heartbeat,
+    LeaseReturn,
+    NcclPlan,
+    RolloutGroup,
+)
 from asyncrl.protocol.sockets import (
     CONTROL_LIMITS,
     ReceiveLimits,
@@ -29,7 +35,9 @@ WRONG_ID = 7 if _ID_TYPE is str else "7"
 
 
 def _header(t: str, fields: dict, arrays: list | None = None) -> bytes:
-    return msgpack.packb({"v": 2, "t": t, "f": fields, "a": arrays or []}, use_bin_type=True)
+    return msgpack.packb(
+        {"v": SCHEMA_VERSION, "t": t, "f": fields, "a": arrays or []}, use_bin_type=True
+    )
 
 
 def _reason(frames, limits: DecodeLimits = DEFAULT_LIMITS) -> str:
@@ -204,10 +212,10 @@ def test_recv_drains_a_message_with_too_many_frames_and_the_next_one_decodes(pai
 
 def test_recv_drops_an_oversize_frame_and_the_next_message_decodes(pair):
     push, pull = pair
-    limits = DecodeLimits(max_header_bytes=64, max_array_bytes=64, frame_headroom=0)
+    limits = DecodeLimits(max_header_bytes=128, max_array_bytes=128, frame_headroom=0)
     frames = encode(Heartbeat("g", 1, []))
-    push.send_multipart([*frames, b"\0" * 65])  # a 65-byte frame > cap 64
-    push.send_multipart([b"\0" * 65])  # the first frame too
+    push.send_multipart([*frames, b"\0" * 129])  # a 129-byte frame > cap 128
+    push.send_multipart([b"\0" * 129])  # the first frame too
     send(push, Heartbeat("g", 2, []))
     for _ in range(2):
         with pytest.raises(ProtocolError) as exc:
