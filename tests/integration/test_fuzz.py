@@ -33,7 +33,15 @@ from asyncrl.learner.data import PromptSource
 from asyncrl.learner.hub import Hub
 from asyncrl.learner.metrics import LearnerMetrics
 from asyncrl.protocol.codec import encode
-from asyncrl.protocol.messages import MESSAGE_TYPES, SCHEMA_VERSION, Lease, LeaseRequest
+from asyncrl.protocol.messages import (
+    MESSAGE_TYPES,
+    SCHEMA_VERSION,
+    Hello,
+    Lease,
+    LeaseDenied,
+    LeaseRequest,
+    Welcome,
+)
 from asyncrl.protocol.settings import SamplingParams
 from asyncrl.protocol.sockets import SocketFactory, learner_receive_limits
 from tests.unit.test_hub import CharTokenizer, Generator, _wait
@@ -255,6 +263,8 @@ class Legit(threading.Thread):
             lease = gen.ask(LeaseRequest(LEGIT, v), timeout_ms=10_000)
             if isinstance(lease, Lease):
                 break
+            if isinstance(lease, LeaseDenied) and lease.reason == "hello":
+                self.hello(gen)  # as a real generator does: say hello again, carry on
             time.sleep(0.05)
         else:
             return False
@@ -266,9 +276,15 @@ class Legit(threading.Thread):
             self.hub.advance_version(v + 1)
         return bool(taken)
 
+    def hello(self, gen: Generator) -> None:
+        """Leases go only to a connection that said hello."""
+        self.sent += 1
+        assert isinstance(gen.ask(Hello(LEGIT, "fake", self.hub.core.version)), Welcome)
+
     def run(self) -> None:
         gen = Generator(self.hub, LEGIT)
         try:
+            self.hello(gen)
             while not self.stop.is_set():
                 self.cycle(gen, time.monotonic() + 5)
         finally:
@@ -340,6 +356,7 @@ def _storm(n: int) -> None:
         after = Legit(hub)
         gen = Generator(hub, LEGIT)
         try:
+            after.hello(gen)
             v = hub.core.version
             assert after.cycle(gen, time.monotonic() + 20)
             assert hub.core.version == v + 1
