@@ -63,6 +63,10 @@ def install_stop_signals(stop: threading.Event) -> None:
 
 def run(cfg: AsyncRLConfig, resume: bool, events: TextIO) -> dict | None:
     """The learner on this rank; returns the summary on rank 0."""
+    from asyncrl.learner.tracking import check_trackers
+
+    # Before torch, DeepSpeed and the assets: a tracker that cannot run is a config error.
+    check_trackers(cfg.learner.report_to)
     from asyncrl.learner.engine import init_distributed, rank_zero_first
     from asyncrl.learner.run import run_learner
 

@@ -57,9 +57,9 @@ def run_learner(
     from transformers import AutoTokenizer
 
     rank, world = init_distributed(device)
-    if rank == 0:
-        # A configured tracker that cannot run is a config error: say so before any model loads.
-        check_trackers(cfg.learner.report_to)
+    # A configured tracker that cannot run is a config error: say so before any model loads,
+    # on every rank (one rank failing alone would leave the others waiting in a collective).
+    check_trackers(cfg.learner.report_to)
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     torch.manual_seed(cfg.train.seed + rank)

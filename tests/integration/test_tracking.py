@@ -9,12 +9,13 @@ import json
 import math
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from asyncrl.protocol.sockets import free_port
-from tests.integration.conftest import next_event, start_cli
+from tests.integration.conftest import REPO, next_event, start_cli
 
 STEPS = 3
 
@@ -118,3 +119,31 @@ def test_trackers_hold_every_statistic(small_overrides, tmp_path):
     assert re.search(r"last \d+s: \d+ groups, \d+ tokens .* loads?: \d+ in chunks", gen_log), (
         gen_log[-3000:]
     )
+
+
+def test_a_tracker_without_its_package_is_one_line_before_anything_loads(tmp_path):
+    # sys.modules[name] = None makes the package absent for find_spec and import alike.
+    code = (
+        "import sys; sys.modules['wandb'] = None; "
+        "from asyncrl.launch.cli import main; sys.exit(main(sys.argv[1:]))"
+    )
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            code,
+            "learner",
+            f"learner.output_dir={tmp_path}",
+            "learner.report_to=[wandb]",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert proc.stderr.strip().splitlines() == [
+        "asyncrl learner: learner.report_to lists wandb but the wandb package is not installed "
+        "(pip install 'asyncrl[wandb]')"
+    ]
+    assert proc.stdout == ""
