@@ -36,6 +36,8 @@ class WeightUpdates:
         self.pending: WeightsAnnouncement | None = None
         # Seconds of weight loads inside the current generate call (not generation work).
         self.inflight_load_seconds = 0.0
+        # (how, seconds) of each version loaded since the worker's last summary line.
+        self.recent_loads: list[tuple[str, float]] = []
         # Every transport this backend can use, in order of preference; each connection
         # keeps those its learner offers. The chunk fetcher outlives connections: it keeps
         # the previous blob's buffer for the next version.
@@ -109,7 +111,10 @@ class WeightUpdates:
         seconds = time.time() - started
         self.metrics.policy_version.set(ann.version)
         self.metrics.weight_load_seconds.observe(seconds)
-        logger.info(
+        self.recent_loads.append((how, seconds))
+        # One line per version is most of a run's log at INFO: the worker's periodic summary
+        # counts the loads instead.
+        logger.debug(
             "loaded weights version %d (%.1f MB) %s in %.2fs",
             ann.version,
             ann.size / 1e6,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
@@ -24,6 +25,9 @@ from asyncrl.protocol.messages import Lease, LeaseDenied, RolloutGroup, Welcome
 from asyncrl.protocol.sockets import SocketFactory
 
 logger = logging.getLogger(__name__)
+
+# How often the generator logs what it did (at INFO); each weight load is logged at DEBUG.
+SUMMARY_SECONDS = 30.0
 
 
 class GeneratorWorker:
@@ -52,6 +56,7 @@ class GeneratorWorker:
         )
         self.weights = WeightUpdates(backend, self.session, metrics, fetch_window)
         self._last_generate = 0.0
+        self._activity = Activity()
         if inflight_updates != "off" and backend.capabilities.inflight_loads:
             backend.set_inflight_hook(
                 self.weights.between_tokens, inflight_updates, inflight_check_tokens
@@ -84,9 +89,11 @@ class GeneratorWorker:
             if not self.stop.is_set():
                 self.stop.wait(backoff)
                 backoff = min(backoff * 2, 10.0)
+        self._summarise(force=True)
 
     def _serve(self) -> None:
         while not self.stop.is_set():
+            self._summarise()
             self.weights.drain()
             self.weights.update()
             reply = self.session.next_lease()
@@ -140,6 +147,8 @@ class GeneratorWorker:
             self.metrics.groups.inc()
             self.metrics.tokens.inc(int(group.lengths.sum()))
             self.metrics.generate_seconds.inc(dt)
+            self._activity.groups += 1
+            self._activity.tokens += int(group.lengths.sum())
 
     def _wait_denied(self, denied: LeaseDenied) -> None:
         """Sleep on the weights socket (a new version is what usually unblocks the gate)."""
@@ -159,7 +168,48 @@ class GeneratorWorker:
         if self.weights.pending is None:
             self.session.wait_announcement(max(denied.retry_after, 0.01))
         self.metrics.gate_wait_seconds.inc(time.time() - t)
+        self._activity.gate_wait += time.time() - t
+
+    def _summarise(self, force: bool = False) -> None:
+        """Every SUMMARY_SECONDS (and when the loop ends, if anything happened), one INFO
+        line of what was done since the last one."""
+        a, now = self._activity, time.monotonic()
+        loads = self.weights.recent_loads
+        if now - a.since < SUMMARY_SECONDS and not (force and (a.groups or loads)):
+            return
+        logger.info(format_activity(now - a.since, a, self.backend.version, loads))
+        self.weights.recent_loads = []
+        self._activity = Activity(since=now)
 
 
 def _cat(arrays: list[np.ndarray], dtype) -> np.ndarray:
     return np.concatenate(arrays).astype(dtype) if arrays else np.zeros(0, dtype)
+
+
+@dataclass
+class Activity:
+    """What the generator did since `since` (monotonic seconds), for the summary line."""
+
+    since: float = field(default_factory=time.monotonic)
+    groups: int = 0
+    tokens: int = 0
+    gate_wait: float = 0.0
+
+
+def format_activity(
+    seconds: float, a: Activity, version: int, loads: list[tuple[str, float]]
+) -> str:
+    """`last 30s: 12 groups, 3400 tokens (113 tok/s), weights v7 (6 loads from disk, mean
+    0.05s), gate wait 1.2s`: tokens/s over the whole interval, loads grouped by transport."""
+    rate = a.tokens / max(seconds, 1e-9)
+    line = f"last {seconds:.0f}s: {a.groups} groups, {a.tokens} tokens ({rate:.0f} tok/s)"
+    line += f", weights v{version}"
+    if loads:
+        by_how: dict[str, int] = {}
+        for how, _ in loads:
+            by_how[how] = by_how.get(how, 0) + 1
+        hows = ", ".join(f"{n} {how}" for how, n in by_how.items())
+        mean = sum(s for _, s in loads) / len(loads)
+        plural = "s" if len(loads) != 1 else ""
+        line += f" ({len(loads)} load{plural}: {hows}; mean {mean:.2f}s)"
+    return line + f", gate wait {a.gate_wait:.1f}s"

@@ -146,9 +146,13 @@ def main(argv: list[str] | None = None) -> int:
         _setup_logging("learner", args.log_level)
         from asyncrl.launch.learner_main import run
         from asyncrl.learner.hub import HubStopped, RewardFailing
+        from asyncrl.learner.tracking import TrackerUnavailable
 
         try:
             run(cfg, args.resume, events)
+        except TrackerUnavailable as exc:
+            print(f"asyncrl learner: {exc}", file=sys.stderr)
+            return 2
         except HubStopped as exc:
             print(
                 f"asyncrl learner: hub socket loop stopped ({exc}); restart with --resume",

@@ -22,7 +22,8 @@ logger = logging.getLogger(__name__)
 
 
 class EventReporter:
-    """Serves the hub's metrics and health; emits `learner_ready` as one JSON line."""
+    """Serves the hub's metrics and health; emits `learner_ready` and `summary` as JSON
+    lines (README, "Events")."""
 
     def __init__(self, cfg: AsyncRLConfig, events: TextIO) -> None:
         self.cfg = cfg
@@ -39,7 +40,15 @@ class EventReporter:
     def ready(self, event: dict) -> None:
         # The field order of the event as it always was: event, endpoints, metrics, the rest.
         line = {"event": "learner_ready", "endpoints": None, "metrics": self.metrics_url}
-        self.events.write(json.dumps({**line, **event}) + "\n")
+        self._emit({**line, **event})
+
+    def finished(self, summary: dict) -> None:
+        # On stdout as well as in output_dir/summary.json: a learner launched on its own
+        # tells its supervisor how the run went without a shared filesystem.
+        self._emit(summary)
+
+    def _emit(self, event: dict) -> None:
+        self.events.write(json.dumps(event) + "\n")
         self.events.flush()
 
 
@@ -54,6 +63,10 @@ def install_stop_signals(stop: threading.Event) -> None:
 
 def run(cfg: AsyncRLConfig, resume: bool, events: TextIO) -> dict | None:
     """The learner on this rank; returns the summary on rank 0."""
+    from asyncrl.learner.tracking import check_trackers
+
+    # Before torch, DeepSpeed and the assets: a tracker that cannot run is a config error.
+    check_trackers(cfg.learner.report_to)
     from asyncrl.learner.engine import init_distributed, rank_zero_first
     from asyncrl.learner.run import run_learner
 

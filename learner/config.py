@@ -220,6 +220,17 @@ class LearnerConfig(StrictModel):
         "lower one is dropped as bad_logprobs (such values only come from corrupt engines or "
         "forged groups and would blow up importance ratios).",
     )
+    report_to: list[Literal["jsonl", "tensorboard", "wandb"]] = Field(
+        default_factory=lambda: ["jsonl"],
+        description="Experiment trackers that receive every per-step statistic (rank 0): "
+        "jsonl (output_dir/metrics.jsonl, one object per step), tensorboard (event files in "
+        "output_dir/tensorboard; needs the `tensorboard` extra), wandb (offline unless "
+        "WANDB_MODE says otherwise, files in output_dir/wandb; needs the `wandb` extra). "
+        "Prometheus gauges get the same statistics whatever this lists.",
+    )
+    wandb_project: str = Field(
+        "asyncrl", description="W&B project name when report_to lists wandb."
+    )
     weights: WeightsTransport = Field(
         default_factory=ZmqWeights,
         description="How versions reach the generators besides chunks: {type: zmq} (default), "

@@ -180,6 +180,13 @@ def shard_rows(n: int, rank: int, world: int, micro_batches: int) -> list[slice]
     ]
 
 
+def _grad_l2_norm(parameters) -> float:
+    norms = [p.grad.detach().float().norm(2) for p in parameters if p.grad is not None]
+    if not norms:
+        return 0.0
+    return float(torch.linalg.vector_norm(torch.stack(norms), 2))
+
+
 def deepspeed_config(train_cfg, dtype: str, world: int, micro_batches: int) -> dict:
     """Our config mapped onto DeepSpeed's; `train.deepspeed` is merged over it."""
     cfg: dict = {
@@ -272,6 +279,12 @@ class Engine:
             model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_cfg
         )
         self.model = self.engine.module
+        # DeepSpeed reports the global gradient norm only through its own optimizer wrappers
+        # (ZeRO 1-3, fp16/bf16), which compute it. At stage 0 in fp32 our torch optimizer runs
+        # bare: `get_global_grad_norm()` stays None, with or without clipping (its clipping
+        # path discards the norm it computes). Then we measure it ourselves.
+        self._own_grad_norm = isinstance(self.engine.optimizer, torch.optim.Optimizer)
+        self._grad_norm = float("nan")
 
     # The scale makes DeepSpeed's two averagings (1/accumulation steps in backward, 1/world in
     # the gradient all-reduce) cancel, so gradients are exactly sum(token losses)/normalizer.
@@ -288,9 +301,17 @@ class Engine:
 
     def backward_and_step(self, loss: torch.Tensor) -> None:
         self.engine.backward(loss * self.loss_scale)
+        if self._own_grad_norm and self.engine.is_gradient_accumulation_boundary():
+            # After the boundary's backward the gradients are all-reduced (identical on
+            # every rank) and not yet clipped: the norm DeepSpeed's optimizers report.
+            self._grad_norm = _grad_l2_norm(self.model.parameters())
         self.engine.step()
 
     def grad_norm(self) -> float:
+        """L2 norm of the full gradient before clipping, at the last optimizer step (NaN
+        before the first)."""
+        if self._own_grad_norm:
+            return self._grad_norm
         norm = self.engine.get_global_grad_norm()
         return float(norm) if norm is not None else float("nan")
 

@@ -79,6 +79,7 @@ class StepLoop:
         stop: threading.Event,
         version: int,
         accuracy: float | None,
+        reporter=None,
     ) -> None:
         self.cfg, self.engine, self.hub, self.publisher = cfg, engine, hub, publisher
         self.tokenizer, self.eval_rows, self.ref_model = tokenizer, eval_rows, ref_model
@@ -88,13 +89,13 @@ class StepLoop:
         self.tokens_trained = 0.0
         self.busy_seconds = 0.0  # update + publish: the learner's time when it never waits
         self.rl_seconds = 0.0
-        self._last_log = (0.0, 0.0)  # (time, tokens trained) at the last progress line
-        self.accuracy = accuracy  # the latest held-out accuracy, for the progress line
+        self.accuracy = accuracy  # the latest held-out accuracy
+        # Rank 0: takes each step's statistics (learner.tracking.Tracking); None elsewhere.
+        self.reporter = reporter
 
     def run(self) -> None:
         train = self.cfg.train
         t0 = time.time()
-        self._last_log = (t0, self.tokens_trained)
         while self.version < train.steps:
             if broadcast_flag(self._should_stop(t0), self.engine.world):
                 break
@@ -138,7 +139,6 @@ class StepLoop:
         if hub is not None:
             hub.metrics.step_seconds.labels(phase="update").observe(time.time() - tu)
             hub.advance_version(version)
-            _record(hub.metrics, m, stats, batch)
         if version % cfg.train.publish_every == 0 or version == cfg.train.steps:
             tp = time.time()
             self.publisher.publish(version)
@@ -151,26 +151,8 @@ class StepLoop:
                 hub.metrics.step_seconds.labels(phase="eval").observe(time.time() - te)
         if cfg.train.checkpoint_every and version % cfg.train.checkpoint_every == 0:
             save_checkpoint(self.engine, hub, version, cfg.learner.output_dir)
-        if hub is not None and (version % cfg.train.log_every == 0 or version == 1):
-            self._log(m, stats)
-
-    def _log(self, m: dict, stats: dict) -> None:
-        now = time.time()
-        tps = (self.tokens_trained - self._last_log[1]) / max(now - self._last_log[0], 1e-9)
-        self._last_log = (now, self.tokens_trained)
-        logger.info(
-            "step %d | reward %.3f | acc %s | staleness mean %.2f max %d | loss %.4f"
-            " | clip %.3f | trained tok/s %.0f | buffer %d",
-            self.version,
-            stats.get("reward_mean", float("nan")),
-            fmt_accuracy(self.accuracy),
-            stats.get("staleness_mean", 0.0),
-            stats.get("staleness_max", 0),
-            m.get("loss", float("nan")),
-            _clip(m),
-            tps,
-            self.hub.stats()["waiting"],
-        )
+        if self.reporter is not None:
+            self.reporter.step(version, {**stats, **m})
 
     def summary(self, accuracy_before: float | None, accuracy_after: float | None) -> dict:
         """Rank 0: the run's figures, also written to `learner.output_dir/summary.json`."""
@@ -204,24 +186,6 @@ class StepLoop:
             self.version,
         )
         return summary
-
-
-def _record(hm, m: dict, stats: dict, batch: Batch) -> None:
-    hm.steps.inc()
-    hm.tokens.inc(float(batch.response_mask.sum()))
-    hm.loss.set(m.get("loss", 0.0))
-    hm.clip_fraction.set(_clip(m))
-    hm.is_weight_max.set(m.get("is_weight_max", 0.0))
-    hm.kl.set(m.get("kl", 0.0))
-    hm.entropy.set(m.get("entropy", 0.0))
-    hm.grad_norm.set(m.get("grad_norm", 0.0))
-    hm.reward_mean.set(stats.get("reward_mean", 0.0))
-
-
-def _clip(m: dict) -> float:
-    return float(
-        m.get("clip_frac_low", 0.0) + m.get("clip_frac_high", 0.0) + m.get("clip_frac_dual", 0.0)
-    )
 
 
 def fmt_accuracy(x: float | None) -> str:

@@ -6,10 +6,14 @@ DESIGN.md: `asyncrl_` prefix, base units, `_total` only on counters, bounded lab
 
 from __future__ import annotations
 
+import logging
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from asyncrl.protocol.codec import DECODE_REASONS
 from asyncrl.protocol.validate import ROLLOUT_REASONS
+
+logger = logging.getLogger(__name__)
 
 DROP_REASONS = (
     "stale",
@@ -225,5 +229,62 @@ class LearnerMetrics:
         for message in LEASE_MESSAGES:
             for reason in LEASE_REFUSALS:
                 self.lease_messages_refused.labels(message=message, reason=reason)
+        self.stats_dropped = Counter(
+            "asyncrl_stats_dropped",
+            "Per-step statistic names not exported: past the name limit, unusable, or taken "
+            "by another series.",
+            registry=r,
+        )
+        self.stats = StatGauges(
+            r,
+            self.stats_dropped,
+            {
+                "loss": self.loss,
+                "clip_fraction": self.clip_fraction,
+                "is_weight_max": self.is_weight_max,
+                "kl": self.kl,
+                "entropy": self.entropy,
+                "grad_norm": self.grad_norm,
+                "reward_mean": self.reward_mean,
+                "eval_accuracy": self.eval_accuracy,
+                "eval_reward_mean": self.eval_reward_mean,
+                "eval_pass_at_k": self.eval_pass_at_k,
+            },
+        )
         for phase in PHASES:
             self.step_seconds.labels(phase=phase)
+
+
+# --------------------------------------------------------------- per-step statistics
+class StatGauges:
+    """One gauge per per-step statistic, `asyncrl_<name>`, set to its last value. The series
+    documented by name (asyncrl_loss, asyncrl_importance_weight_max, ...) are reused through
+    `aliases`; the others are created the first time their name is reported. Names arrive
+    already cleaned and bounded in number (`learner.tracking.base.StatNames`)."""
+
+    def __init__(self, registry: CollectorRegistry, dropped: Counter, aliases: dict[str, Gauge]):
+        self._registry = registry
+        self._dropped = dropped
+        self._gauges: dict[str, Gauge | None] = dict(aliases)
+
+    def set(self, stats: dict[str, float]) -> None:
+        for name, value in stats.items():
+            gauge = self._gauges.get(name, ...)
+            if gauge is ...:
+                gauge = self._gauges[name] = self._create(name)
+            if gauge is not None:
+                gauge.set(value)
+
+    def _create(self, name: str) -> Gauge | None:
+        try:
+            return Gauge(
+                f"asyncrl_{name}",
+                f"Per-step statistic {name} (last step).",
+                registry=self._registry,
+            )
+        except ValueError:
+            # The name belongs to another series of this registry (a counter, a histogram):
+            # that series stays what it is; this statistic reaches the trackers only.
+            logger.warning("statistic %r not exported to Prometheus: the name is taken", name)
+            self._dropped.inc()
+            return None

@@ -3,7 +3,8 @@ publisher (rank 0), resume, publish version 0, run the step loop, save, export, 
 
 The caller (the launch layer) has parsed the config, installed the signal handlers that set
 `stop`, resolved the device and the model and data paths, and serves metrics and emits
-events through `Reporter`.
+events through `Reporter`. Per-step statistics and the progress line are rank 0's
+`learner.tracking.Tracking`.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from asyncrl.learner.engine import Engine, init_distributed, shutdown_distribute
 from asyncrl.learner.loop import StepLoop, evaluate, fmt_accuracy
 from asyncrl.learner.publishers import make_publisher
 from asyncrl.learner.step import load_reference
+from asyncrl.learner.tracking import Tracking, check_trackers, make_trackers
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +36,10 @@ class Reporter(Protocol):
     def ready(self, event: dict) -> None:
         """Serving, version published, evaluated: endpoints, accuracy_before,
         policy_version, resumed, gate (as restored, before any lease of this lifetime)."""
+
+    def finished(self, summary: dict) -> None:
+        """The run's summary (`StepLoop.summary`), once the last checkpoint and export are
+        written."""
 
 
 def run_learner(
@@ -51,6 +57,9 @@ def run_learner(
     from transformers import AutoTokenizer
 
     rank, world = init_distributed(device)
+    # A configured tracker that cannot run is a config error: say so before any model loads,
+    # on every rank (one rank failing alone would leave the others waiting in a collective).
+    check_trackers(cfg.learner.report_to)
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     torch.manual_seed(cfg.train.seed + rank)
@@ -80,7 +89,8 @@ def run_learner(
         # are restored would be counted against the wrong state.
         hub.start()
     publisher.publish(version)
-    acc_before = evaluate(engine, tokenizer, eval_rows, cfg, hub)
+    before: dict = {}
+    acc_before = evaluate(engine, tokenizer, eval_rows, cfg, hub, before)
     if hub is not None:
         if acc_before is not None:
             hub.metrics.eval_accuracy.set(acc_before)
@@ -95,13 +105,33 @@ def run_learner(
         )
         logger.info("held-out accuracy before RL: %s", fmt_accuracy(acc_before))
 
-    loop = StepLoop(
-        cfg, engine, hub, publisher, tokenizer, eval_rows, ref_model, stop, version, acc_before
-    )
-    loop.run()
-    save_checkpoint(engine, hub, loop.version, output_dir)
-    export_policy(engine, tokenizer, loop.version, output_dir)
-    acc_after = evaluate(engine, tokenizer, eval_rows, cfg, hub)
+    tracking = _build_tracking(cfg, hub) if hub is not None else None
+    try:
+        if tracking is not None:
+            tracking.start(version, before)
+        loop = StepLoop(
+            cfg,
+            engine,
+            hub,
+            publisher,
+            tokenizer,
+            eval_rows,
+            ref_model,
+            stop,
+            version,
+            acc_before,
+            reporter=tracking,
+        )
+        loop.run()
+        save_checkpoint(engine, hub, loop.version, output_dir)
+        export_policy(engine, tokenizer, loop.version, output_dir)
+        final: dict = {}
+        acc_after = evaluate(engine, tokenizer, eval_rows, cfg, hub, final)
+        if tracking is not None:
+            tracking.record(loop.version, final)
+    finally:
+        if tracking is not None:
+            tracking.close()
     summary = None
     if hub is not None:
         if acc_after is not None:
@@ -109,10 +139,20 @@ def run_learner(
         summary = loop.summary(acc_before, acc_after)
         hub.stop()
         publisher.close()
+        reporter.finished(summary)
     if world > 1:
         torch.distributed.barrier()
     shutdown_distributed()
     return summary
+
+
+def _build_tracking(cfg: RunConfig, hub) -> Tracking:
+    lc = cfg.learner
+    dump = getattr(cfg, "model_dump", None)
+    config = dump(mode="json") if dump is not None else {}
+    trackers = make_trackers(lc.report_to, lc.output_dir, lc.wandb_project, config)
+    train = cfg.train
+    return Tracking(trackers, hub.metrics, train.steps, train.log_every, train.max_seconds, hub)
 
 
 def _build_hub(cfg: RunConfig, train_path: str, tokenizer):
