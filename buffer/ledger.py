@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from asyncrl.buffer.config import BufferConfig
 from asyncrl.buffer.gate import StalenessGate
@@ -42,6 +42,16 @@ class Denied:
     reason: str
 
 
+class Journal(Protocol):
+    """Where the ledger reports what happens to groups, for an audit (`learner.audit`)."""
+
+    def accepted(self, lease_id: str, version: int) -> None: ...
+
+    def dropped(self, lease_id: str, reason: str) -> None: ...
+
+    def trained(self, lease_ids: list[str], step: int) -> None: ...
+
+
 class Ledger:
     """Gate + leases + buffer + re-issue queue, moved together by events."""
 
@@ -56,6 +66,7 @@ class Ledger:
         # in flight for the gate until the group is accepted or rejected.
         self.scoring: dict[str, LeaseRecord] = {}
         self.consumed = 0
+        self.journal: Journal | None = None
 
     # ------------------------------------------------------------ read-only counters
     @property
@@ -158,6 +169,8 @@ class Ledger:
         """The scored group enters the buffer. Returns the groups evicted to make room."""
         del self.scoring[rec.lease_id]
         self.gate.on_accept()
+        if self.journal is not None:
+            self.journal.accepted(rec.lease_id, group.version)
         dropped = self.buffer.add(group)
         self._forget(dropped)
         return dropped
@@ -177,6 +190,8 @@ class Ledger:
         if taken is not None:
             # A reused group counted as consumed on its first use.
             self.consumed += sum(1 for g in taken if g.uses == 1)
+            if self.journal is not None:
+                self.journal.trained([g.lease_id for g in taken], learner_version)
         return taken, dropped
 
     # ------------------------------------------------------------ checkpoint
@@ -212,3 +227,6 @@ class Ledger:
         # Groups that left the buffer untrained free their capacity; a reused group was
         # already consumed once and keeps counting as accepted.
         self.gate.on_discard(sum(1 for d in dropped if d.group.uses == 0))
+        if self.journal is not None:
+            for d in dropped:
+                self.journal.dropped(d.group.lease_id, d.reason)

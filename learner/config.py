@@ -220,6 +220,12 @@ class LearnerConfig(StrictModel):
         "lower one is dropped as bad_logprobs (such values only come from corrupt engines or "
         "forged groups and would blow up importance ratios).",
     )
+    audit_log: bool = Field(
+        False,
+        description="Append every group's fate (accepted, dropped, trained) and each checkpoint "
+        "to output_dir/audit.jsonl, across crashes and resumes; `asyncrl audit DIR` checks that "
+        "no group was trained twice and none accepted was lost. One line per group.",
+    )
     report_to: list[Literal["jsonl", "tensorboard", "wandb"]] = Field(
         default_factory=lambda: ["jsonl"],
         description="Experiment trackers that receive every per-step statistic (rank 0): "

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from pathlib import Path
 from typing import Protocol
 
 import torch
@@ -85,6 +86,11 @@ def run_learner(
     if hub is not None:
         st = hub.stats()
         restored = {k: st[k] for k in ("accepted", "in_flight", "waiting", "consumed")}
+        if cfg.learner.audit_log:
+            from asyncrl.learner.audit import AuditLog
+
+            audit_path = Path(output_dir) / "audit.jsonl"
+            hub.attach_audit(AuditLog(audit_path, version if resume else None))
         # Serve only now: a lease issued before the checkpoint's gate counters and version
         # are restored would be counted against the wrong state.
         hub.start()
@@ -124,6 +130,8 @@ def run_learner(
         )
         loop.run()
         save_checkpoint(engine, hub, loop.version, output_dir)
+        if hub is not None:
+            hub.close_audit(finished=True)
         export_policy(engine, tokenizer, loop.version, output_dir)
         final: dict = {}
         acc_after = evaluate(engine, tokenizer, eval_rows, cfg, hub, final)

@@ -84,6 +84,7 @@ class Hub:
             housekeeping_every=min(0.25, cfg.buffer.heartbeat_seconds / 4),
         )
         self.staleness_seen_max = 0
+        self.audit = None  # learner.audit.AuditLog when learner.audit_log is on
         self.staleness_counts: Counter[int] = Counter()
         metrics.max_staleness.set(cfg.buffer.max_staleness)
 
@@ -185,7 +186,34 @@ class Hub:
         counters and prompts to re-issue, the waiting groups (spilled), and the
         prompt cursor."""
         with self.core.lock:
+            if self.audit is not None:
+                # The moment this checkpoint's state is taken; intake goes on meanwhile.
+                self.audit.snapshot(self.core.version)
             return {**self.core.ledger.state_dict(spill), "prompts": self.prompts.state_dict()}
+
+    # ---------------------------------------------------------------- audit (optional)
+    def attach_audit(self, audit) -> None:
+        """Report every group's fate to `audit` (a `learner.audit.AuditLog`) from now on."""
+        with self.core.lock:
+            self.audit = audit
+            self.core.ledger.journal = audit
+
+    def on_checkpoint_saved(self, version: int) -> None:
+        """Checkpoint `version` is complete on disk."""
+        if self.audit is not None:
+            with self.core.lock:
+                self.audit.checkpoint(version)
+
+    def close_audit(self, finished: bool) -> None:
+        """End the audit; after a normal finish, record which groups are still waiting."""
+        if self.audit is None:
+            return
+        with self.core.lock:
+            if finished:
+                self.audit.finished([g.lease_id for g in self.core.ledger.buffer.groups()])
+            self.core.ledger.journal = None
+            self.audit.close()
+            self.audit = None
 
     def load_state_dict(self, state: dict) -> None:
         with self.core.lock:
