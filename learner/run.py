@@ -99,6 +99,10 @@ def run_learner(
         cfg, engine, hub, publisher, tokenizer, eval_rows, ref_model, stop, version, acc_before
     )
     loop.run()
+    if hub is not None and not stop.is_set():
+        # The run reached its end (not a stop signal, whose learner is to be resumed):
+        # generators are told while the checkpoint and export are written.
+        hub.loop.finish(loop.version)
     save_checkpoint(engine, hub, loop.version, output_dir)
     export_policy(engine, tokenizer, loop.version, output_dir)
     acc_after = evaluate(engine, tokenizer, eval_rows, cfg)
