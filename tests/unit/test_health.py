@@ -40,3 +40,32 @@ def test_step_loop_stuck_while_a_batch_waits():
     assert check(w, 31.0, waiting=1, accepted=5, consumed=4)[0]
     assert check(w, 60.0, waiting=4, accepted=8, consumed=4)[0]  # 29 s since the take
     assert not check(w, 61.0, waiting=4, accepted=8, consumed=4)[0]
+
+
+class _Engine:
+    name, version, vocab_size = "stub", 3, 10
+
+    def __init__(self, ok: bool):
+        from asyncrl.generators.backends.base import Capabilities
+
+        self.capabilities = Capabilities()
+        self.ok = ok
+
+    def health(self):
+        return self.ok, "" if self.ok else "/health: connection refused"
+
+
+def test_generator_health_needs_the_learner_and_the_engine():
+    from asyncrl.generators.metrics import GeneratorMetrics
+    from asyncrl.generators.worker import GeneratorWorker
+
+    worker = GeneratorWorker(_Engine(False), "g0", "tcp://127.0.0.1:1", GeneratorMetrics())
+    worker.session.last_error = "no reply within 10.0s"
+    assert worker.healthy() == (
+        False,
+        "not connected to tcp://127.0.0.1:1: no reply within 10.0s",
+    )
+    worker.session.connected = True  # as after a welcome
+    assert worker.healthy() == (False, "engine unreachable: /health: connection refused")
+    worker.backend.ok = True
+    assert worker.healthy() == (True, "ok version=3")
