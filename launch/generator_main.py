@@ -22,8 +22,7 @@ def generator_main(cfg: AsyncRLConfig) -> int:
     from asyncrl.generators.run import HealthCheck, run_generator
     from asyncrl.generators.weights import keep_chunk_memory
     from asyncrl.launch.assets import resolve_data, resolve_device
-    from asyncrl.launch.learner_main import http_options
-    from asyncrl.launch.serve import ProcessMetrics, start_metrics_server
+    from asyncrl.launch.serve import ProcessMetrics, http_options, start_metrics_server
     from asyncrl.protocol.sockets import setup_socket_factory
 
     gen = cfg.generator

@@ -18,14 +18,9 @@ from typing import TextIO
 
 from asyncrl.launch.assets import resolve_data, resolve_device
 from asyncrl.launch.config import AsyncRLConfig
-from asyncrl.launch.serve import HttpOptions, ProcessMetrics, start_metrics_server
+from asyncrl.launch.serve import ProcessMetrics, http_options, start_metrics_server
 
 logger = logging.getLogger(__name__)
-
-
-def http_options(c) -> HttpOptions:
-    """The metrics server settings of a learner or generator config section."""
-    return HttpOptions(c.metrics_tls_certfile, c.metrics_tls_keyfile, c.metrics_auth_file)
 
 
 class EventReporter:

@@ -47,6 +47,13 @@ class HttpOptions:
     max_connections: int = 256
 
 
+def http_options(section) -> HttpOptions:
+    """The server settings of a learner or generator config section."""
+    return HttpOptions(
+        section.metrics_tls_certfile, section.metrics_tls_keyfile, section.metrics_auth_file
+    )
+
+
 class ProcessMetrics:
     """Series every role exposes about the process itself: whether its health check passes
     (sampled at each scrape) and whether its run finished normally (so alerting tells a
