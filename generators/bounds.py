@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from pathlib import Path, PurePosixPath
+from pathlib import Path, PurePath
 
 from asyncrl.generators.config import LearnerLimits
 from asyncrl.generators.metrics import GeneratorMetrics
@@ -94,17 +94,18 @@ class LearnerBounds:
         return True
 
     def path_ok(self, path: str) -> bool:
-        """A disk-transport directory: absolute, no `..`, under the configured weights dir."""
+        """A disk-transport directory: no `..`, and under the configured weights dir once
+        resolved (symlinks included; a relative path is taken from our working directory,
+        as the learner's is from its own)."""
         if not path:
             return False
         if self.weights_dir is None:
             return self.reject("path", f"{path!r}: no generator.limits.weights_dir configured")
-        p = PurePosixPath(path)
-        if not p.is_absolute() or ".." in p.parts:
-            return self.reject("path", f"{path!r}: not an absolute path without '..'")
+        if ".." in PurePath(path).parts:
+            return self.reject("path", f"{path!r}: contains '..'")
         try:
             resolved = Path(path).resolve()
-        except OSError as exc:
+        except (OSError, RuntimeError) as exc:  # RuntimeError: a symlink loop
             return self.reject("path", f"{path!r}: {exc}")
         if not resolved.is_relative_to(self.weights_dir):
             return self.reject("path", f"{path!r} is not under {self.weights_dir}")

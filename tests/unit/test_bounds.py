@@ -67,13 +67,15 @@ def test_an_oversize_chunk_drops_the_version():
     assert b.chunk_ok(WeightsChunk(1, 0, np.zeros(MAX_WEIGHT_CHUNK_BYTES, np.uint8)))
 
 
-def test_disk_paths_must_lie_under_the_weights_dir(tmp_path):
+def test_disk_paths_must_lie_under_the_weights_dir(tmp_path, monkeypatch):
     root = tmp_path / "weights"
     root.mkdir()
     (tmp_path / "outside").mkdir()
     (root / "link").symlink_to(tmp_path / "outside")
     b, metrics = bounds(str(root))
     assert b.path_ok(str(root / "v3"))
+    monkeypatch.chdir(tmp_path)
+    assert b.path_ok("weights/v3")  # relative to the working directory
     bad = [
         "relative/v3",
         f"{root}/../outside",
