@@ -11,11 +11,55 @@ from asyncrl.generators.backends.sglang import SGLangConfig
 from asyncrl.protocol.settings import StrictModel
 
 
+class LearnerLimits(StrictModel):
+    """What a generator accepts from its learner. The learner is trusted to train, not to size
+    this process's memory or choose its files: on a network without CURVE anyone can claim to
+    be it."""
+
+    max_model_bytes: int = Field(
+        0,
+        ge=0,
+        description="Largest weights blob accepted (announced size); 0 = this host's physical "
+        "memory.",
+    )
+    weights_dir: str = Field(
+        "",
+        description="Disk transport: announced version directories must lie under this "
+        "directory (no `..`). Empty: learner.weights.dir of the same config when the disk "
+        "transport is configured, else disk paths are refused (chunks are fetched instead).",
+    )
+    max_group_size: int = Field(1024, ge=1, description="Largest lease group size accepted.")
+    max_new_tokens: int = Field(
+        131072, ge=1, description="Largest max_new_tokens accepted in a lease."
+    )
+    max_prompt_tokens: int = Field(
+        1 << 20, ge=1, description="Longest prompt (tokens) accepted in a lease."
+    )
+
+
 class GeneratorConfig(StrictModel):
     """The `generator` section: one generator process, its backend and its learner."""
 
     metrics_host: str = Field(
-        "0.0.0.0", description="Interface the /metrics endpoint binds (127.0.0.1 to keep it local)."
+        "127.0.0.1",
+        description="Interface /metrics and /healthz bind (0.0.0.0 to scrape from another host; "
+        "then consider metrics_auth_file and TLS).",
+    )
+    metrics_tls_certfile: str = Field(
+        "", description="PEM certificate: serve /metrics and /healthz over HTTPS (with keyfile)."
+    )
+    metrics_tls_keyfile: str = Field("", description="PEM private key of metrics_tls_certfile.")
+    metrics_auth_file: str = Field(
+        "",
+        description="File holding one line `user:password`: /metrics and /healthz then "
+        "require HTTP basic auth. Empty: none.",
+    )
+    metrics_linger_seconds: float = Field(
+        30.0,
+        ge=0,
+        description="After the learner announced the run finished, keep serving /metrics this "
+        "long (asyncrl_run_finished = 1) before exiting 0; at least one scrape interval. "
+        "SIGTERM ends it early.",
     )
     backend: Literal["hf", "sglang"] = Field("hf", description="Inference engine.")
     sglang: SGLangConfig = Field(
@@ -50,4 +94,9 @@ class GeneratorConfig(StrictModel):
         description="Ask for the next lease while generating the current group, so the round "
         "trip to the learner is hidden. Skipped while a group takes more than a quarter of the "
         "lease duration (a prefetched lease is not heartbeated until it is read).",
+    )
+    limits: LearnerLimits = Field(
+        default_factory=LearnerLimits,
+        description="Bounds on what the learner sends (sizes, paths, group sizes): a message "
+        "past them is dropped and counted, never acted on.",
     )

@@ -4,6 +4,18 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+# Why a message from the learner was dropped (`generators/bounds.py`).
+REJECT_REASONS = (
+    "welcome",
+    "weights_size",
+    "chunks",
+    "chunk_bytes",
+    "path",
+    "group_size",
+    "max_new_tokens",
+    "prompt_length",
+)
+
 
 class GeneratorMetrics:
     """All generator-side series, created on `registry`."""
@@ -47,3 +59,11 @@ class GeneratorMetrics:
             "Weight fetches that failed verification or went missing.",
             registry=r,
         )
+        self.rejected = Counter(
+            "asyncrl_generator_rejected_messages",
+            "Messages from the learner dropped for exceeding this generator's limits.",
+            ["reason"],
+            registry=r,
+        )
+        for reason in REJECT_REASONS:
+            self.rejected.labels(reason=reason)

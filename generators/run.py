@@ -43,10 +43,13 @@ def run_generator(
     metrics: GeneratorMetrics,
     stop: threading.Event,
     ready: Callable[[str, HealthCheck], None],
-) -> int:
-    """Generate for the learner at `config.learner` until `stop` is set. `ready(generator_id,
-    health)` is called once the backend is up, before the loop starts: the caller serves
-    `metrics` and the health check from then on."""
+    weights_dir: str = "",
+) -> bool:
+    """Generate for the learner at `config.learner` until `stop` is set or the learner
+    announces that its run finished; returns whether it did. `ready(generator_id, health)` is
+    called once the backend is up, before the loop starts: the caller serves `metrics` and the
+    health check from then on. `weights_dir`: where disk-transport versions may lie when
+    `config.limits.weights_dir` is empty."""
     generator_id = config.generator_id or default_generator_id()
     seed = config.seed * 1_000_003 + sum(map(ord, generator_id))
     backend = build_backend(config, model_path, device, dtype, seed)
@@ -61,10 +64,12 @@ def run_generator(
         inflight_check_tokens=config.inflight_check_tokens,
         prefetch_lease=config.prefetch_lease,
         stop=stop,
+        limits=config.limits,
+        weights_dir=config.limits.weights_dir or weights_dir,
     )
     ready(generator_id, worker.healthy)
     try:
         worker.run()
     finally:
         backend.close()
-    return 0
+    return worker.finished is not None

@@ -21,6 +21,7 @@ import zmq
 from asyncrl.generators.backends.base import Backend
 from asyncrl.protocol.codec import ProtocolError
 from asyncrl.protocol.messages import (
+    Finished,
     Heartbeat,
     Hello,
     Lease,
@@ -47,6 +48,14 @@ class Stopping(Exception):
 
 class LearnerGone(RuntimeError):
     """No reply from the learner within the reconnect timeout."""
+
+
+class RunFinished(Exception):
+    """The learner announced that its run finished (`Finished`): nothing more to do."""
+
+    def __init__(self, version: int):
+        super().__init__(f"the learner finished its run at version {version}")
+        self.version = version
 
 
 class Session:
@@ -186,6 +195,8 @@ class Session:
             except ProtocolError as exc:
                 logger.warning("malformed announcement dropped: %s", exc)
                 continue
+            if isinstance(msg, Finished):
+                raise RunFinished(msg.version)
             if isinstance(msg, WeightsAnnouncement):
                 yield msg
 
@@ -219,6 +230,8 @@ class Session:
                     raise Stopping()
                 continue
             _, reply = recv(self.control)
+            if isinstance(reply, Finished):
+                raise RunFinished(reply.version)
             deadline = time.time() + self.reconnect_seconds
             is_lease = isinstance(reply, (Lease, LeaseDenied))
             if is_lease and self._prefetching and self._early is None:

@@ -13,6 +13,8 @@ import logging
 import time
 
 from asyncrl.generators.backends.base import Backend
+from asyncrl.generators.bounds import LearnerBounds
+from asyncrl.generators.config import LearnerLimits
 from asyncrl.generators.fetchers.base import Fetched, WeightFetcher
 from asyncrl.generators.fetchers.disk import DiskFetcher
 from asyncrl.generators.fetchers.nccl import NcclFetcher
@@ -28,8 +30,14 @@ class WeightUpdates:
     """The newest version announced and not yet loaded (`pending`), and how to load it."""
 
     def __init__(
-        self, backend: Backend, session: Session, metrics: GeneratorMetrics, fetch_window: int
+        self,
+        backend: Backend,
+        session: Session,
+        metrics: GeneratorMetrics,
+        fetch_window: int,
+        bounds: LearnerBounds | None = None,
     ):
+        self.bounds = bounds or LearnerBounds(LearnerLimits(), metrics)
         self.backend = backend
         self.session = session
         self.metrics = metrics
@@ -41,10 +49,10 @@ class WeightUpdates:
         # Every transport this backend can use, in order of preference; each connection
         # keeps those its learner offers. The chunk fetcher outlives connections: it keeps
         # the previous blob's buffer for the next version.
-        self._transports: list[WeightFetcher] = [DiskFetcher(backend, metrics)]
+        self._transports: list[WeightFetcher] = [DiskFetcher(backend, metrics, self.bounds)]
         if backend.capabilities.distributed_groups:
             self._transports.append(NcclFetcher(session, backend, metrics))
-        self._transports.append(ChunkFetcher(session, backend, metrics, fetch_window))
+        self._transports.append(ChunkFetcher(session, backend, metrics, fetch_window, self.bounds))
         self._fetchers: list[WeightFetcher] = []
 
     def connected(self, welcome: Welcome) -> None:
@@ -57,12 +65,14 @@ class WeightUpdates:
         resumed from a checkpoint may be behind the weights we hold, and its version is the
         truth (rollouts tagged with a future version are invalid)."""
         if welcome.weights_version >= 0 and welcome.weights_version != self.backend.version:
-            self.pending = announcement_of(welcome)
+            ann = announcement_of(welcome)
+            if self.bounds.announcement_ok(ann):
+                self.pending = ann
 
     def drain(self) -> None:
         """Take the announcements received so far: the newest newer version is pending."""
         for msg in self.session.announcements():
-            if msg.version <= self.backend.version:
+            if msg.version <= self.backend.version or not self.bounds.announcement_ok(msg):
                 continue
             p = self.pending
             # A streamed version is announced twice: as it starts, then complete.

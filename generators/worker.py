@@ -3,7 +3,9 @@
 One process drives one backend. The session with the learner (`session.py`) is rebuilt with
 backoff whenever the learner goes silent, so a learner restart needs nothing from the
 operator; weights come through `updates.py`. On stop the current group is finished and
-pushed, a prefetched lease is handed back, then `run` returns.
+pushed, a prefetched lease is handed back, then `run` returns; it also returns, with
+`finished` set, once the learner announces that its run finished. What the learner sends is
+checked against this generator's limits first (`bounds.py`).
 """
 
 from __future__ import annotations
@@ -17,8 +19,10 @@ from typing import Literal
 import numpy as np
 
 from asyncrl.generators.backends.base import Backend, InflightMode
+from asyncrl.generators.bounds import LearnerBounds
+from asyncrl.generators.config import LearnerLimits
 from asyncrl.generators.metrics import GeneratorMetrics
-from asyncrl.generators.session import LearnerGone, Session, Stopping
+from asyncrl.generators.session import LearnerGone, RunFinished, Session, Stopping
 from asyncrl.generators.updates import WeightUpdates
 from asyncrl.generators.weights import FETCH_WINDOW
 from asyncrl.protocol.messages import Lease, LeaseDenied, RolloutGroup, Welcome
@@ -46,15 +50,19 @@ class GeneratorWorker:
         inflight_check_tokens: int = 8,
         prefetch_lease: bool = True,
         stop: threading.Event | None = None,
+        limits: LearnerLimits | None = None,
+        weights_dir: str = "",
     ):
         self.backend = backend
+        self.bounds = LearnerBounds(limits or LearnerLimits(), metrics, weights_dir)
+        self.finished: int | None = None  # the version the learner finished at, once told
         self.metrics = metrics
         self.prefetch_lease = prefetch_lease
         self.stop = stop if stop is not None else threading.Event()
         self.session = Session(
             backend, generator_id, learner, factory or SocketFactory(), reconnect_seconds, self.stop
         )
-        self.weights = WeightUpdates(backend, self.session, metrics, fetch_window)
+        self.weights = WeightUpdates(backend, self.session, metrics, fetch_window, self.bounds)
         self._last_generate = 0.0
         self._activity = Activity()
         if inflight_updates != "off" and backend.capabilities.inflight_loads:
@@ -67,20 +75,36 @@ class GeneratorWorker:
         return self.session.connected
 
     def healthy(self) -> tuple[bool, str]:
+        """For /healthz: the learner answers and the engine does."""
+        if self.finished is not None:
+            return True, f"finished: the learner's run ended at version {self.finished}"
         if not self.session.connected:
             return False, f"not connected to {self.session.learner}: {self.session.last_error}"
+        engine_ok, why = self.backend.health()
+        if not engine_ok:
+            return False, f"engine unreachable: {why}"
         return True, f"ok version={self.backend.version}"
 
     def run(self) -> None:
         backoff = 0.5
         while not self.stop.is_set():
             try:
-                self.weights.connected(self.session.connect())
+                welcome = self.session.connect()
+                if not self.bounds.welcome_ok(welcome):
+                    raise LearnerGone("its welcome is outside this generator's limits")
+                self.weights.connected(welcome)
                 backoff = 0.5
                 self._serve()
             except Stopping:
                 break
+            except RunFinished as fin:
+                self._finish(fin)
+                break
             except LearnerGone as exc:
+                fin = self._told_finished()
+                if fin is not None:
+                    self._finish(fin)
+                    break
                 self.session.last_error = str(exc)
                 logger.warning("learner unreachable (%s); reconnecting in %.1fs", exc, backoff)
                 self.metrics.reconnects.inc()
@@ -91,6 +115,21 @@ class GeneratorWorker:
                 backoff = min(backoff * 2, 10.0)
         self._summarise(force=True)
 
+    def _finish(self, fin: RunFinished) -> None:
+        self.finished = fin.version
+        logger.info("%s; exiting", fin)
+
+    def _told_finished(self) -> RunFinished | None:
+        """The learner went silent: had it announced the end of its run first? (It exits
+        soon after; the announcement may wait, unread, in our subscription.)"""
+        if not self.session.connected:
+            return None
+        try:
+            self.weights.drain()
+        except RunFinished as fin:
+            return fin
+        return None
+
     def _serve(self) -> None:
         while not self.stop.is_set():
             self._summarise()
@@ -98,6 +137,10 @@ class GeneratorWorker:
             self.weights.update()
             reply = self.session.next_lease()
             if isinstance(reply, Lease):
+                if not self.bounds.lease_ok(reply):
+                    # Not generated: the learner re-issues it once it expires.
+                    self.stop.wait(1.0)
+                    continue
                 self._prefetch()
                 self._work(reply)
             elif isinstance(reply, LeaseDenied):

@@ -3,7 +3,9 @@
 Installs the signal handlers (SIGTERM/SIGINT stop the run after the current step; a
 checkpoint is saved on the way out), resolves the device and the model and data paths (the
 embedded tiny task is built here, rank 0 first), serves `/metrics` and `/healthz` from the
-hub, and writes the JSON events the launcher reads. Heavy imports happen inside `run`.
+hub, and writes the JSON events the launcher reads. After a normal finish `/metrics` is served
+`learner.metrics_linger_seconds` longer with `asyncrl_run_finished` 1, so Prometheus sees a
+finish rather than a crash. Heavy imports happen inside `run`.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from typing import TextIO
 
 from asyncrl.launch.assets import resolve_data, resolve_device
 from asyncrl.launch.config import AsyncRLConfig
-from asyncrl.launch.serve import start_metrics_server
+from asyncrl.launch.serve import ProcessMetrics, http_options, start_metrics_server
 
 logger = logging.getLogger(__name__)
 
@@ -29,13 +31,37 @@ class EventReporter:
         self.cfg = cfg
         self.events = events
         self.metrics_url = ""
+        self.process: ProcessMetrics | None = None
+        self.finished = False
         self._http = None
+        self._hub = None
 
     def serve(self, hub) -> None:
         lc = self.cfg.learner
+        self._hub = hub
+        self.process = ProcessMetrics(hub.metrics.registry)
+        self.process.healthy.set_function(lambda: float(self.health()[0]))
         self.metrics_url, self._http = start_metrics_server(
-            lc.bind_host, lc.metrics_port, hub.metrics.registry, hub.healthy
+            lc.metrics_host, lc.metrics_port, hub.metrics.registry, self.health, http_options(lc)
         )
+
+    def health(self) -> tuple[bool, str]:
+        if self.finished:
+            return True, "finished"  # the hub has stopped, as it should
+        return self._hub.healthy()
+
+    def finish(self, stop: threading.Event) -> None:
+        """The run ended normally: say so on /metrics for the linger period (SIGTERM ends it)."""
+        if self.process is None:
+            return
+        self.finished = True
+        self.process.run_finished.set(1)
+        linger = self.cfg.learner.metrics_linger_seconds
+        if linger > 0:
+            logger.info(
+                "run finished; serving /metrics %.0fs more (metrics_linger_seconds)", linger
+            )
+            stop.wait(linger)
 
     def ready(self, event: dict) -> None:
         # The field order of the event as it always was: event, endpoints, metrics, the rest.
@@ -75,7 +101,8 @@ def run(cfg: AsyncRLConfig, resume: bool, events: TextIO) -> dict | None:
     device = resolve_device(cfg.model.device)
     init_distributed(device)
     data = rank_zero_first(lambda: resolve_data(cfg))
-    return run_learner(
+    reporter = EventReporter(cfg, events)
+    summary = run_learner(
         cfg,
         data.model_path,
         data.train_path,
@@ -83,5 +110,8 @@ def run(cfg: AsyncRLConfig, resume: bool, events: TextIO) -> dict | None:
         device,
         stop,
         resume,
-        EventReporter(cfg, events),
+        reporter,
     )
+    if summary is not None and not stop.is_set():
+        reporter.finish(stop)
+    return summary

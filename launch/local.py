@@ -3,14 +3,21 @@
 The processes are the same commands an operator would start on separate hosts; this module
 only picks free ports, starts them, relays their progress, and prints two machine-readable JSON
 lines on stdout: `started` once every process is up and `summary` at the end.
+
+Metrics ports set in the config (file or override) are honoured, so a Prometheus scrape config
+can name them: the learner's as given, generator k's `generator.metrics_port + k`. Unset (or
+0), each process gets a free port, and then nothing can be scraping it, so the processes do not
+linger after the finish (`metrics_linger_seconds`).
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import os
 import signal
+import ssl
 import subprocess
 import sys
 import threading
@@ -38,12 +45,46 @@ def _cmd(role: str, config_path: Path, log_level: str, extra: list[str]) -> list
     ]
 
 
-def _healthy(url: str) -> bool:
+def _healthy(url: str, auth_file: str = "") -> bool:
+    request = urllib.request.Request(url.replace("/metrics", "/healthz"))
+    if auth_file:
+        token = base64.b64encode(Path(auth_file).read_text().strip().encode()).decode()
+        request.add_header("Authorization", f"Basic {token}")
+    # Our own child on this machine: its certificate may name another host.
+    ctx = None
+    if url.startswith("https"):
+        ctx = ssl.create_default_context()
+        ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
     try:
-        with urllib.request.urlopen(url.replace("/metrics", "/healthz"), timeout=1) as r:
+        with urllib.request.urlopen(request, timeout=1, context=ctx) as r:
             return r.status == 200
     except OSError:
         return False
+
+
+def _metrics_url(host: str, port: int, tls: bool) -> str:
+    shown = "127.0.0.1" if host in ("0.0.0.0", "", "::") else host
+    return f"{'https' if tls else 'http'}://{shown}:{port}/metrics"
+
+
+def _configured_port(section, field: str = "metrics_port") -> int:
+    """The port set in the config (file or override), or 0 when left to its default."""
+    return getattr(section, field) if field in section.model_fields_set else 0
+
+
+def plan_metrics(cfg: AsyncRLConfig, n: int) -> tuple[int, list[int], float, float]:
+    """(learner port, generator ports, learner linger, generator linger) for a local run:
+    configured ports kept (generator k: the configured port + k), the others free; a process
+    on a port picked here cannot be scraped by anyone, so it does not linger."""
+    learner = _configured_port(cfg.learner)
+    gen = _configured_port(cfg.generator)
+    gen_ports = [gen + k for k in range(n)] if gen else [free_port() for _ in range(n)]
+    return (
+        learner or free_port(),
+        gen_ports,
+        cfg.learner.metrics_linger_seconds if learner else 0.0,
+        cfg.generator.metrics_linger_seconds if gen else 0.0,
+    )
 
 
 def run_local(cfg: AsyncRLConfig, log_level: str = "INFO") -> int:
@@ -66,18 +107,21 @@ def run_local(cfg: AsyncRLConfig, log_level: str = "INFO") -> int:
         learner_threads = len(learner_cpus)
     else:
         learner_threads = threads
-    # The configured ports are for fleets; on one machine any free loopback port will do and
-    # two local runs never clash.
+    # The ZeroMQ ports are for fleets; on one machine any free loopback port will do and two
+    # local runs never clash. Metrics ports are what a scrape config names: kept when set.
+    learner_port, gen_ports, learner_linger, gen_linger = plan_metrics(cfg, n)
     lc = cfg.learner.model_copy(
         update={
             "bind_host": "127.0.0.1",
             "control_port": free_port(),
             "rollouts_port": free_port(),
             "weights_port": free_port(),
-            "metrics_port": free_port(),
+            "metrics_port": learner_port,
+            "metrics_linger_seconds": learner_linger,
         }
     )
-    run_cfg = cfg.model_copy(update={"learner": lc})
+    gc = cfg.generator.model_copy(update={"metrics_linger_seconds": gen_linger})
+    run_cfg = cfg.model_copy(update={"learner": lc, "generator": gc})
     if not run_cfg.train.threads:
         run_cfg = run_cfg.model_copy(
             update={"train": run_cfg.train.model_copy(update={"threads": learner_threads})}
@@ -87,7 +131,7 @@ def run_local(cfg: AsyncRLConfig, log_level: str = "INFO") -> int:
     summary_path = out_dir / "summary.json"
     summary_path.unlink(missing_ok=True)
 
-    learner_url = f"http://127.0.0.1:{lc.metrics_port}/metrics"
+    learner_url = _metrics_url(lc.metrics_host, lc.metrics_port, bool(lc.metrics_tls_certfile))
     # The children are a fresh single-rank world: rendezvous variables inherited from a
     # caller that initialised torch.distributed itself (e.g. `asyncrl bench`) would make the
     # learner bind a port its parent holds.
@@ -108,12 +152,13 @@ def run_local(cfg: AsyncRLConfig, log_level: str = "INFO") -> int:
     procs.append(learner)
     gen_urls = {}
     for k in range(n):
-        port = free_port()
-        gen_urls[f"generator-{k}"] = f"http://127.0.0.1:{port}/metrics"
+        port = gen_ports[k]
+        gen_urls[f"generator-{k}"] = _metrics_url(
+            gc.metrics_host, port, bool(gc.metrics_tls_certfile)
+        )
         extra = [
             f"generator.generator_id=generator-{k}",
             f"generator.metrics_port={port}",
-            "generator.metrics_host=127.0.0.1",
             f"generator.learner=tcp://127.0.0.1:{lc.control_port}",
             f"generator.threads={run_cfg.generator.threads or threads}",
             f"generator.seed={run_cfg.generator.seed + k}",
@@ -160,7 +205,7 @@ def run_local(cfg: AsyncRLConfig, log_level: str = "INFO") -> int:
                 logger.error("learner exited with %s before it was ready", learner.returncode)
                 return 1
         deadline = time.time() + 300
-        while not all(_healthy(u) for u in gen_urls.values()):
+        while not all(_healthy(u, gc.metrics_auth_file) for u in gen_urls.values()):
             dead = [p for p in procs[1:] if p.poll() is not None]
             if dead or time.time() > deadline:
                 logger.error("a generator did not come up")

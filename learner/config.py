@@ -204,6 +204,35 @@ class LearnerConfig(StrictModel):
     metrics_port: int = Field(
         9400, ge=0, le=65535, description="Prometheus /metrics port; 0 = any free port."
     )
+    metrics_host: str = Field(
+        "127.0.0.1",
+        description="Interface /metrics and /healthz bind, independent of bind_host (0.0.0.0 "
+        "to scrape from another host; then consider metrics_auth_file and TLS).",
+    )
+    metrics_tls_certfile: str = Field(
+        "", description="PEM certificate: serve /metrics and /healthz over HTTPS (with keyfile)."
+    )
+    metrics_tls_keyfile: str = Field("", description="PEM private key of metrics_tls_certfile.")
+    metrics_auth_file: str = Field(
+        "",
+        description="File holding one line `user:password`: /metrics and /healthz then "
+        "require HTTP basic auth (Prometheus: basic_auth in the scrape config). Empty: none.",
+    )
+    metrics_linger_seconds: float = Field(
+        30.0,
+        ge=0,
+        description="After a normal finish, keep serving /metrics this long (asyncrl_run_finished "
+        "= 1) so Prometheus scrapes it and the down alerts stay quiet; at least one scrape "
+        "interval. SIGTERM ends it early.",
+    )
+    health_stall_seconds: float = Field(
+        600.0,
+        gt=0,
+        description="/healthz answers 503 when no group was accepted for this long while "
+        "generators are connected and the trainer waits for groups, or no step was taken for "
+        "this long while a batch's worth of groups waits. Above the longest evaluation or "
+        "checkpoint save.",
+    )
     output_dir: str = Field("runs/latest", description="Where summaries and checkpoints go.")
     weight_chunk_bytes: int = Field(
         4 << 20,

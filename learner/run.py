@@ -129,6 +129,10 @@ def run_learner(
             reporter=tracking,
         )
         loop.run()
+        if hub is not None and not stop.is_set():
+            # The run reached its end (not a stop signal, whose learner is to be resumed):
+            # generators are told while the checkpoint and export are written.
+            hub.loop.finish(loop.version)
         save_checkpoint(engine, hub, loop.version, output_dir)
         if hub is not None:
             hub.close_audit(finished=True)

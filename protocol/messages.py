@@ -328,3 +328,12 @@ class NcclPlan(Message):
             out.append((self.names[t : t + c], self.dtypes[t : t + c], shapes[t : t + c]))
             t += c
         return out
+
+
+@message("finished")
+class Finished(Message):
+    """The learner's run reached its end normally (not a crash or a stop signal): published
+    on the weights socket until the learner exits. Generators exit 0 on it; a learner that
+    is gone without saying this is to be reconnected to."""
+
+    version: int

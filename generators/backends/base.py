@@ -59,6 +59,11 @@ class Backend(Protocol):
         reuses `blob` for the next version, so nothing may keep a view of it."""
         ...
 
+    def health(self) -> tuple[bool, str]:
+        """Whether the engine answers (for /healthz; called from the metrics server's
+        threads, so quick and bounded), and why not."""
+        ...
+
     def close(self) -> None: ...
 
 

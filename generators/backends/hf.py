@@ -175,5 +175,8 @@ class HFBackend:
         load_into_model(self.model, verify_and_decode(blob, digest))
         self.version = version
 
+    def health(self) -> tuple[bool, str]:
+        return True, "in-process"  # the engine is this process: it answers if we do
+
     def close(self) -> None:
         pass

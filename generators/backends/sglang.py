@@ -313,6 +313,15 @@ class SGLangBackend:
                 self._post("/end_weight_update", {})
         self.version = version
 
+    def health(self) -> tuple[bool, str]:
+        if self.process is not None and self.process.poll() is not None:
+            return False, f"the SGLang server exited with code {self.process.returncode}"
+        try:
+            self._get("/health", timeout=2)
+        except SGLangError as exc:
+            return False, str(exc)
+        return True, self.url
+
     def close(self) -> None:
         if self.process is not None and self.process.poll() is None:
             self.process.terminate()

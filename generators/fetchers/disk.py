@@ -1,6 +1,7 @@
 """The disk transport: the learner wrote the version as a directory on shared storage
 (`asyncrl.protocol.blob.write_version_dir`) and announced its path. Declined (chunks are
-fetched instead) when the path is not visible on this host or the load fails."""
+fetched instead) when the path is not visible on this host, lies outside the generator's
+configured weights directory (`generator.limits.weights_dir`), or the load fails."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import logging
 from pathlib import Path
 
 from asyncrl.generators.backends.base import Backend
+from asyncrl.generators.bounds import LearnerBounds
 from asyncrl.generators.fetchers.base import Fetched, WeightFetcher
 from asyncrl.generators.metrics import GeneratorMetrics
 from asyncrl.generators.weights import WeightsError
@@ -24,13 +26,16 @@ class DiskFetcher(WeightFetcher):
 
     how = "from disk"
 
-    def __init__(self, backend: Backend, metrics: GeneratorMetrics):
+    def __init__(self, backend: Backend, metrics: GeneratorMetrics, bounds: LearnerBounds):
         self.backend = backend
         self.metrics = metrics
+        self.bounds = bounds
 
     def fetch(self, ann: WeightsAnnouncement) -> Fetched:
+        if not ann.path or not self.bounds.path_ok(ann.path):
+            return Fetched.DECLINED
         file = Path(ann.path) / WEIGHTS_FILE
-        if not ann.path or not file.exists():
+        if not file.exists():
             return Fetched.DECLINED
         try:
             blob = file.read_bytes()

@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 
 from asyncrl.generators.backends.base import Backend
+from asyncrl.generators.bounds import LearnerBounds
 from asyncrl.generators.fetchers.base import Fetched, WeightFetcher
 from asyncrl.generators.metrics import GeneratorMetrics
 from asyncrl.generators.session import LearnerGone, Session, Stopping
@@ -26,7 +27,9 @@ class ChunkFetcher(WeightFetcher):
         backend: Backend,
         metrics: GeneratorMetrics,
         window: int = FETCH_WINDOW,
+        bounds: LearnerBounds | None = None,
     ):
+        self.bounds = bounds
         self.session = session
         self.backend = backend
         self.metrics = metrics
@@ -54,6 +57,8 @@ class ChunkFetcher(WeightFetcher):
                     self.session.drain_replies(outstanding)
                     self.metrics.weight_errors.inc()
                     return Fetched.DROPPED
+                if self.bounds is not None and not self.bounds.chunk_ok(msg):
+                    raise WeightsError(f"chunk {msg.index} is larger than any chunk we accept")
                 if not 0 <= msg.index < ann.chunks:
                     raise WeightsError(f"chunk index {msg.index} outside 0..{ann.chunks - 1}")
                 if msg.digest:

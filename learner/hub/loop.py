@@ -31,6 +31,7 @@ from asyncrl.learner.hub.serving import WeightServing
 from asyncrl.learner.metrics import LearnerMetrics
 from asyncrl.protocol.codec import ProtocolError
 from asyncrl.protocol.messages import (
+    Finished,
     Heartbeat,
     Hello,
     LeaseRequest,
@@ -44,6 +45,9 @@ from asyncrl.protocol.sockets import ReceiveLimits, SocketFactory, recv_from, se
 
 logger = logging.getLogger(__name__)
 
+# A finished run is announced this often until the hub stops: PUB drops what a subscriber
+# that is (re)connecting misses.
+FINISHED_EVERY = 0.25
 # Messages handled per socket per turn, so one busy socket cannot starve the others.
 CONTROL_BATCH = 256
 ROLLOUT_BATCH = 64
@@ -94,6 +98,7 @@ class SocketLoop:
         self._sockets: list = []  # closed by `stop`
         self._wake_lock = threading.Lock()
         self.failure = ""  # why the loop thread ended, if it ended by an error
+        self.finished: Finished | None = None  # set once the run reached its end
 
     def bind(self, host: str, control: int, rollouts: int, weights: int) -> None:
         """Bind the sockets (port 0: any free port); `endpoints` then says where."""
@@ -157,6 +162,12 @@ class SocketLoop:
         for s in self._sockets:
             s.close(linger=0)
 
+    def finish(self, version: int) -> None:
+        """The run ended normally: from now on tell generators so (published, and the reply
+        to their hellos and lease requests), so they exit instead of reconnecting forever."""
+        self.finished = Finished(version)
+        self.wake()
+
     def wake(self) -> None:
         """Called from any thread: run a turn of the loop now."""
         with self._wake_lock:  # the PUSH end is shared by publishing threads
@@ -172,7 +183,7 @@ class SocketLoop:
         poller.register(self._wake_rx, zmq.POLLIN)
         for mon in self._monitors:
             poller.register(mon, zmq.POLLIN)
-        next_housekeeping = 0.0
+        next_housekeeping = next_finished = 0.0
         while not self._stop.is_set():
             # Held chunk requests are answered within a millisecond of their chunk's writing
             # (about the time a 4 MiB chunk takes to copy).
@@ -197,6 +208,9 @@ class SocketLoop:
             if ann is not None:
                 send(self.pub, ann)
             now = time.time()
+            if self.finished is not None and now >= next_finished:
+                send(self.pub, self.finished)
+                next_finished = now + FINISHED_EVERY
             if now >= next_housekeeping:
                 self._guarded(functools.partial(self.housekeeping, now))
                 next_housekeeping = now + self.housekeeping_every
@@ -244,7 +258,9 @@ class SocketLoop:
         if isinstance(msg, WeightsRequest):
             self.serving.serve(self.control, prefix, msg)
             return True
-        if isinstance(msg, (NcclJoin, NcclPull)):
+        if self.finished is not None and isinstance(msg, (Hello, LeaseRequest)):
+            reply = self.finished  # no new work, and a reconnecting generator learns why
+        elif isinstance(msg, (NcclJoin, NcclPull)):
             reply = self.serving.on_nccl(msg, prefix[0])
         else:
             reply = self.on_control(msg, time.time(), Sender(prefix[0], key))

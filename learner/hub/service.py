@@ -20,6 +20,7 @@ from asyncrl.learner.data import PromptSource
 from asyncrl.learner.hub.core import HubCore, logger
 from asyncrl.learner.hub.generators import Generators
 from asyncrl.learner.hub.groups import spill, unspill
+from asyncrl.learner.hub.health import HealthWatch
 from asyncrl.learner.hub.intake import Intake
 from asyncrl.learner.hub.loop import SocketLoop
 from asyncrl.learner.hub.peers import Peer, Peers, Sender
@@ -115,11 +116,24 @@ class Hub:
         self.serving.close()
 
     def healthy(self) -> tuple[bool, str]:
+        """For /healthz: the socket loop runs, intake and the step loop make progress
+        (`health.HealthWatch`, created at the first look)."""
         if not self.loop.alive():
             return False, f"hub thread not running: {self.loop.failure or 'stopped'}"
         with self.core.lock:
-            n = len(self.generators.connected)
-            return True, f"ok version={self.core.version} generators={n}"
+            watch = self.__dict__.get("_health_watch")
+            if watch is None:
+                watch = self._health_watch = HealthWatch(self.cfg.learner.health_stall_seconds)
+            n, led = len(self.generators.connected), self.core.ledger
+            ok, why = watch.check(
+                time.monotonic(),
+                connected=n,
+                accepted=led.accepted,
+                consumed=led.consumed,
+                waiting=led.waiting,
+                batch=self.cfg.train.groups_per_step,
+            )
+            return ok, why or f"ok version={self.core.version} generators={n}"
 
     # ---------------------------------------------------------------- trainer API
     def wait_for_groups(self, n: int, stop: threading.Event) -> list[BufferedGroup] | None:

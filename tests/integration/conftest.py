@@ -43,6 +43,9 @@ def small_overrides(tiny_cache, tmp_path) -> list[str]:
         "train.log_every=1",
         "train.groups_per_step=4",
         "sampling.group_size=4",
+        # Nothing scrapes a test run after it finished: exit at once (test_finish lingers).
+        "learner.metrics_linger_seconds=0",
+        "generator.metrics_linger_seconds=0",
     ]
 
 

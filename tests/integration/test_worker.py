@@ -16,12 +16,14 @@ import torch
 import zmq
 
 from asyncrl.generators.backends.base import Capabilities, Sample
+from asyncrl.generators.config import LearnerLimits
 from asyncrl.generators.metrics import GeneratorMetrics
 from asyncrl.generators.weights import verify_and_decode
 from asyncrl.generators.worker import GeneratorWorker
 from asyncrl.learner.weights import WeightsStore, serialize_named_tensors
 from asyncrl.protocol.messages import (
     Ack,
+    Finished,
     Heartbeat,
     Hello,
     Lease,
@@ -172,6 +174,9 @@ class StubBackend:
         tensors = verify_and_decode(blob, digest)
         self.loaded.append((version, float(tensors["w"][0])))
         self.version = version
+
+    def health(self) -> tuple[bool, str]:
+        return True, "stub"
 
     def close(self) -> None:
         pass
@@ -375,3 +380,63 @@ def test_a_hello_denial_says_hello_again_and_heartbeats_name_the_session():
     # 0.6 s generation, the lease.
     assert learner.heartbeats and {h.session for h in learner.heartbeats} == {"token-1"}
     assert [f"{1:032x}"] in [h.lease_ids for h in learner.heartbeats]
+
+
+def test_a_published_finish_ends_the_loop_without_reconnecting():
+    learner, backend = ScriptedLearner(leases=1), StubBackend()
+    metrics = GeneratorMetrics()
+    worker = GeneratorWorker(backend, "g0", learner.address, metrics, reconnect_seconds=5)
+    th = _run(worker)
+    try:
+        _until(lambda: learner.pushed == [1])  # then denied: the worker waits on announcements
+        assert worker.healthy() == (True, "ok version=0")
+        learner._announce.append(Finished(1))
+        th.join(10)
+        assert not th.is_alive() and worker.finished == 1
+        assert worker.healthy() == (True, "finished: the learner's run ended at version 1")
+    finally:
+        learner.close()
+    assert metrics.reconnects._value.get() == 0
+
+
+def test_a_finish_read_only_after_the_learner_went_silent_still_ends_the_loop():
+    # Announced while the group was being generated, then the learner exited: the group
+    # cannot be pushed (the learner is gone), and the announcement waiting in the
+    # subscription says why, so the worker exits instead of reconnecting.
+    learner, backend = ScriptedLearner(leases=1), StubBackend()
+    backend.gates[1] = threading.Event()
+    metrics = GeneratorMetrics()
+    worker = GeneratorWorker(
+        backend, "g0", learner.address, metrics, reconnect_seconds=2, prefetch_lease=False
+    )
+    th = _run(worker)
+    try:
+        _until(lambda: learner.issued == 1)
+        learner._announce.append(Finished(4))
+        time.sleep(0.5)  # published and received into the generator's subscription
+    finally:
+        learner.close()
+    backend.gates[1].set()
+    th.join(15)
+    assert not th.is_alive() and worker.finished == 4
+    assert metrics.reconnects._value.get() == 0
+
+
+def test_a_lease_past_the_generators_limits_is_not_generated():
+    learner, backend = ScriptedLearner(leases=3), StubBackend()
+    metrics = GeneratorMetrics()
+    worker = GeneratorWorker(
+        backend,
+        "g0",
+        learner.address,
+        metrics,
+        limits=LearnerLimits(max_group_size=1),  # the scripted leases ask for 2 samples
+    )
+    th = _run(worker)
+    try:
+        _until(lambda: metrics.rejected.labels(reason="group_size")._value.get() >= 1)
+        worker.stop.set()
+        th.join(10)
+    finally:
+        learner.close()
+    assert backend.calls == 0 and learner.pushed == []

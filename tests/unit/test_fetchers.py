@@ -16,6 +16,8 @@ from asyncrl.generators.backends.base import (
     InflightLoads,
     WeightDirectories,
 )
+from asyncrl.generators.bounds import LearnerBounds
+from asyncrl.generators.config import LearnerLimits
 from asyncrl.generators.metrics import GeneratorMetrics
 from asyncrl.generators.updates import WeightUpdates
 from asyncrl.generators.weights import verify_and_decode
@@ -131,9 +133,10 @@ def welcome(nccl: bool) -> Welcome:
     return Welcome(0, -1, "", 0, 0, 1.0, 10, 1, 2, nccl=nccl)
 
 
-def setup(capabilities: Capabilities, nccl_offered: bool):
+def setup(capabilities: Capabilities, nccl_offered: bool, weights_dir: str = ""):
     learner, backend, metrics = ScriptedLearner(), FakeBackend(capabilities), GeneratorMetrics()
-    updates = WeightUpdates(backend, FakeSession(learner), metrics, fetch_window=4)
+    bounds = LearnerBounds(LearnerLimits(), metrics, weights_dir)
+    updates = WeightUpdates(backend, FakeSession(learner), metrics, 4, bounds)
     updates.connected(welcome(nccl_offered))
     return learner, backend, metrics, updates
 
@@ -187,7 +190,7 @@ def test_a_superseded_version_is_dropped_not_fetched_another_way():
 @pytest.mark.parametrize("directories", [True, False])
 def test_a_visible_version_directory_is_loaded_from_disk(tmp_path, directories):
     caps = Capabilities(weight_directories=directories)
-    learner, backend, metrics, updates = setup(caps, nccl_offered=False)
+    learner, backend, metrics, updates = setup(caps, nccl_offered=False, weights_dir=str(tmp_path))
     ann = learner.announce(3)
     ann.path = write_version_dir(str(tmp_path), 3, learner.blobs[3], str(tmp_path / "model"))
     updates.fetch(ann)
@@ -197,7 +200,7 @@ def test_a_visible_version_directory_is_loaded_from_disk(tmp_path, directories):
 
 
 def test_disk_falls_back_to_chunks_when_the_file_is_absent_or_wrong(tmp_path):
-    learner, backend, metrics, updates = setup(Capabilities(), nccl_offered=False)
+    learner, backend, metrics, updates = setup(Capabilities(), False, weights_dir=str(tmp_path))
     ann = learner.announce(1)
     ann.path = str(tmp_path / "elsewhere")  # another host's storage: not counted
     updates.fetch(ann)

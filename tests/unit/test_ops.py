@@ -20,6 +20,7 @@ import yaml
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from asyncrl.generators.metrics import GeneratorMetrics
+from asyncrl.launch.serve import ProcessMetrics
 from asyncrl.learner.metrics import LearnerMetrics
 
 OPS = Path(__file__).resolve().parents[2] / "launch" / "ops"
@@ -53,10 +54,12 @@ def metric_objects(holder) -> list:
 
 
 def populated_registries() -> dict[str, CollectorRegistry]:
-    """A learner and a generator registry in which every series has a sample."""
+    """A learner and a generator registry in which every series has a sample, with the
+    series every role's metrics server adds (`ProcessMetrics`)."""
     out = {}
     for role, holder in (("learner", LearnerMetrics()), ("generator", GeneratorMetrics())):
-        for metric in metric_objects(holder):
+        process = ProcessMetrics(holder.registry)
+        for metric in metric_objects(holder) + metric_objects(process):
             # prometheus_client keeps the label names of a family in `_labelnames`.
             names = getattr(metric, "_labelnames", ())
             child = metric.labels(*["x"] * len(names)) if names else metric

@@ -293,3 +293,12 @@ def test_update_from_buckets_posts_one_update_per_bucket(server, version, sessio
         assert paths[0] == "/begin_weight_update" and paths[-1] == "/end_weight_update"
     else:
         assert "/begin_weight_update" not in paths
+
+
+def test_health_follows_the_server(server):
+    url, model, tmp = server
+    backend = SGLangBackend(model, SGLangConfig(url=url, weights_dir=str(tmp / "w")))
+    assert backend.health() == (True, url)
+    backend.url = "http://127.0.0.1:1"  # nothing listens there: the engine is gone
+    ok, why = backend.health()
+    assert not ok and why.startswith("/health:")
