@@ -14,7 +14,7 @@ from typing import Protocol
 
 import torch
 
-from asyncrl.learner.checkpoint import export_policy, restore_checkpoint, save_checkpoint
+from asyncrl.learner.checkpoint import Checkpointer
 from asyncrl.learner.config import RunConfig
 from asyncrl.learner.data import PromptSource, load_rows
 from asyncrl.learner.engine import Engine, init_distributed, shutdown_distributed
@@ -70,8 +70,11 @@ def run_learner(
     if hub is not None:
         reporter.serve(hub)
 
-    output_dir = cfg.learner.output_dir
-    version = restore_checkpoint(engine, hub, output_dir) if resume else 0
+    train = cfg.train
+    checkpointer = Checkpointer(
+        engine, tokenizer, cfg.learner.output_dir, train.keep_checkpoints, train.export_checkpoints
+    )
+    version = checkpointer.restore(hub) if resume else 0
     restored = None
     if hub is not None:
         st = hub.stats()
@@ -96,11 +99,21 @@ def run_learner(
         logger.info("held-out accuracy before RL: %s", fmt_accuracy(acc_before))
 
     loop = StepLoop(
-        cfg, engine, hub, publisher, tokenizer, eval_rows, ref_model, stop, version, acc_before
+        cfg,
+        engine,
+        hub,
+        publisher,
+        tokenizer,
+        eval_rows,
+        ref_model,
+        stop,
+        version,
+        acc_before,
+        checkpointer,
     )
     loop.run()
-    save_checkpoint(engine, hub, loop.version, output_dir)
-    export_policy(engine, tokenizer, loop.version, output_dir)
+    checkpointer.save(hub, loop.version)
+    checkpointer.final_export(loop.version)
     acc_after = evaluate(engine, tokenizer, eval_rows, cfg)
     summary = None
     if hub is not None:
