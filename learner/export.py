@@ -17,7 +17,12 @@ import torch
 from asyncrl.learner import ckpt_files as cf
 from asyncrl.learner.checkpoint import HF_META, VERSION_FILE, export_dir
 
-MODEL_STATES = "mp_rank_00_model_states.pt"
+# DeepSpeed's model-states file: one (full module) below ZeRO-3, one per rank at ZeRO-3.
+MODEL_STATES = ("mp_rank_00_model_states.pt", "zero_pp_rank_0_mp_rank_00_model_states.pt")
+
+
+def _states_file(tag_dir: Path) -> Path | None:
+    return next((tag_dir / n for n in MODEL_STATES if (tag_dir / n).is_file()), None)
 
 
 class ExportError(ValueError):
@@ -27,7 +32,7 @@ class ExportError(ValueError):
 def locate(path: Path) -> tuple[Path, str]:
     """(checkpoint root, tag) for a run's `checkpoint/` directory (its resumable tag) or one
     tag directory in it."""
-    if (path / MODEL_STATES).is_file() and cf.tag_key(path.name) is not None:
+    if _states_file(path) is not None and cf.tag_key(path.name) is not None:
         return path.parent, path.name
     tag = cf.resolve(path) if path.is_dir() else None
     if tag is None:
@@ -52,13 +57,17 @@ def export_checkpoint(checkpoint: str, output: str | None = None) -> Path:
         raise ExportError(f"{out} exists; remove it or pass --output")
     # Our own files from our own run: DeepSpeed's state holds numpy RNG state and config
     # objects, which only the full unpickler reads.
-    state = torch.load(root / tag / MODEL_STATES, map_location="cpu", weights_only=False)
+    states = _states_file(root / tag)
+    if states is None:
+        raise ExportError(f"{root / tag}: no DeepSpeed model states in the checkpoint")
+    state = torch.load(states, map_location="cpu", weights_only=False)
     config = AutoConfig.from_pretrained(meta)
     stage = int((state.get("ds_config") or {}).get("zero_optimization", {}).get("stage", 0))
     if stage == 3:
         from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
-        dtype = getattr(config, "torch_dtype", None) or torch.float32
+        dtype = getattr(config, "dtype", None) or torch.float32
+        dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
         full = get_fp32_state_dict_from_zero_checkpoint(str(root), tag=tag)
         tensors = {k: v.to(dtype) for k, v in full.items()}
     else:
