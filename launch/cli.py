@@ -118,8 +118,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "export":
         from asyncrl.learner.export import ExportError, export_checkpoint
 
+        out = _claim_stdout()  # stdout: the path alone, whatever DeepSpeed prints
         try:
-            print(export_checkpoint(args.checkpoint, args.output))
+            print(export_checkpoint(args.checkpoint, args.output), file=out)
         except ExportError as exc:
             print(f"asyncrl export: {exc}", file=sys.stderr)
             return 1

@@ -12,12 +12,13 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 from asyncrl.learner import ckpt_files as cf
 from asyncrl.protocol.sockets import free_port
-from tests.integration.conftest import next_event, run_cli, scrape, start_cli
+from tests.integration.conftest import REPO, next_event, scrape, start_cli
 
 STEPS, ETA, B = 30, 2, 4
 
@@ -118,8 +119,16 @@ def _check_layout(output_dir: Path, tmp_path: Path) -> None:
     stamp = json.loads((export / "asyncrl_version.json").read_text())
     assert stamp["policy_version"] == STEPS
     final = load_file(export / "model.safetensors")
-    rc, _, err = run_cli(["export", "--checkpoint", str(ckpt), "--output", str(tmp_path / "x")])
-    assert rc == 0, err[-2000:]
+    args = ["export", "--checkpoint", str(ckpt), "--output", str(tmp_path / "x")]
+    proc = subprocess.run(
+        [sys.executable, "-m", "asyncrl.launch.cli", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip() == str(tmp_path / "x")  # the path alone
     rebuilt = load_file(tmp_path / "x" / "model.safetensors")
     assert rebuilt.keys() == final.keys()
     assert all(rebuilt[k].equal(final[k]) for k in final)
