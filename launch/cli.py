@@ -1,4 +1,4 @@
-"""The `asyncrl` command: learner, generator, local, keys, bench.
+"""The `asyncrl` command: learner, generator, local, keys, export, bench.
 
 Arguments are parsed before torch is imported, so `--help` and config errors are instant.
 Configuration: `--config FILE_OR_PRESET` plus dotted overrides (`train.steps=50`).
@@ -81,6 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("keys", help="create CurveZMQ keys for authenticated sockets")
     p.add_argument("--dir", required=True, help="directory to write the keys into")
     p.add_argument("--clients", default="client", help="comma-separated client key names")
+    p = sub.add_parser("export", help="turn a checkpoint into a Hugging Face model directory")
+    p.add_argument("--checkpoint", required=True, help="a run's checkpoint/ dir or a tag in it")
+    p.add_argument("--output", default=None, help="default: the run's export/<tag>")
     p = sub.add_parser("config-fields", help="list every config field with its description")
     p.add_argument("--markdown", action="store_true", help="the reference page (docs/config.md)")
     p = sub.add_parser("bench", help="measure efficiency ratios on this machine")
@@ -111,6 +114,16 @@ def main(argv: list[str] | None = None) -> int:
             f"wrote server and client keys ({', '.join(names)}) to {args.dir}; set "
             f"security.curve_dir={args.dir} on the learner and every generator"
         )
+        return 0
+    if args.command == "export":
+        from asyncrl.learner.export import ExportError, export_checkpoint
+
+        out = _claim_stdout()  # stdout: the path alone, whatever DeepSpeed prints
+        try:
+            print(export_checkpoint(args.checkpoint, args.output), file=out)
+        except ExportError as exc:
+            print(f"asyncrl export: {exc}", file=sys.stderr)
+            return 1
         return 0
     if args.command == "bench":
         _setup_logging("bench", args.log_level)

@@ -119,6 +119,19 @@ class TrainConfig(StrictModel):
         description="Save a checkpoint every N steps (and always on SIGTERM and at the "
         "end); 0 = only on SIGTERM and at the end.",
     )
+    keep_checkpoints: int = Field(
+        2,
+        ge=1,
+        description="Complete checkpoints kept under learner.output_dir/checkpoint (newest "
+        "first); older ones are deleted only after a newer one is complete. 2 keeps one "
+        "fallback should the newest turn out unusable.",
+    )
+    export_checkpoints: bool = Field(
+        True,
+        description="Also write a Hugging Face export of every checkpoint to "
+        "learner.output_dir/export/<tag>, kept and pruned with its checkpoint; false = "
+        "only the final export (learner.output_dir/export).",
+    )
     threads: int = Field(
         0, ge=0, description="torch intra-op threads for the learner; 0 = leave torch's default."
     )

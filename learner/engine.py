@@ -14,7 +14,6 @@ import os
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import NoReturn, TypeVar
 
 import torch
@@ -85,6 +84,15 @@ def broadcast_flag(flag: bool, world: int) -> bool:
     t = torch.tensor([1 if flag else 0])
     dist.broadcast(t, src=0)
     return bool(t.item())
+
+
+def broadcast_text(text: str | None, world: int) -> str | None:
+    """Rank 0's `text` on every rank (a checkpoint tag all ranks must use alike)."""
+    if world == 1:
+        return text
+    box = [text]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
 
 
 @dataclass
@@ -349,24 +357,15 @@ class Engine:
                 out[name] = t.to("cpu", copy=True)
         return out
 
-    def save_checkpoint(self, path: str, version: int, client_state: dict) -> None:
-        """Save under tag `v<version>`; DeepSpeed then points its `latest` file at it, so a
-        crash mid-save leaves the previous checkpoint the one that resumes. Older tags are
-        pruned once the new one is complete."""
-        tag = f"v{version}"
-        self.engine.save_checkpoint(path, tag=tag, client_state=client_state)
-        if self.world > 1:
-            dist.barrier()
-        if self.rank == 0:
-            import shutil
+    def save_checkpoint(self, path: str, tag: str, client_state: dict) -> None:
+        """Collective: every rank writes its part under `path/tag`. DeepSpeed's own `latest`
+        file is not written (it would be a plain overwrite, torn by a kill); the caller
+        keeps the pointer (learner/ckpt_files.py)."""
+        self.engine.save_checkpoint(path, tag=tag, client_state=client_state, save_latest=False)
 
-            for old in Path(path).glob("v*"):
-                if old.is_dir() and old.name != tag:
-                    shutil.rmtree(old, ignore_errors=True)
-
-    def load_checkpoint(self, path: str) -> dict:
-        """Load the checkpoint DeepSpeed's `latest` file names; returns our client state."""
-        load_path, client_state = self.engine.load_checkpoint(path)
+    def load_checkpoint(self, path: str, tag: str) -> dict:
+        """Load checkpoint `path/tag`; returns our client state."""
+        load_path, client_state = self.engine.load_checkpoint(path, tag=tag)
         if load_path is None:
-            raise FileNotFoundError(f"no loadable DeepSpeed checkpoint in {path}")
+            raise FileNotFoundError(f"no loadable DeepSpeed checkpoint at {path}/{tag}")
         return client_state or {}

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from asyncrl.learner.checkpoint import save_checkpoint
+from asyncrl.learner.checkpoint import Checkpointer
 from asyncrl.learner.config import RunConfig
 from asyncrl.learner.engine import Batch, Engine, broadcast_batch, broadcast_flag
 from asyncrl.learner.evaluation import eval_reward, evaluate_rows
@@ -79,9 +79,11 @@ class StepLoop:
         stop: threading.Event,
         version: int,
         accuracy: float | None,
+        checkpointer: Checkpointer,
         reporter=None,
     ) -> None:
         self.cfg, self.engine, self.hub, self.publisher = cfg, engine, hub, publisher
+        self.checkpointer = checkpointer
         self.tokenizer, self.eval_rows, self.ref_model = tokenizer, eval_rows, ref_model
         self.stop = stop
         self.version = self.start_version = version
@@ -150,7 +152,7 @@ class StepLoop:
             if hub is not None:
                 hub.metrics.step_seconds.labels(phase="eval").observe(time.time() - te)
         if cfg.train.checkpoint_every and version % cfg.train.checkpoint_every == 0:
-            save_checkpoint(self.engine, hub, version, cfg.learner.output_dir)
+            self.checkpointer.save(hub, version)
         if self.reporter is not None:
             self.reporter.step(version, {**stats, **m})
 

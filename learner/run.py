@@ -16,7 +16,7 @@ from typing import Protocol
 
 import torch
 
-from asyncrl.learner.checkpoint import export_policy, restore_checkpoint, save_checkpoint
+from asyncrl.learner.checkpoint import Checkpointer
 from asyncrl.learner.config import RunConfig
 from asyncrl.learner.data import PromptSource, load_rows
 from asyncrl.learner.engine import Engine, init_distributed, shutdown_distributed
@@ -80,8 +80,11 @@ def run_learner(
     if hub is not None:
         reporter.serve(hub)
 
-    output_dir = cfg.learner.output_dir
-    version = restore_checkpoint(engine, hub, output_dir) if resume else 0
+    train = cfg.train
+    checkpointer = Checkpointer(
+        engine, tokenizer, cfg.learner.output_dir, train.keep_checkpoints, train.export_checkpoints
+    )
+    version = checkpointer.restore(hub) if resume else 0
     restored = None
     if hub is not None:
         st = hub.stats()
@@ -89,7 +92,7 @@ def run_learner(
         if cfg.learner.audit_log:
             from asyncrl.learner.audit import AuditLog
 
-            audit_path = Path(output_dir) / "audit.jsonl"
+            audit_path = Path(cfg.learner.output_dir) / "audit.jsonl"
             hub.attach_audit(AuditLog(audit_path, version if resume else None))
         # Serve only now: a lease issued before the checkpoint's gate counters and version
         # are restored would be counted against the wrong state.
@@ -126,6 +129,7 @@ def run_learner(
             stop,
             version,
             acc_before,
+            checkpointer,
             reporter=tracking,
         )
         loop.run()
@@ -133,10 +137,10 @@ def run_learner(
             # The run reached its end (not a stop signal, whose learner is to be resumed):
             # generators are told while the checkpoint and export are written.
             hub.loop.finish(loop.version)
-        save_checkpoint(engine, hub, loop.version, output_dir)
+        checkpointer.save(hub, loop.version)
         if hub is not None:
             hub.close_audit(finished=True)
-        export_policy(engine, tokenizer, loop.version, output_dir)
+        checkpointer.final_export(loop.version)
         final: dict = {}
         acc_after = evaluate(engine, tokenizer, eval_rows, cfg, hub, final)
         if tracking is not None:

@@ -12,11 +12,13 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
+from asyncrl.learner import ckpt_files as cf
 from asyncrl.protocol.sockets import free_port
-from tests.integration.conftest import next_event, scrape, start_cli
+from tests.integration.conftest import REPO, next_event, scrape, start_cli
 
 STEPS, ETA, B = 30, 2, 4
 
@@ -101,3 +103,32 @@ def test_sigkill_then_resume(small_overrides, tmp_path):
     assert summary["max_staleness_seen"] <= ETA
     # The same generator process served both learner lifetimes: it reconnected by itself.
     assert summary["generators_seen"] == ["gen-a"]
+    _check_layout(output_dir, tmp_path)
+
+
+def _check_layout(output_dir: Path, tmp_path: Path) -> None:
+    """The newest train.keep_checkpoints (2) checkpoints, each with its HF export, the final
+    one also directly in export/; `asyncrl export` rebuilds the same weights from it."""
+    from safetensors.torch import load_file
+
+    ckpt, export = output_dir / "checkpoint", output_dir / "export"
+    tags = cf.complete_tags(ckpt)
+    assert len(tags) == 2 and cf.read_pointer(ckpt) == tags[-1]
+    assert cf.tag_version(tags[-1]) == STEPS
+    assert cf.complete_tags(export) == tags
+    stamp = json.loads((export / "asyncrl_version.json").read_text())
+    assert stamp["policy_version"] == STEPS
+    final = load_file(export / "model.safetensors")
+    args = ["export", "--checkpoint", str(ckpt), "--output", str(tmp_path / "x")]
+    proc = subprocess.run(
+        [sys.executable, "-m", "asyncrl.launch.cli", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip() == str(tmp_path / "x")  # the path alone
+    rebuilt = load_file(tmp_path / "x" / "model.safetensors")
+    assert rebuilt.keys() == final.keys()
+    assert all(rebuilt[k].equal(final[k]) for k in final)
