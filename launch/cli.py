@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import sys
+from pathlib import Path
 
 from asyncrl.launch.config import (
     ConfigError,
@@ -84,6 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export", help="turn a checkpoint into a Hugging Face model directory")
     p.add_argument("--checkpoint", required=True, help="a run's checkpoint/ dir or a tag in it")
     p.add_argument("--output", default=None, help="default: the run's export/<tag>")
+    p = sub.add_parser("audit", help="check a run's group audit log (learner.audit_log)")
+    p.add_argument("run_dir", help="the run's learner.output_dir")
+    p.add_argument("--max-reuse", type=int, default=0, help="the run's buffer.max_reuse")
     p = sub.add_parser("config-fields", help="list every config field with its description")
     p.add_argument("--markdown", action="store_true", help="the reference page (docs/config.md)")
     p = sub.add_parser("bench", help="measure efficiency ratios on this machine")
@@ -125,6 +129,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"asyncrl export: {exc}", file=sys.stderr)
             return 1
         return 0
+    if args.command == "audit":
+        return _audit(args.run_dir, args.max_reuse)
     if args.command == "bench":
         _setup_logging("bench", args.log_level)
         from asyncrl.launch.bench import format_table, run_bench
@@ -191,6 +197,35 @@ def main(argv: list[str] | None = None) -> int:
 
         return run_local(cfg, args.log_level)
     return 2
+
+
+def _audit(run_dir: str, max_reuse: int) -> int:
+    """Print the audit's verdict as one JSON object; exit 0 when nothing was trained twice or
+    lost and the run finished, 1 otherwise, 2 when there is no audit log to read."""
+    from asyncrl.learner.audit import check_audit, read_events
+
+    path = Path(run_dir) / "audit.jsonl"
+    if not path.is_file():
+        print(f"asyncrl audit: {path}: no audit log (set learner.audit_log=true)", file=sys.stderr)
+        return 2
+    try:
+        report = check_audit(read_events(path), max_reuse)
+    except ValueError as exc:
+        print(f"asyncrl audit: {exc}", file=sys.stderr)
+        return 1
+    verdict = {
+        "ok": report.ok,
+        "finished": report.finished,
+        "incarnations": report.incarnations,
+        "accepted": report.accepted,
+        "trained": report.trained,
+        "dropped_after_accept": report.dropped,
+        "trained_twice": report.trained_twice[:20],
+        "lost": report.lost[:20],
+        "rollbacks": report.rollbacks,
+    }
+    print(json.dumps(verdict))
+    return 0 if report.ok else 1
 
 
 if __name__ == "__main__":

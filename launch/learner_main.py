@@ -32,7 +32,7 @@ class EventReporter:
         self.events = events
         self.metrics_url = ""
         self.process: ProcessMetrics | None = None
-        self.finished = False
+        self.run_done = False
         self._http = None
         self._hub = None
 
@@ -46,7 +46,7 @@ class EventReporter:
         )
 
     def health(self) -> tuple[bool, str]:
-        if self.finished:
+        if self.run_done:
             return True, "finished"  # the hub has stopped, as it should
         return self._hub.healthy()
 
@@ -54,7 +54,7 @@ class EventReporter:
         """The run ended normally: say so on /metrics for the linger period (SIGTERM ends it)."""
         if self.process is None:
             return
-        self.finished = True
+        self.run_done = True
         self.process.run_finished.set(1)
         linger = self.cfg.learner.metrics_linger_seconds
         if linger > 0:

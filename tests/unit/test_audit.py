@@ -117,3 +117,17 @@ def test_writer_round_trip_and_torn_last_line(tmp_path):
     path.write_text('{"e": "start"\n' + json.dumps(_start()) + "\n")
     with pytest.raises(ValueError, match=":1:"):
         read_events(path)
+
+
+def test_the_audit_command_prints_the_verdict_and_exits_by_it(tmp_path, capsys):
+    from asyncrl.launch.cli import main
+
+    assert main(["audit", str(tmp_path)]) == 2  # no log yet
+    assert "no audit log" in capsys.readouterr().err
+    log = AuditLog(tmp_path / "audit.jsonl", resumed_from=None)
+    log.accepted("a", 0)
+    log.finished([])
+    log.close()
+    # "a" was accepted and neither trained, dropped nor waiting: lost, exit 1.
+    assert main(["audit", str(tmp_path)]) == 1
+    assert json.loads(capsys.readouterr().out)["lost"] == ["a"]
