@@ -48,7 +48,7 @@ def test_trackers_hold_every_statistic(small_overrides, tmp_path):
         "learner.metrics_port=0",
         "learner.report_to=[jsonl,tensorboard]",
         f"train.steps={STEPS}",
-        "train.eval_every=2",
+        "eval.every=2",
         "reward.name=ttrl",
         # TTRL groups often agree entirely on the tiny task: keep them so steps come fast.
         "buffer.filter_zero_variance=false",
