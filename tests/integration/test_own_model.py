@@ -79,6 +79,7 @@ eval:
 reward:
   functions: ["trl.rewards:accuracy_reward", "trl.rewards:think_format_reward"]
   weights: [1.0, 0.5]
+  answer_field: solution  # the label column: accuracy is reported over rows that have it
 buffer:
   filter_zero_variance: false
 learner:
