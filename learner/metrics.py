@@ -19,13 +19,14 @@ DROP_REASONS = (
     "stale",
     "overflow",
     "filtered",
-    # a group whose lease is someone else's, or whose reward raised (see reward_errors)
+    # kept for dashboards of earlier releases; nothing drops for it any more
     "invalid",
     "duplicate",
     "expired",
     "unknown_lease",
     "wrong_holder",
     "reward_timeout",
+    "reward_error",  # the reward raised, or no function scored the group (reward_errors)
     *ROLLOUT_REASONS,
 )
 # Why a message was dropped before reaching a handler: the codec's and the socket's reasons,

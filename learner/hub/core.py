@@ -28,11 +28,17 @@ class RateLimitedLog:
         self._suppressed: dict[str, int] = {}
 
     def warning(self, key: str, msg: str, *args, **kwargs) -> None:
+        self.log(logging.WARNING, key, msg, *args, **kwargs)
+
+    def info(self, key: str, msg: str, *args, **kwargs) -> None:
+        self.log(logging.INFO, key, msg, *args, **kwargs)
+
+    def log(self, level: int, key: str, msg: str, *args, **kwargs) -> None:
         now = time.monotonic()
         if now - self._last.get(key, -1e9) >= self.interval:
             n = self._suppressed.pop(key, 0)
             suffix = f" ({n} similar suppressed)" if n else ""
-            logger.warning(msg + suffix, *args, **kwargs)
+            logger.log(level, msg + suffix, *args, **kwargs)
             self._last[key] = now
         else:
             self._suppressed[key] = self._suppressed.get(key, 0) + 1

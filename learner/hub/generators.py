@@ -7,7 +7,7 @@ from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from asyncrl.learner.hub.core import HubCore, logger
+from asyncrl.learner.hub.core import HubCore
 
 
 @dataclass
@@ -69,6 +69,9 @@ class Generators:
             self.core.metrics.leases_expired.inc(len(recs))
             del self.connected[g.generator_id]
             self.forget(g.generator_id)
-            logger.warning(
-                "generator %s went silent; reclaimed %d leases", g.generator_id, len(recs)
+            self.core.log.warning(
+                "silent",
+                "generator %r went silent; reclaimed %d leases",
+                g.generator_id[:64],
+                len(recs),
             )

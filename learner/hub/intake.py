@@ -135,7 +135,7 @@ class Intake:
                     # A reward that fails on one group (a plug-in bug, a row without the
                     # answer field) must not end intake for everyone: drop it, count it.
                     core.metrics.reward_errors.inc()
-                    core.drop("invalid", f"reward failed on a group from {gid}: {out.detail}")
+                    core.drop("reward_error", f"reward failed on a group from {gid}: {out.detail}")
             return
         slices = msg.sample_slices()
         data = GroupData(

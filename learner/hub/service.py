@@ -290,17 +290,24 @@ class Hub:
         peer, moved_from = self.peers.hello(sender, msg.generator_id, msg.session)
         if moved_from is not None:
             n = self.core.ledger.on_holder_moved(moved_from, peer.holder)
-            logger.info("generator %s reconnected; %d open leases follow it", msg.generator_id, n)
+            self.core.log.info(
+                "reconnected",
+                "generator %r reconnected; %d open leases follow it",
+                msg.generator_id[:64],
+                n,
+            )
         # Generators also say hello to re-sync a missed weights announcement; only a new
         # (or previously expired) generator is news.
         joined = self.generators.touch(msg.generator_id, msg.backend, msg.version, now)
-        (logger.info if joined else logger.debug)(
-            "generator %s %s (backend %s, version %d)",
-            msg.generator_id,
-            "joined" if joined else "re-synced",
-            msg.backend,
-            msg.version,
-        )
+        # Rate-limited: a peer making up a new id per hello would otherwise flood the log.
+        if joined:
+            self.core.log.info(
+                "joined",
+                "generator %r joined (backend %r, version %d)",
+                msg.generator_id[:64],
+                msg.backend[:32],
+                msg.version,
+            )
         pub = self.serving.store.latest
         b = self.cfg.buffer
         return Welcome(

@@ -1,8 +1,8 @@
 """A reward that hangs on some prompts and raises on others, plugged into a live `asyncrl local`.
 
 Rewards run in the learner's reward pool: a hung call is killed at `reward.timeout_seconds`
-and its group dropped as `reward_timeout`; a raising one is dropped as `invalid` and counted in
-`reward_errors`. Meanwhile the socket loop keeps leasing, answering heartbeats and serving
+and its group dropped as `reward_timeout`; a raising one is dropped as `reward_error` and
+counted in `reward_errors`. Meanwhile the socket loop keeps leasing, answering heartbeats and serving
 weights: the policy version and the generator's loaded version keep advancing after the first
 timeout, the generator stays connected, and the run finishes.
 """
@@ -63,7 +63,7 @@ def test_hanging_and_raising_rewards_are_dropped_and_training_goes_on(small_over
     first = next((i for i, m in enumerate(seen) if m[timeouts] >= 1), None)
     assert first is not None, "no group was ever dropped as reward_timeout"
     last = seen[-1]
-    assert last['asyncrl_rollouts_dropped_total{reason="invalid"}'] >= 1
+    assert last['asyncrl_rollouts_dropped_total{reason="reward_error"}'] >= 1
     assert last["asyncrl_reward_errors_total"] >= 1
     # After the first timeout: more steps, more leases, newer weights loaded by the generator,
     # and the generator never dropped for silence (its heartbeats were answered).
