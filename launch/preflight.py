@@ -33,6 +33,7 @@ class PreflightError(ValueError):
 def preflight(cfg: AsyncRLConfig, role: str) -> None:
     """Everything `role` (learner, generator, local) will read, checked. Raises PreflightError."""
     model_dir = check_model_dir(cfg)
+    check_metrics_http(cfg, role)
     rows = {}
     # Rank 0 owns the prompts; other ranks (perhaps on hosts without the files) skip them.
     if role == "local" or (role == "learner" and os.environ.get("RANK", "0") == "0"):
@@ -46,6 +47,26 @@ def preflight(cfg: AsyncRLConfig, role: str) -> None:
     if "data.train_path" in rows:
         train_rows, where = rows["data.train_path"]
         dry_run_reward(cfg, train_rows[0], where[0])
+
+
+def check_metrics_http(cfg: AsyncRLConfig, role: str) -> None:
+    """The /metrics server's TLS files and basic-auth file load (they are read only when the
+    server starts, after the model)."""
+    import ssl
+
+    from asyncrl.launch.serve import auth_header, http_options, ssl_context
+
+    sections = {"learner": ["learner"], "generator": ["generator"]}.get(
+        role, ["learner", "generator"]
+    )
+    for name in sections:
+        options = http_options(getattr(cfg, name))
+        try:
+            ssl_context(options)
+            auth_header(options.auth_file)
+        except (OSError, ValueError, ssl.SSLError) as exc:
+            detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise PreflightError(f"{name}.metrics_tls_* / metrics_auth_file: {detail}") from None
 
 
 def check_model_dir(cfg: AsyncRLConfig) -> str | None:

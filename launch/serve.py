@@ -98,8 +98,8 @@ class MetricsServer:
         self.registry = registry
         self.health = health
         self.options = options
-        self._ssl = _ssl_context(options)
-        self._auth = _auth_header(options.auth_file)
+        self._ssl = ssl_context(options)
+        self._auth = auth_header(options.auth_file)
         # Bound here, in the caller's thread, so a taken port fails the caller at once.
         self._sock = socket.create_server((host, port), backlog=128)
         bound_host, bound_port = self._sock.getsockname()[:2]
@@ -228,7 +228,7 @@ _REASONS = {200: "OK", 401: "Unauthorized", 404: "Not Found", 503: "Service Unav
 _CHALLENGE = ('WWW-Authenticate: Basic realm="asyncrl", charset="UTF-8"',)
 
 
-def _ssl_context(options: HttpOptions) -> ssl.SSLContext | None:
+def ssl_context(options: HttpOptions) -> ssl.SSLContext | None:
     if bool(options.certfile) != bool(options.keyfile):
         raise ValueError("metrics TLS needs both a certificate file and a key file")
     if not options.certfile:
@@ -239,7 +239,7 @@ def _ssl_context(options: HttpOptions) -> ssl.SSLContext | None:
     return ctx
 
 
-def _auth_header(auth_file: str) -> str:
+def auth_header(auth_file: str) -> str:
     """The Authorization header value a client must send (empty: auth off). The file holds
     one `user:password` line, so the secret stays out of the config and the command line."""
     if not auth_file:

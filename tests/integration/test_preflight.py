@@ -97,6 +97,16 @@ def _case(tmp: Path, model: Path, name: str) -> tuple[list[str], str]:
             ["learner", f"model.path={tmp / 'no-tokenizer'}", f"data.train_path={good}"],
             "no-tokenizer: the tokenizer has no vocabulary",
         ),
+        "metrics auth file missing": (
+            ["learner", m, f"data.train_path={good}", f"learner.metrics_auth_file={tmp / 'pw'}"],
+            f"asyncrl learner: learner.metrics_tls_* / metrics_auth_file: [Errno 2] No such "
+            f"file or directory: '{tmp / 'pw'}'",
+        ),
+        "metrics TLS key without certificate": (
+            ["generator", m, f"data.train_path={good}", f"generator.metrics_tls_keyfile={good}"],
+            "asyncrl generator: generator.metrics_tls_* / metrics_auth_file: metrics TLS needs "
+            "both a certificate file and a key file",
+        ),
         "missing data file": (
             ["learner", m, f"data.train_path={tmp / 'nope.jsonl'}"],
             f"asyncrl learner: data.train_path: {tmp / 'nope.jsonl'}: no such file or directory",
@@ -164,6 +174,8 @@ CASES = [
     "hub id not allowed",
     "tokenizer does not load",
     "no tokenizer files",
+    "metrics auth file missing",
+    "metrics TLS key without certificate",
     "missing data file",
     "malformed JSONL line",
     "answer field missing for the reward",

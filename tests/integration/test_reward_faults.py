@@ -2,9 +2,9 @@
 
 Rewards run in the learner's reward pool: a hung call is killed at `reward.timeout_seconds`
 and its group dropped as `reward_timeout`; a raising one is dropped as `reward_error` and
-counted in `reward_errors`. Meanwhile the socket loop keeps leasing, answering heartbeats and serving
-weights: the policy version and the generator's loaded version keep advancing after the first
-timeout, the generator stays connected, and the run finishes.
+counted in `reward_errors`. Meanwhile the socket loop keeps leasing, answering heartbeats and
+serving weights: the policy version and the generator's loaded version keep advancing after the
+first timeout, the generator stays connected, and the run finishes.
 """
 
 from __future__ import annotations
