@@ -26,7 +26,7 @@ import urllib.request
 from pathlib import Path
 
 from asyncrl.launch.config import AsyncRLConfig, dump_config
-from asyncrl.protocol.sockets import free_port
+from asyncrl.protocol.sockets import free_ports
 
 logger = logging.getLogger(__name__)
 
@@ -72,15 +72,19 @@ def _configured_port(section, field: str = "metrics_port") -> int:
     return getattr(section, field) if field in section.model_fields_set else 0
 
 
-def plan_metrics(cfg: AsyncRLConfig, n: int) -> tuple[int, list[int], float, float]:
+def plan_metrics(
+    cfg: AsyncRLConfig, n: int, free: list[int] | None = None
+) -> tuple[int, list[int], float, float]:
     """(learner port, generator ports, learner linger, generator linger) for a local run:
-    configured ports kept (generator k: the configured port + k), the others free; a process
-    on a port picked here cannot be scraped by anyone, so it does not linger."""
+    configured ports kept (generator k: the configured port + k), the others taken from
+    `free` (distinct free ports); a process on a port picked here cannot be scraped by anyone,
+    so it does not linger."""
+    free = list(free) if free is not None else free_ports(n + 1)
     learner = _configured_port(cfg.learner)
     gen = _configured_port(cfg.generator)
-    gen_ports = [gen + k for k in range(n)] if gen else [free_port() for _ in range(n)]
+    gen_ports = [gen + k for k in range(n)] if gen else [free.pop() for _ in range(n)]
     return (
-        learner or free_port(),
+        learner or free.pop(),
         gen_ports,
         cfg.learner.metrics_linger_seconds if learner else 0.0,
         cfg.generator.metrics_linger_seconds if gen else 0.0,
@@ -109,13 +113,14 @@ def run_local(cfg: AsyncRLConfig, log_level: str = "INFO") -> int:
         learner_threads = threads
     # The ZeroMQ ports are for fleets; on one machine any free loopback port will do and two
     # local runs never clash. Metrics ports are what a scrape config names: kept when set.
-    learner_port, gen_ports, learner_linger, gen_linger = plan_metrics(cfg, n)
+    ports = free_ports(n + 4)  # distinct: three ZeroMQ sockets, then the metrics ports
+    learner_port, gen_ports, learner_linger, gen_linger = plan_metrics(cfg, n, ports[3:])
     lc = cfg.learner.model_copy(
         update={
             "bind_host": "127.0.0.1",
-            "control_port": free_port(),
-            "rollouts_port": free_port(),
-            "weights_port": free_port(),
+            "control_port": ports[0],
+            "rollouts_port": ports[1],
+            "weights_port": ports[2],
             "metrics_port": learner_port,
             "metrics_linger_seconds": learner_linger,
         }
