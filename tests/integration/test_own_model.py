@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from asyncrl.protocol.sockets import free_port
+from asyncrl.protocol.sockets import free_ports
 from tests.integration.conftest import next_event, start_cli
 
 STEPS = 3
@@ -56,7 +56,7 @@ def test_own_model_data_and_trl_rewards_end_to_end(tiny_cache, tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     model, train, evals = _user_files(tiny_cache, tmp_path)
-    control, rollouts, weights = free_port(), free_port(), free_port()
+    control, rollouts, weights = free_ports(3)
     out = tmp_path / "run"
     (tmp_path / "run.yaml").write_text(
         f"""

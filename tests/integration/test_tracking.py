@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from asyncrl.protocol.sockets import free_port
+from asyncrl.protocol.sockets import free_ports
 from tests.integration.conftest import REPO, next_event, start_cli
 
 STEPS = 3
@@ -39,7 +39,7 @@ def test_trackers_hold_every_statistic(small_overrides, tmp_path):
     pytest.importorskip("tensorboard")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    control, rollouts, weights = free_port(), free_port(), free_port()
+    control, rollouts, weights = free_ports(3)
     common = [
         *small_overrides,
         f"learner.control_port={control}",
