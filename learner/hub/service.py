@@ -360,7 +360,9 @@ class Hub:
         with self.core.lock:
             expired = self.core.ledger.on_leases_expired(now)
             self.metrics.leases_expired.inc(len(expired))
-            self.generators.reclaim_silent(now)
+            if self.loop.finished is None:
+                # After the finish generators leave because they were told to: not news.
+                self.generators.reclaim_silent(now)
             self._update_gauges()
 
     def _forget_generator(self, generator_id: str) -> None:
