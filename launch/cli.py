@@ -192,10 +192,12 @@ def main(argv: list[str] | None = None) -> int:
 
         return generator_main(cfg)
     if args.command == "local":
+        events = _claim_stdout()
         _setup_logging("local", args.log_level)
-        from asyncrl.launch.local import run_local
+        from asyncrl.launch import local
 
-        return run_local(cfg, args.log_level)
+        local.EVENTS = events
+        return local.run_local(cfg, args.log_level)
     return 2
 
 

@@ -267,6 +267,12 @@ def _child_setup(cpus: set[int] | None):
     return setup
 
 
+# Where `_print` writes the JSON events: the CLI hands a private copy of stdout here before
+# anything heavy is imported, so what libraries print (DeepSpeed's accelerator warning while
+# the tiny model is built) goes to stderr instead of between the events.
+EVENTS = sys.stdout
+
+
 def _print(event: dict) -> None:
-    sys.stdout.write(json.dumps(event) + "\n")
-    sys.stdout.flush()
+    EVENTS.write(json.dumps(event) + "\n")
+    EVENTS.flush()
