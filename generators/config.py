@@ -8,7 +8,7 @@ from typing import Literal
 from pydantic import Field
 
 from asyncrl.generators.backends.sglang import SGLangConfig
-from asyncrl.protocol.settings import StrictModel
+from asyncrl.protocol.settings import MetricsHttpSettings, StrictModel
 
 
 class LearnerLimits(StrictModel):
@@ -37,22 +37,13 @@ class LearnerLimits(StrictModel):
     )
 
 
-class GeneratorConfig(StrictModel):
+class GeneratorConfig(MetricsHttpSettings):
     """The `generator` section: one generator process, its backend and its learner."""
 
     metrics_host: str = Field(
         "127.0.0.1",
         description="Interface /metrics and /healthz bind (0.0.0.0 to scrape from another host; "
         "then consider metrics_auth_file and TLS).",
-    )
-    metrics_tls_certfile: str = Field(
-        "", description="PEM certificate: serve /metrics and /healthz over HTTPS (with keyfile)."
-    )
-    metrics_tls_keyfile: str = Field("", description="PEM private key of metrics_tls_certfile.")
-    metrics_auth_file: str = Field(
-        "",
-        description="File holding one line `user:password`: /metrics and /healthz then "
-        "require HTTP basic auth. Empty: none.",
     )
     metrics_linger_seconds: float = Field(
         30.0,

@@ -15,7 +15,13 @@ from asyncrl.buffer.config import BufferConfig
 from asyncrl.learner.loss_config import AdvantageConfig, ObjectiveConfig
 from asyncrl.learner.rewards import RewardConfig
 from asyncrl.protocol.blob import MAX_WEIGHT_CHUNK_BYTES
-from asyncrl.protocol.settings import ModelConfig, SamplingConfig, SecurityConfig, StrictModel
+from asyncrl.protocol.settings import (
+    MetricsHttpSettings,
+    ModelConfig,
+    SamplingConfig,
+    SecurityConfig,
+    StrictModel,
+)
 
 
 class DataConfig(StrictModel):
@@ -205,7 +211,7 @@ class NcclWeights(StrictModel):
 WeightsTransport = Annotated[ZmqWeights | DiskWeights | NcclWeights, Field(discriminator="type")]
 
 
-class LearnerConfig(StrictModel):
+class LearnerConfig(MetricsHttpSettings):
     bind_host: str = Field(
         "127.0.0.1", description="Interface the learner binds (0.0.0.0 for a fleet on other hosts)."
     )
@@ -221,15 +227,6 @@ class LearnerConfig(StrictModel):
         "127.0.0.1",
         description="Interface /metrics and /healthz bind, independent of bind_host (0.0.0.0 "
         "to scrape from another host; then consider metrics_auth_file and TLS).",
-    )
-    metrics_tls_certfile: str = Field(
-        "", description="PEM certificate: serve /metrics and /healthz over HTTPS (with keyfile)."
-    )
-    metrics_tls_keyfile: str = Field("", description="PEM private key of metrics_tls_certfile.")
-    metrics_auth_file: str = Field(
-        "",
-        description="File holding one line `user:password`: /metrics and /healthz then "
-        "require HTTP basic auth (Prometheus: basic_auth in the scrape config). Empty: none.",
     )
     metrics_linger_seconds: float = Field(
         30.0,

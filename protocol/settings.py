@@ -67,6 +67,21 @@ class SamplingConfig(SamplingParams):
     group_size: int = Field(8, ge=1, le=1024, description="Completions per prompt (G).")
 
 
+class MetricsHttpSettings(StrictModel):
+    """How a role's /metrics and /healthz server is reached, beyond host and port: the same
+    fields in the learner and generator sections (each role serves its own)."""
+
+    metrics_tls_certfile: str = Field(
+        "", description="PEM certificate: serve /metrics and /healthz over HTTPS (with keyfile)."
+    )
+    metrics_tls_keyfile: str = Field("", description="PEM private key of metrics_tls_certfile.")
+    metrics_auth_file: str = Field(
+        "",
+        description="File holding one line `user:password`: /metrics and /healthz then "
+        "require HTTP basic auth (Prometheus: basic_auth in the scrape config). Empty: none.",
+    )
+
+
 class SecurityConfig(StrictModel):
     curve_dir: str | None = Field(
         None,
