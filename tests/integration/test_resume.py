@@ -17,17 +17,10 @@ import time
 from pathlib import Path
 
 from asyncrl.learner import ckpt_files as cf
-from asyncrl.protocol.sockets import free_port
+from asyncrl.protocol.sockets import free_ports
 from tests.integration.conftest import REPO, next_event, scrape, start_cli
 
 STEPS, ETA, B = 30, 2, 4
-
-
-def _free_ports(n: int) -> list[int]:
-    ports: set[int] = set()
-    while len(ports) < n:  # the OS may hand out a port it just gave again: keep them distinct
-        ports.add(free_port())
-    return sorted(ports)
 
 
 def _version(metrics_url: str) -> float:
@@ -38,7 +31,7 @@ def _version(metrics_url: str) -> float:
 
 
 def test_sigkill_then_resume(small_overrides, tmp_path):
-    control, rollouts, weights, metrics = _free_ports(4)
+    control, rollouts, weights, metrics = free_ports(4)
     common = [
         *small_overrides,
         f"learner.control_port={control}",

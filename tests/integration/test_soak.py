@@ -27,8 +27,8 @@ import psutil
 import pytest
 
 from asyncrl.learner.audit import check_audit, read_events
+from asyncrl.protocol.sockets import free_ports
 from tests.integration.conftest import next_event, scrape, start_cli
-from tests.integration.test_resume import _free_ports
 
 pytestmark = pytest.mark.slow
 
@@ -72,7 +72,7 @@ def _stop(proc: subprocess.Popen | None, sig=signal.SIGTERM, timeout: float = 12
 
 
 def test_soak_kills_and_resumes(small_overrides, tmp_path):
-    control, rollouts, weights, metrics = _free_ports(4)
+    control, rollouts, weights, metrics = free_ports(4)
     common = [
         *small_overrides,
         f"learner.control_port={control}",
