@@ -60,6 +60,18 @@ def _slope_mb_per_min(samples: list[tuple[float, float]]) -> float:
     return num / den * 60 / 1e6
 
 
+def _floor_slope_mb_per_min(samples: list[tuple[float, float]], bin_s: float = 60.0) -> float:
+    """Slope of the per-minute minimum: a leak raises the floor, while a transient peak (a
+    checkpoint being written, a weight blob being built) only raises single samples, which can
+    tilt a least-squares line fitted over a few minutes either way."""
+    bins: dict[int, tuple[float, float]] = {}
+    for t, r in samples:
+        k = int((t - samples[0][0]) // bin_s)
+        if k not in bins or r < bins[k][1]:
+            bins[k] = (t, r)
+    return _slope_mb_per_min(sorted(bins.values())) if len(bins) > 2 else 0.0
+
+
 def _stop(proc: subprocess.Popen | None, sig=signal.SIGTERM, timeout: float = 120) -> None:
     if proc is None or proc.poll() is not None:
         return
@@ -152,9 +164,12 @@ def test_soak_kills_and_resumes(small_overrides, tmp_path):
     report = check_audit(read_events(out / "audit.jsonl"))
     summary = json.loads((out / "summary.json").read_text())
     end = time.time()
-    learner_slope = _slope_mb_per_min(
-        [(t, r) for t, r in lives[-1]["rss"] if t >= max(end - RSS_WINDOW, t0) + RSS_WARMUP]
-    )
+    window = [(t, r) for t, r in lives[-1]["rss"] if t >= max(end - RSS_WINDOW, t0) + RSS_WARMUP]
+    learner_slope = _slope_mb_per_min(window)
+    if os.environ.get("ASYNCRL_SOAK_SAMPLES"):  # the raw curves, to look at a failed slope
+        Path(os.environ["ASYNCRL_SOAK_SAMPLES"]).write_text(
+            json.dumps({"learner": [life["rss"] for life in lives], "generators": gen_rss})
+        )
     gen_slopes = {
         name: _slope_mb_per_min([(t, r) for t, r in s if t >= s[0][0] + 30])
         for name, s in gen_rss.items()
@@ -173,6 +188,7 @@ def test_soak_kills_and_resumes(small_overrides, tmp_path):
         "rollbacks": report.rollbacks,
         "learner_rss_mb": round(lives[-1]["rss"][-1][1] / 1e6),
         "learner_rss_slope_mb_per_min": round(learner_slope, 3),
+        "learner_rss_floor_slope_mb_per_min": round(_floor_slope_mb_per_min(window), 3),
         "generator_rss_slope_mb_per_min": {k: round(v, 3) for k, v in gen_slopes.items()},
     }
     print("SOAK", json.dumps(figures))
