@@ -167,8 +167,11 @@ class StepLoop:
         if self.reporter is not None:
             self.reporter.step(version, {**stats, **m})
 
-    def summary(self, accuracy_before: float | None, accuracy_after: float | None) -> dict:
-        """Rank 0: the run's figures, also written to `learner.output_dir/summary.json`."""
+    def summary(
+        self, accuracy_before: float | None, accuracy_after: float | None, extra=None
+    ) -> dict:
+        """Rank 0: the run's figures (and `extra` ones), also written to
+        `learner.output_dir/summary.json`."""
         cfg, st = self.cfg, self.hub.stats()
         rl = max(self.rl_seconds, 1e-9)
         summary = {
@@ -187,6 +190,7 @@ class StepLoop:
             ),
             "generation_tokens_per_second": round(st["generation_capacity"], 1),
             "staleness_counts": {str(k): v for k, v in sorted(st["staleness_counts"].items())},
+            **(extra or {}),
         }
         out = Path(cfg.learner.output_dir)
         out.mkdir(parents=True, exist_ok=True)

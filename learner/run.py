@@ -156,11 +156,12 @@ def run_learner(
     if hub is not None:
         if acc_after is not None:
             hub.metrics.eval_accuracy.set(acc_after)
-        summary = loop.summary(acc_before, acc_after)
+        extra = {}
         if "eval_tool_call_success" in before:
             # Multi-turn episodes: how often the held-out episodes' tool calls succeeded.
-            summary["tool_call_success_before"] = before["eval_tool_call_success"]
-            summary["tool_call_success_after"] = final.get("eval_tool_call_success")
+            extra["tool_call_success_before"] = before["eval_tool_call_success"]
+            extra["tool_call_success_after"] = final.get("eval_tool_call_success")
+        summary = loop.summary(acc_before, acc_after, extra)
         hub.stop()
         publisher.close()
         reporter.finished(summary)

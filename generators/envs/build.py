@@ -26,6 +26,9 @@ from asyncrl.protocol.settings import SamplingParams
 
 logger = logging.getLogger(__name__)
 
+# Episodes the held-out evaluation plays side by side.
+EVAL_BATCH = 64
+
 
 def load_object(spec: str, what: str):
     """The attribute named by `module:name` or `path/file.py:name`."""
@@ -168,10 +171,11 @@ def episode_evaluator(cfg: EnvConfig, prompt_field: str = "prompt"):
         runner = EpisodeRunner(turns, make, renderer, limits, lambda: 0, None, episodes.append)
         params = SamplingParams(temperature=1.0, max_new_tokens=max_new_tokens)
         n = 1 if greedy else samples
+        step = max(1, EVAL_BATCH // n)  # sequences per backend call stay near EVAL_BATCH
         out = []
-        for ids in prompt_ids:
-            got = runner.run(ids, n, params)
-            out.append([final_answer(renderer, s) for s in got])
+        for i in range(0, len(prompt_ids), step):
+            for row in runner.run_many(prompt_ids[i : i + step], n, params):
+                out.append([final_answer(renderer, s) for s in row])
         return out, episode_stats(episodes)
 
     return evaluate

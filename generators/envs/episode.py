@@ -42,6 +42,7 @@ class EpisodeLimits:
 @dataclass
 class Episode:
     env: Environment
+    prompt: np.ndarray
     tokens: list[np.ndarray] = field(default_factory=list)
     logprobs: list[np.ndarray] = field(default_factory=list)
     versions: list[np.ndarray] = field(default_factory=list)
@@ -96,16 +97,28 @@ class EpisodeRunner:
         self.between_turns = between_turns
         self.on_episode = on_episode
 
-    def run(
-        self, prompt_ids: np.ndarray, n: int, params: SamplingParams, row: dict | None = None
-    ) -> list[Sample]:
-        prompt = np.asarray(prompt_ids, dtype=np.int32)
-        row = row if row is not None else {"prompt": self.renderer.tokenizer.decode(prompt)}
+    def run(self, prompt_ids: np.ndarray, n: int, params: SamplingParams) -> list[Sample]:
+        """`n` episodes of one prompt (a lease's group)."""
+        return self.run_many([prompt_ids], n, params)[0]
+
+    def run_many(
+        self, prompts: list[np.ndarray], n: int, params: SamplingParams
+    ) -> list[list[Sample]]:
+        """`n` episodes of each prompt, all played side by side (held-out evaluation). The
+        environment's `reset` gets the prompt's text as the row (leases carry no row)."""
         episodes = []
-        for _ in range(n):
-            ep = Episode(self.make_env())
-            ep.env.reset(row)
-            episodes.append(ep)
+        for ids in prompts:
+            prompt = np.asarray(ids, dtype=np.int32)
+            row = {"prompt": self.renderer.tokenizer.decode(prompt)}
+            for _ in range(n):
+                ep = Episode(self.make_env(), prompt)
+                ep.env.reset(row)
+                episodes.append(ep)
+        self._play(episodes, params)
+        samples = [ep.sample() for ep in episodes]
+        return [samples[i * n : (i + 1) * n] for i in range(len(prompts))]
+
+    def _play(self, episodes: list[Episode], params: SamplingParams) -> None:
         budget = params.max_new_tokens
         live = list(episodes)
         while live:
@@ -119,7 +132,7 @@ class EpisodeRunner:
                     room = min(room, self.limits.max_turn_tokens)
                 by_room.setdefault(room, []).append(ep)
             for room, eps in by_room.items():
-                contexts = [np.concatenate([prompt, *ep.tokens]) for ep in eps]
+                contexts = [np.concatenate([ep.prompt, *ep.tokens]) for ep in eps]
                 sub = params.model_copy(update={"max_new_tokens": room})
                 for ep, s in zip(eps, self.turns(contexts, sub)):
                     self._after_turn(ep, s, budget)
@@ -135,7 +148,6 @@ class EpisodeRunner:
                 ep.finish,
                 ep.tool_calls,
             )
-        return [ep.sample() for ep in episodes]
 
     def _after_turn(self, ep: Episode, s: Sample, budget: int) -> None:
         ep.add(s.tokens, s.logprobs, s.versions, model=True)
