@@ -10,12 +10,12 @@ result copied as the final answer. Observations are made by the same tool enviro
 rendering the generators use, so the warm start sees exactly the tokens RL will.
 
 The warm start is flawed on purpose, the way the arithmetic task's is: in its last steps a
-share `sft_noise` of the calls name a tool that does not exist (`calc`), after which the answer
-is a guess. Above one half the greedy episode calls the wrong tool (held-out accuracy near 0)
-while sampled episodes succeed often: RL with the exact-match reward has a single token to fix
-and raises both held-out accuracy and tool-call success. The tokenizer keeps one token per
-character, plus one per lowercase word of the tool-call format (as subword vocabularies do)
-and the four tool tags, so episodes stay short enough for two CPU cores.
+share `sft_noise` (0.65 in the preset) of the calls name a tool that does not exist (`calc`),
+after which the answer is a guess. Above one half the greedy episode calls the wrong tool
+(held-out accuracy near 0) while sampled episodes often succeed: RL with the exact-match
+reward has one token to fix and raises both held-out accuracy and tool-call success. The
+tokenizer keeps one token per character, plus one per lowercase word of the tool-call format
+(as subword vocabularies do) and the four tool tags, so episodes stay short on two CPU cores.
 """
 
 from __future__ import annotations
