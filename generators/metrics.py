@@ -16,6 +16,9 @@ REJECT_REASONS = (
     "prompt_length",
 )
 
+# How multi-turn episodes end (protocol.validate.FINISH_REASONS).
+EPISODE_FINISHES = ("stop", "length", "abort", "max_turns", "budget", "tool_timeout")
+
 
 class GeneratorMetrics:
     """All generator-side series, created on `registry`."""
@@ -67,3 +70,36 @@ class GeneratorMetrics:
         )
         for reason in REJECT_REASONS:
             self.rejected.labels(reason=reason)
+        # Multi-turn episodes (env.name != none); zero otherwise.
+        self.episode_turns = Histogram(
+            "asyncrl_generator_episode_turns",
+            "Model turns per multi-turn episode.",
+            buckets=(1, 2, 3, 4, 6, 8, 12, 16, 32),
+            registry=r,
+        )
+        self.episodes = Counter(
+            "asyncrl_generator_episodes",
+            "Multi-turn episodes finished, by finish reason.",
+            ["finish"],
+            registry=r,
+        )
+        for reason in EPISODE_FINISHES:
+            self.episodes.labels(finish=reason)
+        self.tool_calls = Counter(
+            "asyncrl_generator_tool_calls",
+            "Tool calls by tool (configured names, unknown, malformed) and outcome "
+            "(ok, error, timeout).",
+            ["tool", "outcome"],
+            registry=r,
+        )
+        self.env_seconds = Counter(
+            "asyncrl_generator_env_seconds",
+            "Time spent in environments (tool calls included) between model turns.",
+            registry=r,
+        )
+        self.env_tokens = Counter(
+            "asyncrl_generator_env_tokens",
+            "Environment tokens appended to episodes (loss mask 0; the masked fraction is "
+            "this over asyncrl_generator_tokens_total).",
+            registry=r,
+        )

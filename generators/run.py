@@ -10,6 +10,7 @@ from collections.abc import Callable
 
 from asyncrl.generators.backends.base import Backend
 from asyncrl.generators.config import GeneratorConfig
+from asyncrl.generators.envs.config import EnvConfig
 from asyncrl.generators.metrics import GeneratorMetrics
 from asyncrl.generators.worker import GeneratorWorker
 from asyncrl.protocol.sockets import SocketFactory
@@ -44,14 +45,24 @@ def run_generator(
     stop: threading.Event,
     ready: Callable[[str, HealthCheck], None],
     weights_dir: str = "",
+    env: EnvConfig | None = None,
 ) -> bool:
     """Generate for the learner at `config.learner` until `stop` is set or the learner
     announces that its run finished; returns whether it did. `ready(generator_id, health)` is
     called once the backend is up, before the loop starts: the caller serves `metrics` and the
     health check from then on. `weights_dir`: where disk-transport versions may lie when
-    `config.limits.weights_dir` is empty."""
+    `config.limits.weights_dir` is empty. `env`: multi-turn rollouts with this environment
+    (None or env.name none: single-turn)."""
     generator_id = config.generator_id or default_generator_id()
     seed = config.seed * 1_000_003 + sum(map(ord, generator_id))
+    episodes = None
+    if env is not None and env.enabled:
+        from transformers import AutoTokenizer
+
+        from asyncrl.generators.envs.build import episode_factory
+
+        # Before the backend: a broken tool, plug-in or chat template fails fast.
+        episodes = episode_factory(env, AutoTokenizer.from_pretrained(model_path))
     backend = build_backend(config, model_path, device, dtype, seed)
     worker = GeneratorWorker(
         backend,
@@ -66,6 +77,7 @@ def run_generator(
         stop=stop,
         limits=config.limits,
         weights_dir=config.limits.weights_dir or weights_dir,
+        episodes=episodes,
     )
     ready(generator_id, worker.healthy)
     try:

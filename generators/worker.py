@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -21,6 +22,7 @@ import numpy as np
 from asyncrl.generators.backends.base import Backend, InflightMode
 from asyncrl.generators.bounds import LearnerBounds
 from asyncrl.generators.config import LearnerLimits
+from asyncrl.generators.envs.episode import EpisodeRunner
 from asyncrl.generators.metrics import GeneratorMetrics
 from asyncrl.generators.session import LearnerGone, RunFinished, Session, Stopping
 from asyncrl.generators.updates import WeightUpdates
@@ -29,6 +31,8 @@ from asyncrl.protocol.messages import Lease, LeaseDenied, RolloutGroup, Welcome
 from asyncrl.protocol.sockets import SocketFactory
 
 logger = logging.getLogger(__name__)
+
+EpisodeFactory = Callable[[Backend, Callable[[], None] | None, GeneratorMetrics], EpisodeRunner]
 
 # How often the generator logs what it did (at INFO); each weight load is logged at DEBUG.
 SUMMARY_SECONDS = 30.0
@@ -52,7 +56,11 @@ class GeneratorWorker:
         stop: threading.Event | None = None,
         limits: LearnerLimits | None = None,
         weights_dir: str = "",
+        episodes: EpisodeFactory | None = None,
     ):
+        """`episodes`: multi-turn rollouts (an environment between model turns); given the
+        backend, the hook that loads weights between turns (None: not between turns) and
+        the metrics, it returns the runner that plays a lease's episodes."""
         self.backend = backend
         self.bounds = LearnerBounds(limits or LearnerLimits(), metrics, weights_dir)
         self.finished: int | None = None  # the version the learner finished at, once told
@@ -69,6 +77,12 @@ class GeneratorWorker:
             backend.set_inflight_hook(
                 self.weights.between_tokens, inflight_updates, inflight_check_tokens
             )
+        self.episodes: EpisodeRunner | None = None
+        if episodes is not None:
+            if not backend.capabilities.token_continuation:
+                raise ValueError(f"backend {backend.name} cannot continue token sequences")
+            between = self.weights.between_tokens if inflight_updates != "off" else None
+            self.episodes = episodes(backend, between, metrics)
 
     @property
     def connected(self) -> bool:
@@ -165,7 +179,10 @@ class GeneratorWorker:
         with self.session.holding(lease):
             t = time.time()
             self.weights.inflight_load_seconds = 0.0
-            samples = self.backend.generate(lease.prompt_ids, lease.group_size, lease.sampling)
+            if self.episodes is not None:
+                samples = self.episodes.run(lease.prompt_ids, lease.group_size, lease.sampling)
+            else:
+                samples = self.backend.generate(lease.prompt_ids, lease.group_size, lease.sampling)
             baseline = None
             if lease.greedy_baseline:
                 baseline = self.backend.generate_greedy(
@@ -186,6 +203,9 @@ class GeneratorWorker:
                 generate_seconds=dt,
                 baseline_tokens=baseline,
             )
+            if self.episodes is not None:
+                group.loss_mask = _cat([s.mask for s in samples], np.uint8)
+                group.env_rewards = np.array([s.env_reward for s in samples], np.float32)
             self.session.push_group(group)
             self.metrics.groups.inc()
             self.metrics.tokens.inc(int(group.lengths.sum()))

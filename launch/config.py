@@ -16,6 +16,7 @@ from pydantic import BaseModel, Field, ValidationError, model_validator
 
 from asyncrl.buffer.config import BufferConfig
 from asyncrl.generators.config import GeneratorConfig
+from asyncrl.generators.envs.config import EnvConfig
 from asyncrl.launch.config_errors import format_validation_error, yaml_error_line
 from asyncrl.launch.tiny import TinyTaskConfig
 from asyncrl.learner.config import DataConfig, EvalConfig, LearnerConfig, TrainConfig
@@ -50,6 +51,7 @@ class AsyncRLConfig(_Strict):
     buffer: BufferConfig = Field(default_factory=BufferConfig)
     learner: LearnerConfig = Field(default_factory=LearnerConfig)
     generator: GeneratorConfig = Field(default_factory=GeneratorConfig)
+    env: EnvConfig = Field(default_factory=EnvConfig)
     local: LocalConfig = Field(default_factory=LocalConfig)
     security: SecurityConfig = Field(default_factory=SecurityConfig)
 

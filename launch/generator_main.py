@@ -64,6 +64,7 @@ def generator_main(cfg: AsyncRLConfig) -> int:
         stop,
         ready,
         weights_dir=weights_dir,
+        env=cfg.env,
     )
     if finished:
         process.run_finished.set(1)

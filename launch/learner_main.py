@@ -111,7 +111,19 @@ def run(cfg: AsyncRLConfig, resume: bool, events: TextIO) -> dict | None:
         stop,
         resume,
         reporter,
+        env=_env_hooks(cfg),
     )
     if summary is not None and not stop.is_set():
         reporter.finish(stop)
     return summary
+
+
+def _env_hooks(cfg: AsyncRLConfig):
+    """The learner's view of the environment generators run (None without one): the tool
+    schemas prompts are rendered with and held-out evaluation by whole episodes."""
+    if not cfg.env.enabled:
+        return None
+    from asyncrl.generators.envs.build import episode_evaluator, tool_schemas
+    from asyncrl.learner.evaluation import EnvHooks
+
+    return EnvHooks(tools=tool_schemas(cfg.env) or None, episodes=episode_evaluator(cfg.env))

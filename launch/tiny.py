@@ -23,6 +23,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, model_validator
 
@@ -47,15 +48,17 @@ class TinyTaskConfig(StrictModel):
     """What the embedded default task and model look like; part of the cache key."""
 
     seed: int = Field(0, description="Seed of the data splits, model init and SFT order.")
+    task: Literal["arithmetic", "agent"] = Field(
+        "arithmetic",
+        description="arithmetic: answer directly; agent: a calculator tool between turns "
+        "(launch/tiny_agent.py, with env.name=tool).",
+    )
     n_train: int = Field(4000, ge=1, description="Prompts in the RL train split.")
     n_eval: int = Field(
         256, ge=1, description="Prompts in the held-out split (disjoint from train and SFT data)."
     )
     n_sft: int = Field(
-        4000,
-        ge=1,
-        description="Distinct problems the warm start is trained on "
-        "(disjoint from the held-out and train splits).",
+        4000, ge=1, description="Distinct problems of the warm start (disjoint from the others)."
     )
     operand_min: int = Field(0, ge=0, description="Smallest operand.")
     operand_max: int = Field(99, ge=0, description="Largest operand.")
@@ -70,10 +73,7 @@ class TinyTaskConfig(StrictModel):
     num_heads: int = Field(4, ge=1, description="Attention heads (hidden_size must divide).")
     intermediate_size: int = Field(512, ge=8, description="MLP width.")
     sft_steps: int = Field(
-        1400,
-        ge=0,
-        description="Optimizer steps of the supervised warm start; "
-        "few on purpose (see module docstring).",
+        1400, ge=0, description="Optimizer steps of the supervised warm start; few on purpose."
     )
     sft_batch_size: int = Field(64, ge=1, description="Sequences per SFT step.")
     sft_noise: float = Field(
@@ -96,10 +96,7 @@ class TinyTaskConfig(StrictModel):
     )
     sft_lr: float = Field(2e-3, gt=0, description="Peak SFT learning rate (AdamW, linear decay).")
     sft_threads: int = Field(
-        2,
-        ge=0,
-        description="torch intra-op threads while building; 0 = "
-        "leave torch's default. Not part of the cache key.",
+        2, ge=0, description="torch threads while building (0 = default); not in the cache key."
     )
     cache_dir: str | None = Field(
         None,
@@ -169,7 +166,9 @@ def make_splits(cfg: TinyTaskConfig) -> tuple[list[dict], list[dict], list[dict]
 
 def cache_key(cfg: TinyTaskConfig) -> str:
     """Hash of everything that changes the built assets (not where or how fast they build)."""
-    fields = cfg.model_dump(exclude={"cache_dir", "sft_threads"})
+    # `task` joined later: the arithmetic task keeps the key (and cache) it always had.
+    skip = {"cache_dir", "sft_threads"} | ({"task"} if cfg.task == "arithmetic" else set())
+    fields = cfg.model_dump(exclude=skip)
     blob = json.dumps({"format": FORMAT_VERSION, **fields}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -268,16 +267,8 @@ def _warm_start(cfg: TinyTaskConfig, tokenizer, sft_rows: list[dict], on_step=No
     torch.manual_seed(cfg.seed)
     model = Qwen2ForCausalLM(tiny_model_config(cfg, vocab_size=len(tokenizer)))
     n_params = sum(p.numel() for p in model.parameters())
-    log.info(
-        "tiny model: %d parameters; SFT %d steps on %d problems",
-        n_params,
-        cfg.sft_steps,
-        len(sft_rows),
-    )
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.sft_lr, weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / 20) * max(0.0, 1 - s / max(1, cfg.sft_steps))
-    )
+    log.info("tiny model: %d parameters; SFT %d steps", n_params, cfg.sft_steps)
+    opt, sched = sft_optimizer(model, cfg)
     rng = random.Random(cfg.seed + 1)
     order: list[int] = []
     model.train()
@@ -312,6 +303,15 @@ def _warm_start(cfg: TinyTaskConfig, tokenizer, sft_rows: list[dict], on_step=No
             on_step(step + 1, model, loss.item())
     model.eval()
     return model
+
+
+def sft_optimizer(model, cfg: TinyTaskConfig):
+    """AdamW with 20 warm-up steps, then linear decay to 0 at `sft_steps`."""
+    import torch
+
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.sft_lr, weight_decay=0.0)
+    decay = lambda s: min(1.0, (s + 1) / 20) * max(0.0, 1 - s / max(1, cfg.sft_steps))  # noqa: E731
+    return opt, torch.optim.lr_scheduler.LambdaLR(opt, decay)
 
 
 def _write_jsonl(path: Path, rows: list[dict]) -> None:
@@ -379,7 +379,12 @@ def setup_tiny_assets(cfg: TinyTaskConfig | None = None) -> TinyAssets:
     try:
         t0 = time.monotonic()
         log.info("building the tiny task and model into %s (one-off, cached)", final)
-        _build(cfg, tmp)
+        if cfg.task == "agent":
+            from asyncrl.launch.tiny_agent import build_agent as _build_agent
+
+            _build_agent(cfg, tmp)
+        else:
+            _build(cfg, tmp)
         try:
             os.rename(tmp, final)
             log.info("tiny assets built in %.1fs", time.monotonic() - t0)

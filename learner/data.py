@@ -119,14 +119,21 @@ class Prompt:
 class PromptSource:
     """Tokenized prompts served in a seeded per-epoch permutation, with a saveable cursor."""
 
-    def __init__(self, rows: list[dict], tokenizer, prompt_field: str, seed: int = 0):
+    def __init__(
+        self,
+        rows: list[dict],
+        tokenizer,
+        prompt_field: str,
+        seed: int = 0,
+        tools: list[dict] | None = None,
+    ):
         self.rows = rows
         self.seed = seed
         self.prompts: list[Prompt] = []
         for i, row in enumerate(rows):
             if prompt_field not in row:
                 raise ValueError(f"row {i} has no field {prompt_field!r} (data.prompt_field)")
-            text = prompt_text(row, prompt_field, tokenizer)
+            text = prompt_text(row, prompt_field, tokenizer, tools)
             ids = tokenizer(text, add_special_tokens=False)["input_ids"]
             self.prompts.append(Prompt(i, text, np.asarray(ids, dtype=np.int32), row))
         self.epoch = 0
@@ -154,9 +161,12 @@ class PromptSource:
         self._order = self._permutation(self.epoch)
 
 
-def prompt_text(row: dict, prompt_field: str, tokenizer) -> str:
-    """Chat-style rows (a list of {role, content}) go through the tokenizer's chat template."""
+def prompt_text(row: dict, prompt_field: str, tokenizer, tools: list[dict] | None = None) -> str:
+    """Chat-style rows (a list of {role, content}) go through the tokenizer's chat template,
+    with the JSON schemas of the environment's tools (`tools=`) when it has some."""
     value = row[prompt_field]
     if isinstance(value, list):
-        return tokenizer.apply_chat_template(value, tokenize=False, add_generation_prompt=True)
+        return tokenizer.apply_chat_template(
+            value, tools=tools or None, tokenize=False, add_generation_prompt=True
+        )
     return str(value)

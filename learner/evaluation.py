@@ -16,8 +16,9 @@ import logging
 import math
 import queue
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import torch
 
@@ -26,6 +27,20 @@ from asyncrl.learner.rewards import RewardConfig, RewardFunction, RewardInput, R
 from asyncrl.learner.rewards.pool import Failed, RewardJob, RewardPool
 
 logger = logging.getLogger(__name__)
+
+# (model, tokenizer, prompt token ids per row, samples, greedy, episode budget) -> (per row,
+# (final answer text, its ids) per sample; statistics such as eval_tool_call_success).
+EpisodeEval = Callable[..., tuple[list[list[tuple[str, list[int]]]], dict[str, float]]]
+
+
+@dataclass(frozen=True)
+class EnvHooks:
+    """Multi-turn rollouts as the learner sees them, built by the launch layer from the
+    generators' environment: the tool schemas chat prompts are rendered with (`tools=`), and
+    held-out evaluation that plays whole episodes (the learner never imports environments)."""
+
+    tools: list[dict] | None = None
+    episodes: EpisodeEval | None = None
 
 
 @contextmanager
@@ -257,24 +272,34 @@ def evaluate_rows(
     success_threshold: float = 1.0,
     max_new_tokens: int = 8,
     batch_size: int = 64,
+    env: EnvHooks | None = None,
 ) -> dict[str, float]:
     """Generates for every row and, with a `reward` (rank 0), scores them (`score_rows`).
-    Without one (other ZeRO-3 ranks, which must run the same forwards) it only generates."""
+    Without one (other ZeRO-3 ranks, which must run the same forwards) it only generates.
+    With `env.episodes` each completion is a multi-turn episode's final answer (rank 0 only:
+    not under ZeRO-3 sharding)."""
     if not rows:
         return {}
-    prompts = [prompt_text(r, prompt_field, tokenizer) for r in rows]
-    gens = generate_samples(
-        model,
-        tokenizer,
-        prompts,
-        num_samples=samples,
-        temperature=0.0 if samples == 1 else temperature,
-        max_new_tokens=max_new_tokens,
-        batch_size=batch_size,
-    )
+    env = env or EnvHooks()
+    prompts = [prompt_text(r, prompt_field, tokenizer, env.tools) for r in rows]
+    extra: dict[str, float] = {}
+    if env.episodes is not None:
+        ids = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+        with _eval_mode(model, tokenizer):
+            gens, extra = env.episodes(model, tokenizer, ids, samples, samples == 1, max_new_tokens)
+    else:
+        gens = generate_samples(
+            model,
+            tokenizer,
+            prompts,
+            num_samples=samples,
+            temperature=0.0 if samples == 1 else temperature,
+            max_new_tokens=max_new_tokens,
+            batch_size=batch_size,
+        )
     if reward is None:
         return {}
-    return score_rows(
+    return extra | score_rows(
         reward,
         rows,
         prompts,

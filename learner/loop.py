@@ -18,7 +18,7 @@ import numpy as np
 from asyncrl.learner.checkpoint import Checkpointer
 from asyncrl.learner.config import RunConfig
 from asyncrl.learner.engine import Batch, Engine, broadcast_batch, broadcast_flag
-from asyncrl.learner.evaluation import eval_reward, evaluate_rows
+from asyncrl.learner.evaluation import EnvHooks, eval_reward, evaluate_rows
 from asyncrl.learner.publishers import WeightPublisher
 from asyncrl.learner.step import build_batch, train_step
 
@@ -26,7 +26,13 @@ logger = logging.getLogger(__name__)
 
 
 def evaluate(
-    engine: Engine, tokenizer, rows: list[dict], cfg: RunConfig, hub=None, stats=None
+    engine: Engine,
+    tokenizer,
+    rows: list[dict],
+    cfg: RunConfig,
+    hub=None,
+    stats=None,
+    env: EnvHooks | None = None,
 ) -> float | None:
     """Held-out evaluation with the training reward (`learner.evaluation`). Returns the
     accuracy (None without labelled rows, and on ranks that do not evaluate); with `hub`
@@ -50,6 +56,7 @@ def evaluate(
         temperature=ev.temperature,
         success_threshold=ev.success_threshold,
         max_new_tokens=cfg.sampling.max_new_tokens,
+        env=env,
     )
     if hub is not None:
         for name, gauge in (
@@ -81,6 +88,7 @@ class StepLoop:
         accuracy: float | None,
         checkpointer: Checkpointer,
         reporter=None,
+        env: EnvHooks | None = None,
     ) -> None:
         self.cfg, self.engine, self.hub, self.publisher = cfg, engine, hub, publisher
         self.checkpointer = checkpointer
@@ -94,6 +102,7 @@ class StepLoop:
         self.accuracy = accuracy  # the latest held-out accuracy
         # Rank 0: takes each step's statistics (learner.tracking.Tracking); None elsewhere.
         self.reporter = reporter
+        self.env = env
 
     def run(self) -> None:
         train = self.cfg.train
@@ -148,7 +157,9 @@ class StepLoop:
         every = cfg.eval.every
         if every and version % every == 0 and version < cfg.train.steps:
             te = time.time()
-            self.accuracy = evaluate(self.engine, self.tokenizer, self.eval_rows, cfg, hub, stats)
+            self.accuracy = evaluate(
+                self.engine, self.tokenizer, self.eval_rows, cfg, hub, stats, self.env
+            )
             if hub is not None:
                 hub.metrics.step_seconds.labels(phase="eval").observe(time.time() - te)
         if cfg.train.checkpoint_every and version % cfg.train.checkpoint_every == 0:
@@ -156,8 +167,11 @@ class StepLoop:
         if self.reporter is not None:
             self.reporter.step(version, {**stats, **m})
 
-    def summary(self, accuracy_before: float | None, accuracy_after: float | None) -> dict:
-        """Rank 0: the run's figures, also written to `learner.output_dir/summary.json`."""
+    def summary(
+        self, accuracy_before: float | None, accuracy_after: float | None, extra=None
+    ) -> dict:
+        """Rank 0: the run's figures (and `extra` ones), also written to
+        `learner.output_dir/summary.json`."""
         cfg, st = self.cfg, self.hub.stats()
         rl = max(self.rl_seconds, 1e-9)
         summary = {
@@ -176,6 +190,7 @@ class StepLoop:
             ),
             "generation_tokens_per_second": round(st["generation_capacity"], 1),
             "staleness_counts": {str(k): v for k, v in sorted(st["staleness_counts"].items())},
+            **(extra or {}),
         }
         out = Path(cfg.learner.output_dir)
         out.mkdir(parents=True, exist_ok=True)

@@ -20,6 +20,7 @@ from asyncrl.learner.checkpoint import Checkpointer
 from asyncrl.learner.config import RunConfig
 from asyncrl.learner.data import PromptSource, load_rows
 from asyncrl.learner.engine import Engine, init_distributed, shutdown_distributed
+from asyncrl.learner.evaluation import EnvHooks
 from asyncrl.learner.loop import StepLoop, evaluate, fmt_accuracy
 from asyncrl.learner.publishers import make_publisher
 from asyncrl.learner.step import load_reference
@@ -52,9 +53,11 @@ def run_learner(
     stop: threading.Event,
     resume: bool,
     reporter: Reporter,
+    env: EnvHooks | None = None,
 ) -> dict | None:
     """Train until `train.steps`, `stop` or `train.max_seconds`; returns the summary on rank 0
-    (None on other ranks). Joins the process group if the caller has not."""
+    (None on other ranks). Joins the process group if the caller has not. `env`: multi-turn
+    rollouts (tool schemas for prompts, episode evaluation), from the launch layer."""
     from transformers import AutoTokenizer
 
     rank, world = init_distributed(device)
@@ -71,7 +74,7 @@ def run_learner(
     ref_model = None
     if cfg.objective.kl_beta > 0:
         ref_model = load_reference(model_path, cfg.model.dtype, device)
-    hub = _build_hub(cfg, train_path, tokenizer) if rank == 0 else None
+    hub = _build_hub(cfg, train_path, tokenizer, env) if rank == 0 else None
     # Before the hub serves: a transport may attach itself to it.
     publisher = make_publisher(engine, hub, cfg.learner, model_path)
     eval_rows: list[dict] = []
@@ -99,7 +102,7 @@ def run_learner(
         hub.start()
     publisher.publish(version)
     before: dict = {}
-    acc_before = evaluate(engine, tokenizer, eval_rows, cfg, hub, before)
+    acc_before = evaluate(engine, tokenizer, eval_rows, cfg, hub, before, env)
     if hub is not None:
         if acc_before is not None:
             hub.metrics.eval_accuracy.set(acc_before)
@@ -131,6 +134,7 @@ def run_learner(
             acc_before,
             checkpointer,
             reporter=tracking,
+            env=env,
         )
         loop.run()
         if hub is not None and not stop.is_set():
@@ -142,7 +146,7 @@ def run_learner(
             hub.close_audit(finished=True)
         checkpointer.final_export(loop.version)
         final: dict = {}
-        acc_after = evaluate(engine, tokenizer, eval_rows, cfg, hub, final)
+        acc_after = evaluate(engine, tokenizer, eval_rows, cfg, hub, final, env)
         if tracking is not None:
             tracking.record(loop.version, final)
     finally:
@@ -152,7 +156,12 @@ def run_learner(
     if hub is not None:
         if acc_after is not None:
             hub.metrics.eval_accuracy.set(acc_after)
-        summary = loop.summary(acc_before, acc_after)
+        extra = {}
+        if "eval_tool_call_success" in before:
+            # Multi-turn episodes: how often the held-out episodes' tool calls succeeded.
+            extra["tool_call_success_before"] = before["eval_tool_call_success"]
+            extra["tool_call_success_after"] = final.get("eval_tool_call_success")
+        summary = loop.summary(acc_before, acc_after, extra)
         hub.stop()
         publisher.close()
         reporter.finished(summary)
@@ -171,14 +180,18 @@ def _build_tracking(cfg: RunConfig, hub) -> Tracking:
     return Tracking(trackers, hub.metrics, train.steps, train.log_every, train.max_seconds, hub)
 
 
-def _build_hub(cfg: RunConfig, train_path: str, tokenizer):
+def _build_hub(cfg: RunConfig, train_path: str, tokenizer, env: EnvHooks | None):
     from asyncrl.learner.hub import Hub
     from asyncrl.learner.hub.core import RateLimitedLog
     from asyncrl.learner.metrics import LearnerMetrics
     from asyncrl.protocol.sockets import learner_receive_limits, setup_socket_factory
 
     prompts = PromptSource(
-        load_rows(train_path), tokenizer, cfg.data.prompt_field, seed=cfg.data.shuffle_seed
+        load_rows(train_path),
+        tokenizer,
+        cfg.data.prompt_field,
+        seed=cfg.data.shuffle_seed,
+        tools=env.tools if env is not None else None,
     )
     # Per-frame limits from the configured maxima, not a fixed 512 MiB.
     receive = learner_receive_limits(cfg.sampling.group_size, cfg.sampling.max_new_tokens)

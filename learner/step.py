@@ -19,32 +19,38 @@ from asyncrl.learner.objectives import policy_loss
 def build_batch(
     groups: list[BufferedGroup], advantage: AdvantageConfig, pad_id: int
 ) -> tuple[Batch, dict]:
-    """Pack groups into right-padded tensors; advantages from each group's rewards."""
+    """Pack groups into right-padded tensors; advantages from each group's rewards. The
+    response mask is 1 on model tokens only: a multi-turn episode's environment tokens (mask
+    0 in its loss mask) are context, never trained on and never counted by token-mean."""
     datas = [g.payload for g in groups]
     rewards = torch.tensor(np.stack([d.rewards for d in datas]), dtype=torch.float32)
     baseline = None
     if all(d.baseline_reward is not None for d in datas):
         baseline = torch.tensor([d.baseline_reward for d in datas], dtype=torch.float32)
     adv, adv_metrics = compute_advantages(rewards, advantage, baseline_rewards=baseline)
-    seqs, behaviour, starts = [], [], []
+    seqs, behaviour, starts, masks = [], [], [], []
     for d in datas:
-        for resp, lp in zip(d.responses, d.logprobs):
+        for j, (resp, lp) in enumerate(zip(d.responses, d.logprobs)):
             seqs.append(np.concatenate([d.prompt.token_ids, resp]))
             behaviour.append(lp)
             starts.append(len(d.prompt.token_ids))
+            masks.append(None if d.masks is None else d.masks[j])
     n, length = len(seqs), max(len(s) for s in seqs)
     input_ids = torch.full((n, length), pad_id, dtype=torch.long)
     attention = torch.zeros(n, length, dtype=torch.long)
     resp_mask = torch.zeros(n, length, dtype=torch.float32)
     mu = torch.zeros(n, length, dtype=torch.float32)
-    for i, (s, lp, st) in enumerate(zip(seqs, behaviour, starts)):
+    for i, (s, lp, st, m) in enumerate(zip(seqs, behaviour, starts, masks)):
         input_ids[i, : len(s)] = torch.from_numpy(s.astype(np.int64))
         attention[i, : len(s)] = 1
-        resp_mask[i, st : len(s)] = 1.0
+        resp_mask[i, st : len(s)] = 1.0 if m is None else torch.from_numpy(m.astype(np.float32))
         mu[i, st : len(s)] = torch.from_numpy(lp.astype(np.float32))
+    response_tokens = sum(len(s) - st for s, st in zip(seqs, starts))
     stats = {
         "reward_mean": float(rewards.mean()),
         "response_tokens": float(resp_mask.sum()),
+        # Multi-turn episodes: the share of response tokens the environment wrote (masked).
+        "env_token_fraction": 1.0 - float(resp_mask.sum()) / max(response_tokens, 1),
         **{f"adv_{k}": v for k, v in adv_metrics.items()},
     }
     for d in datas:

@@ -22,7 +22,8 @@ from pydantic import BaseModel
 
 from asyncrl.protocol.settings import SamplingParams
 
-SCHEMA_VERSION = 3
+# The one place the wire schema's number lives: bumped on any change of message fields.
+SCHEMA_VERSION = 4
 
 # What a scalar annotation accepts on the wire. msgpack writes a float that happens to be
 # integral as it was given, so float fields take ints too.
@@ -204,7 +205,13 @@ class Ack(Message):
 class RolloutGroup(Message):
     """G completions of one leased prompt, flattened: sample i's tokens are
     `tokens[offsets[i]:offsets[i]+lengths[i]]`, with `logprobs` and `versions` aligned to them.
-    `offsets` is derived, not sent."""
+    `offsets` is derived, not sent.
+
+    Multi-turn episodes (an environment between model turns) are one token sequence per
+    sample: `loss_mask` is 1 on tokens the model sampled and 0 on environment tokens (tool
+    results, template glue), which carry logprob 0 and are never trained on; None means
+    every token is the model's. `env_rewards` are the environment's per-turn rewards summed
+    per sample, added to the reward of the final answer."""
 
     lease_id: str
     generator_id: str
@@ -215,6 +222,8 @@ class RolloutGroup(Message):
     finish_reasons: list[str]
     generate_seconds: float
     baseline_tokens: NDArray[np.int32] | None = None  # the greedy sample (remax) if asked
+    loss_mask: NDArray[np.uint8] | None = None  # [sum(lengths)], 1 = model token
+    env_rewards: NDArray[np.float32] | None = None  # [G], per-turn rewards summed per sample
 
     @property
     def group_size(self) -> int:
@@ -227,8 +236,13 @@ class RolloutGroup(Message):
 
     @property
     def version(self) -> int:
-        """The group's version is its oldest token's (in-flight updates can mix versions)."""
-        return int(self.versions.min()) if self.versions.size else -1
+        """The group's version is its oldest model token's (in-flight updates can mix
+        versions; environment tokens were sampled by no policy)."""
+        mask = self.loss_mask
+        v = self.versions
+        if mask is not None and mask.shape == v.shape:
+            v = v[mask == 1]
+        return int(v.min()) if v.size else -1
 
 
 @message("weights_announcement")

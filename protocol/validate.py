@@ -3,8 +3,9 @@
 `protocol.codec.decode` guarantees structure and dtypes; this module checks meaning: the lease
 asked for G samples, lengths add up, logprobs are finite, not positive and above a floor, token
 ids fit the vocabulary, every token's version lies between the version the lease was issued at
-and the learner's. A failure raises `ProtocolError` whose reason (one of `ROLLOUT_REASONS`) is
-the group's drop reason.
+and the learner's; a multi-turn episode's loss mask covers every token, is 0/1, starts on a
+model token and leaves environment tokens without logprobs. A failure raises `ProtocolError`
+whose reason (one of `ROLLOUT_REASONS`) is the group's drop reason.
 """
 
 from __future__ import annotations
@@ -16,7 +17,9 @@ import numpy as np
 from asyncrl.protocol.codec import ProtocolError
 from asyncrl.protocol.messages import RolloutGroup
 
-FINISH_REASONS = frozenset({"stop", "length", "abort"})
+# `max_turns`, `budget` and `tool_timeout` end multi-turn episodes (generators/envs); rewards
+# see them.
+FINISH_REASONS = frozenset({"stop", "length", "abort", "max_turns", "budget", "tool_timeout"})
 
 # Every reason `validate_rollout` gives: a bounded label set for the drop counter.
 ROLLOUT_REASONS = (
@@ -27,7 +30,12 @@ ROLLOUT_REASONS = (
     "bad_tokens",
     "bad_logprobs",
     "bad_versions",
+    "bad_mask",
+    "bad_env_rewards",
 )
+
+# Per-turn environment rewards beyond this magnitude are corrupt, not a signal.
+MAX_ENV_REWARD = 1e4
 
 
 @dataclass(frozen=True)
@@ -83,6 +91,14 @@ def validate_rollout(
         raise ProtocolError(
             "bad_versions", f"outside [{low}, {learner_version}] (lease issued, learner)"
         )
+    if msg.loss_mask is not None:
+        _check_mask(msg, lengths, total)
+    if msg.env_rewards is not None:
+        r = msg.env_rewards
+        if r.shape != (group_size,):
+            raise ProtocolError("bad_env_rewards", f"{r.shape} != ({group_size},)")
+        if not np.isfinite(r).all() or (np.abs(r) > MAX_ENV_REWARD).any():
+            raise ProtocolError("bad_env_rewards", f"not finite or beyond {MAX_ENV_REWARD:g}")
     if msg.baseline_tokens is not None:
         b = msg.baseline_tokens
         if b.ndim != 1:
@@ -91,3 +107,20 @@ def validate_rollout(
             raise ProtocolError("too_long", "baseline longer than allowed")
         if b.size and ((b < 0).any() or (b >= limits.vocab_size).any()):
             raise ProtocolError("bad_tokens", "baseline outside vocabulary")
+
+
+def _check_mask(msg: RolloutGroup, lengths: np.ndarray, total: int) -> None:
+    """One mask entry per token, 0 or 1; each non-empty sample starts with a model token (the
+    episode begins with the model's turn after the prompt); environment tokens carry logprob
+    exactly 0, so a sender cannot smuggle a behaviour logprob onto a token that is not
+    trained (nor mislabel a model token as the environment's without it showing)."""
+    mask = msg.loss_mask
+    if mask.ndim != 1 or mask.shape[0] != total:
+        raise ProtocolError("bad_mask", f"loss_mask has {mask.shape} for {total} tokens")
+    if total and mask.max() > 1:
+        raise ProtocolError("bad_mask", "values other than 0 and 1")
+    starts = (np.cumsum(lengths) - lengths)[lengths > 0]
+    if starts.size and (mask[starts] != 1).any():
+        raise ProtocolError("bad_mask", "a sample starts with an environment token")
+    if total and (msg.logprobs[mask == 0] != 0).any():
+        raise ProtocolError("bad_mask", "environment tokens carry logprobs")

@@ -26,7 +26,10 @@ class Sample:
     tokens: np.ndarray  # int32 [T]
     logprobs: np.ndarray  # float32 [T]
     versions: np.ndarray  # int32 [T]
-    finish_reason: str  # "stop" | "length" | "abort"
+    finish_reason: str  # "stop" | "length" | "abort" (episodes: also protocol's others)
+    # Multi-turn episodes: 1 on model tokens, 0 on environment tokens; None = all model.
+    mask: np.ndarray | None = None  # uint8 [T]
+    env_reward: float = 0.0  # the environment's per-turn rewards, summed
 
 
 @dataclass(frozen=True)
@@ -36,6 +39,8 @@ class Capabilities:
     inflight_loads: bool = False  # `InflightLoads`: loads new weights between decode steps
     weight_directories: bool = False  # `WeightDirectories`: loads a version directory by path
     distributed_groups: bool = False  # `DistributedGroups`: receives nccl broadcasts
+    # `TokenContinuation`: continues several token sequences (multi-turn episodes).
+    token_continuation: bool = False
 
 
 class Backend(Protocol):
@@ -79,6 +84,18 @@ class InflightLoads(Backend, Protocol):
         """Call `hook` every `check_every` decode steps; it may load newer weights (and so
         change `version`). `continue` keeps the KV cache of earlier tokens, `reprefill`
         recomputes it with the new weights over the prompt and the tokens so far."""
+        ...
+
+
+class TokenContinuation(Backend, Protocol):
+    """`capabilities.token_continuation`: one model turn for each of several contexts given
+    as token ids (prompt, earlier turns and environment tokens), never re-tokenised, so the
+    behaviour logprobs of earlier turns stay the ones the tokens were sampled with."""
+
+    def continue_batch(
+        self, contexts: list[np.ndarray], params: SamplingParams, greedy: bool = False
+    ) -> list[Sample]:
+        """One sample per context (in order), `params.max_new_tokens` at most each."""
         ...
 
 

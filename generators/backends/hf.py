@@ -42,7 +42,7 @@ class HFBackend:
     """Samples groups with a Hugging Face causal LM on CPU or CUDA."""
 
     name = "hf"
-    capabilities = Capabilities(inflight_loads=True)
+    capabilities = Capabilities(inflight_loads=True, token_continuation=True)
 
     def __init__(
         self,
@@ -59,17 +59,32 @@ class HFBackend:
             "bfloat16": torch.bfloat16,
             "float16": torch.float16,
         }[dtype]
-        self.device = torch.device(device)
-        self.model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch_dtype)
-        self.model.to(self.device).eval()
-        tok = AutoTokenizer.from_pretrained(model_path)
+        model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch_dtype)
+        self._setup(model.to(torch.device(device)), AutoTokenizer.from_pretrained(model_path))
+        self._init_sampling(seed, eos_token_id)
+
+    @classmethod
+    def around(cls, model, tokenizer, seed: int = 0) -> HFBackend:
+        """A backend sampling with a model already in memory (the learner's held-out
+        evaluation of multi-turn episodes): same sampling code, no weights of its own."""
+        self = cls.__new__(cls)
+        self._setup(model, tokenizer)
+        self._init_sampling(seed, None)
+        return self
+
+    def _setup(self, model, tok) -> None:
+        self.model = model.eval()
+        self.device = next(model.parameters()).device
         self.tokenizer = tok
-        self.eos_id = eos_token_id if eos_token_id is not None else tok.eos_token_id
-        self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else self.eos_id
         self.vocab_size = int(self.model.get_input_embeddings().weight.shape[0])
         # transformers 5 renamed the KV-cache argument and output field from past_key_values.
         params = inspect.signature(self.model.forward).parameters
         self._cache_arg = "cache" if "cache" in params else "past_key_values"
+
+    def _init_sampling(self, seed: int, eos_token_id: int | None) -> None:
+        tok = self.tokenizer
+        self.eos_id = eos_token_id if eos_token_id is not None else tok.eos_token_id
+        self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else self.eos_id
         self.rng = torch.Generator(device=self.device)
         self.rng.manual_seed(seed)
         # -1 until the learner's weights are loaded: the files on disk may not be what the
@@ -99,13 +114,34 @@ class HFBackend:
         params = SamplingParams(temperature=1.0, max_new_tokens=max_new_tokens)
         return self._sample(prompt_ids, 1, params, greedy=True)[0].tokens
 
+    @torch.no_grad()
+    def continue_batch(
+        self, contexts: list[np.ndarray], params: SamplingParams, greedy: bool = False
+    ) -> list[Sample]:
+        """Contexts of equal length are sampled as one batch (no padding, so positions and
+        logprobs are exactly those of a lone sequence); the results keep the input order."""
+        by_length: dict[int, list[int]] = {}
+        for i, c in enumerate(contexts):
+            by_length.setdefault(len(c), []).append(i)
+        out: list[Sample | None] = [None] * len(contexts)
+        for idx in by_length.values():
+            rows = np.stack([np.asarray(contexts[i], dtype=np.int64) for i in idx])
+            ids = torch.as_tensor(rows, device=self.device)
+            for i, s in zip(idx, self._sample_rows(ids, params, greedy)):
+                out[i] = s
+        return out  # type: ignore[return-value]
+
     def _sample(
         self, prompt_ids: np.ndarray, n: int, params: SamplingParams, greedy: bool
     ) -> list[Sample]:
         ids = torch.as_tensor(np.asarray(prompt_ids, dtype=np.int64), device=self.device)
         ids = ids.unsqueeze(0).expand(n, -1).contiguous()
-        # Every row shares the prompt, so no padding and no attention mask are needed; rows
+        return self._sample_rows(ids, params, greedy)
+
+    def _sample_rows(self, ids: torch.Tensor, params: SamplingParams, greedy: bool) -> list[Sample]:
+        # Every row has the same length, so no padding and no attention mask are needed; rows
         # that finished keep decoding padding that is cut off afterwards.
+        n = ids.shape[0]
         out = self.model(input_ids=ids, use_cache=True)
         past, logits = self._cache_of(out), out.logits[:, -1]
         tokens = torch.full(

@@ -36,6 +36,7 @@ from pydantic import Field
 
 from asyncrl.generators.backends.base import Capabilities, Sample
 from asyncrl.generators.backends.sglang_api import (
+    build_continue_request,
     build_generate_request,
     build_init_weights_group_request,
     build_update_from_disk_request,
@@ -91,7 +92,9 @@ class SGLangBackend:
     and joins nccl weight-update groups."""
 
     name = "sglang"
-    capabilities = Capabilities(weight_directories=True, distributed_groups=True)
+    capabilities = Capabilities(
+        weight_directories=True, distributed_groups=True, token_continuation=True
+    )
 
     def __init__(self, model_path: str, cfg: SGLangConfig):
         self.model_path = model_path
@@ -205,6 +208,15 @@ class SGLangBackend:
         samples = parse_generate_response(payload, self.version)
         if len(samples) != n:
             raise SGLangError(f"/generate returned {len(samples)} results for {n} prompts")
+        return samples
+
+    def continue_batch(
+        self, contexts: list[np.ndarray], params: SamplingParams, greedy: bool = False
+    ) -> list[Sample]:
+        payload = self._post("/generate", build_continue_request(contexts, params, greedy))
+        samples = parse_generate_response(payload, self.version)
+        if len(samples) != len(contexts):
+            raise SGLangError(f"/generate returned {len(samples)} results for {len(contexts)}")
         return samples
 
     def generate_greedy(self, prompt_ids: np.ndarray, max_new_tokens: int) -> np.ndarray:

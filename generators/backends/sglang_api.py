@@ -38,6 +38,14 @@ def build_generate_request(
     prompt_ids: np.ndarray, n: int, params: SamplingParams, greedy: bool = False
 ) -> dict:
     """`n` copies of one prompt in a batch (SGLang's radix cache shares the prefix)."""
+    ids = [int(x) for x in np.asarray(prompt_ids).tolist()]
+    return build_continue_request([ids] * n, params, greedy)
+
+
+def build_continue_request(contexts: list, params: SamplingParams, greedy: bool = False) -> dict:
+    """One model turn for each context, sent as token ids (multi-turn episodes: the prompt,
+    earlier turns and environment tokens exactly as sampled and rendered, never re-tokenised;
+    the radix cache reuses every earlier turn's prefix)."""
     sampling = {
         "temperature": 0.0 if greedy else float(params.temperature),
         "top_p": float(params.top_p),
@@ -46,9 +54,8 @@ def build_generate_request(
     }
     if params.stop:
         sampling["stop"] = list(params.stop)
-    ids = [int(x) for x in np.asarray(prompt_ids).tolist()]
     return {
-        "input_ids": [ids for _ in range(n)],
+        "input_ids": [[int(x) for x in np.asarray(c).tolist()] for c in contexts],
         "sampling_params": sampling,
         "return_logprob": True,
         # -1: logprobs of the generated tokens only, none for the prompt.

@@ -23,12 +23,16 @@ class GroupData:
     generator_id: str
     baseline_reward: float | None = None
     reward_metrics: dict = field(default_factory=dict)
+    # Multi-turn episodes: per sample, 1 on model tokens, 0 on environment tokens (never
+    # trained on); None = every response token is the model's.
+    masks: list[np.ndarray] | None = None
 
     @property
     def nbytes(self) -> int:
         """What the buffer's byte bound counts: tokens, logprobs and versions (same width)
         of every response, plus the prompt."""
-        return sum(a.nbytes for a in self.responses) * 3 + self.prompt.token_ids.nbytes
+        masks = sum(m.nbytes for m in self.masks) if self.masks is not None else 0
+        return sum(a.nbytes for a in self.responses) * 3 + self.prompt.token_ids.nbytes + masks
 
 
 def spill(g: BufferedGroup) -> dict:
@@ -47,6 +51,7 @@ def spill(g: BufferedGroup) -> dict:
         "generator_id": d.generator_id,
         "baseline_reward": d.baseline_reward,
         "reward_metrics": d.reward_metrics,
+        "masks": None if d.masks is None else [m.tolist() for m in d.masks],
     }
 
 
@@ -61,6 +66,10 @@ def unspill(item: dict, prompts: PromptSource) -> BufferedGroup:
         generator_id=item["generator_id"],
         baseline_reward=item["baseline_reward"],
         reward_metrics=dict(item["reward_metrics"]),
+        # Spills from before multi-turn rollouts have no masks: every token the model's.
+        masks=None
+        if item.get("masks") is None
+        else [np.asarray(m, np.uint8) for m in item["masks"]],
     )
     return BufferedGroup(
         item["lease_id"],

@@ -99,7 +99,11 @@ class Intake:
     # ------------------------------------------------------------ pool threads
     def _job(self, msg: RolloutGroup, rec: LeaseRecord) -> RewardJob:
         prompt = self.prompts.prompts[rec.prompt_index]
-        samples = [msg.tokens[s] for s in msg.sample_slices()]
+        slices = msg.sample_slices()
+        samples = [msg.tokens[s] for s in slices]
+        if msg.loss_mask is not None:
+            # Rewards score an episode's final answer: its last model turn.
+            samples = [last_model_turn(msg.tokens[s], msg.loss_mask[s]) for s in slices]
         inp = RewardInput(
             prompt=prompt.row.get(self.prompt_field, prompt.text),
             prompt_text=prompt.text,
@@ -107,6 +111,8 @@ class Intake:
             completion_ids=[ids.tolist() for ids in samples],
             row=prompt.row,
             step=int(msg.version),
+            finish_reasons=list(msg.finish_reasons),
+            episodes=msg.loss_mask is not None,
         )
         job = RewardJob(inp)
         if msg.baseline_tokens is not None:
@@ -138,20 +144,24 @@ class Intake:
                     core.drop("reward_error", f"reward failed on a group from {gid}: {out.detail}")
             return
         slices = msg.sample_slices()
+        rewards = np.asarray(out.rewards, dtype=np.float32)
+        if msg.env_rewards is not None:
+            rewards = rewards + msg.env_rewards  # the environment's per-turn rewards
         data = GroupData(
             prompt=self.prompts.prompts[rec.prompt_index],
             responses=[np.array(msg.tokens[s]) for s in slices],
             logprobs=[np.array(msg.logprobs[s]) for s in slices],
             versions=[np.array(msg.versions[s]) for s in slices],
-            rewards=np.asarray(out.rewards, dtype=np.float32),
+            rewards=rewards,
             finish_reasons=list(msg.finish_reasons),
             generator_id=gid,
             baseline_reward=out.baseline_reward,
             reward_metrics=dict(out.metrics),
+            masks=None if msg.loss_mask is None else [np.array(msg.loss_mask[s]) for s in slices],
         )
         with core.lock:
             self.failures_in_row = 0
-            if self.filter_zero_variance and not has_variance(out.rewards):
+            if self.filter_zero_variance and not has_variance(rewards.tolist()):
                 core.ledger.on_group_rejected(rec, "filtered")
                 core.drop("filtered")
                 return
@@ -159,3 +169,9 @@ class Intake:
             self.generators.seen.add(gid)
             core.drop_all(core.ledger.on_group_accepted(rec, group))
             self.on_accepted()
+
+
+def last_model_turn(tokens: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """The tokens after an episode's last environment token: its final model turn."""
+    env = np.flatnonzero(mask == 0)
+    return tokens[int(env[-1]) + 1 :] if env.size else tokens

@@ -36,6 +36,11 @@ class RewardInput:
     completion_ids: list[list[int]]  # the generated token ids, one list per completion
     row: dict  # the dataset row
     step: int = 0  # the policy version that sampled the group (TRL's trainer_state.global_step)
+    # Why each sample ended; multi-turn episodes add max_turns, budget and tool_timeout.
+    finish_reasons: list[str] = field(default_factory=list)
+    # Multi-turn episodes: completions are the final answers (last model turns), and plug-ins
+    # get `finish_reasons` as a keyword.
+    episodes: bool = False
 
     @property
     def chat(self) -> bool:

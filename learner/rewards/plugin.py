@@ -121,6 +121,8 @@ def trl_kwargs(inp: RewardInput, completions: list[str]) -> dict:
     else:
         comps = list(completions)
     columns = {k: [v] * n for k, v in inp.row.items() if k not in _RESERVED}
+    if inp.episodes:
+        columns["finish_reasons"] = list(inp.finish_reasons)
     return {
         "prompts": [inp.prompt] * n,
         "completions": comps,

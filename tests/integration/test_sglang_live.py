@@ -140,3 +140,28 @@ def test_weights_broadcast_into_the_server(server):
         assert metrics.weight_broadcast_failures._value.get() == 0
     finally:
         publisher.close()
+
+
+def test_multi_turn_token_in_token_out(server):
+    """Two turns of an episode through /generate with `input_ids`: the second continues the
+    exact ids of the first plus environment tokens, and its behaviour logprobs are the
+    model's over that whole sequence (nothing re-tokenised); contexts of different lengths
+    share one request."""
+    from asyncrl.learner.weights import serialize_named_tensors
+    from asyncrl.protocol.blob import digest_of
+    from asyncrl.protocol.settings import SamplingParams
+
+    backend = server
+    tensors = _params(backend.model_path, 1.0)
+    blob = serialize_named_tensors(tensors)
+    backend.load_weights(blob, digest_of(blob), 50)
+    prompt = np.array([1, 2, 3], np.int32)
+    params = SamplingParams(temperature=1.0, top_p=1, top_k=0, max_new_tokens=6)
+    (first,) = backend.continue_batch([prompt], params)
+    context = np.concatenate([prompt, first.tokens, np.array([5, 6], np.int32)])
+    second, other = backend.continue_batch([context, prompt], params)
+    assert len(second.tokens) >= 1 and len(other.tokens) >= 1
+    assert (second.versions == 50).all()
+    reference = _reference_logprobs(backend.model_path, tensors, context, second.tokens)
+    # The server may compute in half precision: logprobs agree to a few hundredths.
+    np.testing.assert_allclose(second.logprobs, reference, atol=0.1)

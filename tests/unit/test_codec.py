@@ -183,7 +183,8 @@ def test_garbage_and_limits():
 
 def test_schema_is_derived_from_the_annotations():
     # RolloutGroup declares lease_id: str, generator_id: str, four NDArray fields,
-    # finish_reasons: list[str], generate_seconds: float, baseline_tokens: NDArray | None = None.
+    # finish_reasons: list[str], generate_seconds: float, and three optional arrays:
+    # baseline_tokens (int32), loss_mask (uint8), env_rewards (float32), each `| None = None`.
     schema = RolloutGroup.SCHEMA
     assert schema.scalars == {
         "lease_id": (str,),
@@ -197,8 +198,11 @@ def test_schema_is_derived_from_the_annotations():
         "versions": "int32",
         "lengths": "int32",
         "baseline_tokens": "int32",
+        "loss_mask": "uint8",
+        "env_rewards": "float32",
     }
-    assert schema.models == {} and schema.optional == {"baseline_tokens"}
+    assert schema.models == {}
+    assert schema.optional == {"baseline_tokens", "loss_mask", "env_rewards"}
     assert Lease.SCHEMA.models == {"sampling": SamplingParams}
     assert Lease.SCHEMA.arrays == {"prompt_ids": "int32"}
     assert Lease.SCHEMA.optional == {"greedy_baseline"}

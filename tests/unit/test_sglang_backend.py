@@ -104,6 +104,7 @@ class FakeSGLang(BaseHTTPRequestHandler):
     """Records every call; answers like an SGLang server."""
 
     calls: list = []
+    script: list = []  # token ids to answer the next /generate calls with, one list per call
     model_path = ""
     version = "default"
     server_info: dict = {}
@@ -133,7 +134,17 @@ class FakeSGLang(BaseHTTPRequestHandler):
     def do_POST(self):
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])) or b"{}")
         self.calls.append((self.path, body))
-        if self.path == "/generate":
+        if self.path == "/generate" and type(self).script:
+            ids = type(self).script.pop(0)
+            item = {
+                "meta_info": {
+                    "finish_reason": {"type": "stop"},
+                    "weight_version": type(self).version,
+                    "output_token_logprobs": [[-0.3, t, None] for t in ids],
+                }
+            }
+            self._reply([item] * len(body["input_ids"]))
+        elif self.path == "/generate":
             n = len(body["input_ids"])
             out = []
             for _ in range(n):
@@ -167,6 +178,7 @@ def server(tmp_path):
     model.mkdir()
     (model / "config.json").write_text(json.dumps({"vocab_size": 50}))
     FakeSGLang.calls = []
+    FakeSGLang.script = []
     FakeSGLang.model_path = str(model)
     FakeSGLang.version = "default"
     FakeSGLang.server_info = {"version": "0.5.17", "tp_size": 1, "pp_size": 1, "dp_size": 1}
@@ -302,3 +314,46 @@ def test_health_follows_the_server(server):
     backend.url = "http://127.0.0.1:1"  # nothing listens there: the engine is gone
     ok, why = backend.health()
     assert not ok and why.startswith("/health:")
+
+
+def test_multi_turn_episode_sends_token_ids_per_turn(server):
+    """Token-in/token-out with SGLang: every turn of an episode is one /generate whose
+    `input_ids` are the prompt, the sampled ids and the rendered tool result, exactly."""
+    from asyncrl.generators.envs.episode import EpisodeLimits, EpisodeRunner
+    from asyncrl.generators.envs.render import ChatRenderer
+    from asyncrl.generators.envs.tool_env import ToolEnvironment
+    from asyncrl.generators.envs.tools import calculator
+    from asyncrl.launch.tiny_agent import build_agent_tokenizer, tool_call_text
+
+    url, model, tmp = server
+    tok = build_agent_tokenizer()
+
+    def ids(text):
+        return tok(text, add_special_tokens=False)["input_ids"]
+
+    call = ids(tool_call_text("1+2")) + [tok.eos_token_id]
+    answer = ids("3") + [tok.eos_token_id]
+    FakeSGLang.script = [call, answer]
+    backend = SGLangBackend(model, SGLangConfig(url=url, weights_dir=str(tmp / "w")))
+    assert backend.capabilities.token_continuation
+    runner = EpisodeRunner(
+        backend.continue_batch,
+        lambda: ToolEnvironment([calculator]),
+        ChatRenderer(tok),
+        EpisodeLimits(max_turns=3),
+        lambda: backend.version,
+    )
+    prompt = ids("1+2=")
+    (s,) = runner.run(np.array(prompt, np.int32), 1, SamplingParams(max_new_tokens=64))
+    turns = [body for path, body in FakeSGLang.calls if path == "/generate"]
+    obs = ids("<tool_response>3</tool_response>")
+    assert [t["input_ids"] for t in turns] == [[prompt], [prompt + call + obs]]
+    # The second turn may use what is left of the episode's budget of 64 tokens.
+    assert turns[1]["sampling_params"]["max_new_tokens"] == 64 - len(call) - len(obs)
+    assert all(t["return_logprob"] for t in turns)
+    assert s.tokens.tolist() == call + obs + answer
+    assert s.mask.tolist() == [1] * len(call) + [0] * len(obs) + [1] * len(answer)
+    assert s.logprobs.tolist() == pytest.approx(
+        [-0.3] * len(call) + [0.0] * len(obs) + [-0.3] * len(answer)
+    )
+    assert s.finish_reason == "stop"
