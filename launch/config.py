@@ -19,6 +19,7 @@ from asyncrl.generators.config import GeneratorConfig
 from asyncrl.launch.config_errors import format_validation_error, yaml_error_line
 from asyncrl.launch.tiny import TinyTaskConfig
 from asyncrl.learner.config import DataConfig, EvalConfig, LearnerConfig, TrainConfig
+from asyncrl.learner.critic_config import CriticConfig
 from asyncrl.learner.loss_config import AdvantageConfig, ObjectiveConfig
 from asyncrl.learner.rewards import RewardConfig
 from asyncrl.protocol.settings import ModelConfig, SamplingConfig, SecurityConfig
@@ -44,6 +45,7 @@ class AsyncRLConfig(_Strict):
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)
     objective: ObjectiveConfig = Field(default_factory=ObjectiveConfig)
     advantage: AdvantageConfig = Field(default_factory=AdvantageConfig)
+    critic: CriticConfig = Field(default_factory=CriticConfig)
     reward: RewardConfig = Field(default_factory=RewardConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
@@ -74,6 +76,15 @@ class AsyncRLConfig(_Strict):
                 "reward.overlong.max_length exceeds sampling.max_new_tokens: responses are cut "
                 "before the penalty reaches -1; set it to sampling.max_new_tokens or less"
             )
+        if self.advantage.name == "gae":
+            stage = self.critic.zero_stage
+            if stage is not None and (stage == 3) != (self.train.zero_stage == 3):
+                raise ValueError(
+                    f"critic.zero_stage ({stage}) and train.zero_stage "
+                    f"({self.train.zero_stage}): ZeRO-3 must be used by both or neither "
+                    "(transformers builds ZeRO-3 models process-wide); leave critic.zero_stage "
+                    "empty to follow train.zero_stage"
+                )
         return self
 
 

@@ -14,6 +14,7 @@ from asyncrl.learner.engine import Batch, Engine, balance_rows, shard_rows
 from asyncrl.learner.logprobs import token_entropy, token_logprobs
 from asyncrl.learner.loss_config import AdvantageConfig, ObjectiveConfig
 from asyncrl.learner.objectives import policy_loss
+from asyncrl.learner.value import positive_lm_loss, positive_tokens
 
 
 def build_batch(
@@ -50,7 +51,7 @@ def build_batch(
     for d in datas:
         for k, v in d.reward_metrics.items():
             stats[k] = stats.get(k, 0.0) + v / len(datas)
-    return Batch(input_ids, attention, resp_mask, mu, adv.reshape(-1)), stats
+    return Batch(input_ids, attention, resp_mask, mu, adv.reshape(-1), rewards.reshape(-1)), stats
 
 
 def train_step(
@@ -85,6 +86,11 @@ def train_step(
                 normalizer = float(mini.response_mask[:, 1:].sum().clamp(min=1))
             else:
                 normalizer = float(max(1, len(mini)))
+            lm_coef = objective.positive_lm_coef if mini.rewards is not None else 0.0
+            if lm_coef > 0:
+                lm_tokens = positive_tokens(
+                    mini.response_mask[:, 1:], mini.rewards, objective.positive_lm_threshold
+                )
             for i, mb in enumerate(_micro_batches(engine, mini, train)):
                 logits = engine.forward_logits(mb)[:, :-1]
                 targets = mb.input_ids[:, 1:]
@@ -99,7 +105,7 @@ def train_step(
                 loss, m = policy_loss(
                     lp,
                     mb.behaviour_logprobs[:, 1:],
-                    mb.advantages,
+                    mb.advantages[:, 1:] if mb.advantages.dim() == 2 else mb.advantages,
                     mask,
                     objective,
                     prox_logprobs=prox.get((mi, i)),
@@ -107,6 +113,11 @@ def train_step(
                     entropy=ent,
                     normalizer=normalizer,
                 )
+                if lm_coef > 0:
+                    lm = positive_lm_loss(
+                        lp, mask, mb.rewards, objective.positive_lm_threshold, lm_tokens
+                    )
+                    loss = loss + lm_coef * lm
                 engine.backward_and_step(loss)
                 w = float(mask.sum())
                 weight_sum += w
