@@ -141,6 +141,8 @@ class Checkpointer:
                     "started without advantage.name=gae); resume with the same advantage"
                 )
             self.critic.load_checkpoint(str(self.root / tag), CRITIC)
+            if self.engine.rank == 0:
+                logger.info("resumed the critic from %s", self.root / tag / CRITIC)
         torch.set_rng_state(client["rng"]["torch"])
         np.random.set_state(client["rng"]["numpy"])
         # Older complete tags are this run's history too: they are pruned as new ones come.
