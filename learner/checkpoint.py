@@ -93,6 +93,8 @@ class Checkpointer:
             meta = self.root / f"{cf.TMP_PREFIX}{tag}" / HF_META
             self.engine.model.config.save_pretrained(meta)
             self.tokenizer.save_pretrained(meta)
+            if self.critic is not None:
+                self.critic.model.config.save_pretrained(meta / CRITIC)
             cf.commit(self.root, tag)
             cf.write_pointer(self.root, tag)
             if hub is not None:

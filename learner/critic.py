@@ -200,15 +200,16 @@ class Critic:
 
     # ------------------------------------------------------------------ training
     def train(self, batch: Batch) -> dict[str, float]:
-        """The critic's optimizer steps on the value targets `prepare` computed: ppo_epochs
-        passes over mini_batches mini-batches, as the policy's. Collective."""
+        """The critic's optimizer steps on the value targets `prepare` computed: critic.epochs
+        (default train.ppo_epochs) passes over train.mini_batches mini-batches. Collective."""
         if self._old_values is None or self._returns is None:
             raise RuntimeError("Critic.train before Critic.prepare")
         train, e = self.train_cfg, self.engine
         old_all, ret_all = self._old_values, self._returns
         minis = mini_batch_rows(len(batch), train.mini_batches)
+        epochs = self.cfg.epochs or train.ppo_epochs
         loss_sum, clipped, tokens = 0.0, 0.0, 0.0
-        for _ in range(train.ppo_epochs):
+        for _ in range(epochs):
             for rows in minis:
                 mini = batch.rows(rows)
                 old_mini, ret_mini = old_all[rows], ret_all[rows]
@@ -225,7 +226,7 @@ class Critic:
                     loss_sum += float(loss.detach())
                     clipped += st["clipped"]
                     tokens += st["tokens"]
-        steps = train.ppo_epochs * len(minis)
+        steps = epochs * len(minis)
         self._old_values = self._returns = None
         # Sums of this rank's micro-batches: the loss over all of them is the step's (each
         # was divided by the whole mini-batch's token count); ranks add theirs.

@@ -44,6 +44,12 @@ class CriticConfig(StrictModel):
     weight_decay: float = Field(0.0, ge=0.0, description="Critic's AdamW weight decay.")
     warmup_steps: int = Field(0, ge=0, description="Critic's linear LR warmup steps.")
     grad_clip: float = Field(1.0, ge=0.0, description="Critic's gradient norm clip; 0 = off.")
+    epochs: int | None = Field(
+        None,
+        ge=1,
+        description="Critic's passes over each batch (each pass = train.mini_batches optimizer "
+        "steps); empty = train.ppo_epochs. A fresh head may need more than the policy.",
+    )
     value_clip: float = Field(
         0.2,
         ge=0.0,
