@@ -159,3 +159,27 @@ def test_critic_presets():
     real = load_config("vapo-single-gpu")
     assert real.advantage.alpha == 0.05 and real.critic.pretrain_steps == 50
     assert load_config("critic-tiny-cpu").advantage.name == "gae"
+
+
+def test_value_model_from_the_policy_and_from_a_reward_model(tiny_causal_lm, tmp_path):
+    from transformers import AutoConfig, AutoModelForCausalLM, Qwen2ForSequenceClassification
+
+    from asyncrl.learner.critic import load_value_model
+
+    # From the policy: its transformer, a fresh one-output head, no dropout on it.
+    critic = load_value_model(tiny_causal_lm, torch.float32)
+    policy = AutoModelForCausalLM.from_pretrained(tiny_causal_lm)
+    assert torch.equal(critic.model.embed_tokens.weight, policy.model.embed_tokens.weight)
+    assert critic.score.out_features == 1 and critic.dropout.p == 0.0
+    assert critic(input_ids=torch.tensor([[5, 6, 7]])).logits.shape == (1, 3, 1)
+    # From a reward model (sequence classification, one label): backbone and head kept.
+    cfg = AutoConfig.from_pretrained(tiny_causal_lm)
+    cfg.num_labels = 1
+    torch.manual_seed(3)
+    rm = Qwen2ForSequenceClassification(cfg)
+    rm.save_pretrained(tmp_path / "rm")
+    from_rm = load_value_model(str(tmp_path / "rm"), torch.float32)
+    assert torch.equal(from_rm.score.weight, rm.score.weight)
+    q_rm = rm.model.layers[0].self_attn.q_proj.weight
+    assert torch.equal(from_rm.model.layers[0].self_attn.q_proj.weight, q_rm)
+    assert not torch.equal(critic.model.layers[0].self_attn.q_proj.weight, q_rm)
