@@ -77,6 +77,11 @@ class AsyncRLConfig(_Strict):
                 "before the penalty reaches -1; set it to sampling.max_new_tokens or less"
             )
         if self.advantage.name == "gae":
+            if self.critic.pretrain_steps >= self.train.steps:
+                raise ValueError(
+                    f"critic.pretrain_steps ({self.critic.pretrain_steps}) leaves no step of "
+                    f"train.steps ({self.train.steps}) to train the policy; lower it"
+                )
             stage = self.critic.zero_stage
             if stage is not None and (stage == 3) != (self.train.zero_stage == 3):
                 raise ValueError(

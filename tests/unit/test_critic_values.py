@@ -144,6 +144,7 @@ def test_gae_name_leaves_advantages_to_the_critic():
             ["advantage.name=gae", "train.zero_stage=3", "critic.zero_stage=2"],
             "ZeRO-3 must be used by both",
         ),
+        (["advantage.name=gae", "critic.pretrain_steps=5", "train.steps=5"], "no step"),
     ],
 )
 def test_config_refuses(overrides, words):
