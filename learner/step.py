@@ -195,7 +195,16 @@ def load_reference(model_path: str, dtype: str, device: str):
     """The frozen initial policy for the KL term: weights only, no optimizer state, no
     gradients (replicated on every rank, also under ZeRO-3)."""
     from transformers import AutoModelForCausalLM
+    from transformers.integrations import deepspeed as hf_deepspeed
 
-    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=getattr(torch, dtype))
+    # A ZeRO-3 engine's config, while registered, makes from_pretrained build every model
+    # partitioned: the reference would hold empty placeholders. It stays registered for the
+    # engines (generation under ZeRO-3 reads it), so it is set aside for this load only.
+    held = hf_deepspeed._hf_deepspeed_config_weak_ref
+    hf_deepspeed.unset_hf_deepspeed_config()
+    try:
+        model = AutoModelForCausalLM.from_pretrained(model_path, dtype=getattr(torch, dtype))
+    finally:
+        hf_deepspeed._hf_deepspeed_config_weak_ref = held
     model.requires_grad_(False)
     return model.eval().to(device)

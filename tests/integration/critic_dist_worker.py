@@ -1,6 +1,7 @@
-"""Run by torchrun from test_critic_distributed.py: two critic steps (score, GAE, value-loss
-updates) of the real `Critic` on a fixed batch, then rank 0 saves the critic's parameters,
-the per-token advantages of each step and the step statistics.
+"""Run by torchrun from test_critic_distributed.py: two critic steps (score, GAE with
+KL-in-reward against the frozen reference, value-loss updates) of the real `Critic` on a fixed
+batch, then rank 0 saves the critic's parameters, the per-token advantages of each step and
+the step statistics.
 
 With plain SGD the update is lr x gradient, so equal parameters in every layout (1 rank
 whole, 1 rank in micro-batches, 2 ranks ZeRO-3) mean equal value-loss gradients, and equal
@@ -30,6 +31,7 @@ def main() -> int:
         init_distributed,
         shutdown_distributed,
     )
+    from asyncrl.learner.step import load_reference
     from tests.integration.dist_worker import fixed_batch
 
     cfg = load_config(
@@ -39,6 +41,8 @@ def main() -> int:
             "advantage.lam_actor=adaptive",
             "advantage.alpha=0.5",
             "advantage.lam_critic=1.0",
+            "advantage.kl_in_reward=true",
+            "advantage.kl_reward_beta=0.1",
             "critic.optimizer=sgd",
             "critic.lr=0.05",
             "critic.grad_clip=0",
@@ -53,6 +57,8 @@ def main() -> int:
     critic = Critic(
         cfg.critic, cfg.advantage, cfg.train, args.model, "float32", "cpu", rank, world, 8
     )
+    # Loaded after the engines, as the learner does: under ZeRO-3 it must still be whole.
+    ref_model = load_reference(args.model, "float32", "cpu")
     batch = None
     if rank == 0:
         batch = fixed_batch(critic.engine.model.config.vocab_size)
@@ -61,7 +67,7 @@ def main() -> int:
     batch = broadcast_batch(batch, rank, world)
     advantages, stats = [], []
     for _ in range(2):
-        st = critic.prepare(batch)
+        st = critic.prepare(batch, ref_model, temperature=0.8)
         st.update(critic.train(batch))
         advantages.append(batch.advantages.clone())
         stats.append(st)

@@ -29,6 +29,7 @@ def test_critic_layouts_agree(tiny_causal_lm, tmp_path):
     # Not vacuous: the critic moved (the second step's values differ), the clip bit, and the
     # advantages are per token (they vary within a sample).
     assert first["value_mean"] != second["value_mean"]
+    assert abs(first["kl_reward"]) > 1e-3
     assert max(s["value_clip_fraction"] for s in whole["stats"]) > 0
     adv = whole["advantages"][0]
     assert adv.dim() == 2 and float((adv[:, 1:] - adv[:, :-1]).abs().max()) > 1e-3
@@ -39,5 +40,5 @@ def test_critic_layouts_agree(tiny_causal_lm, tmp_path):
         for a, b in zip(got["advantages"], whole["advantages"]):
             assert torch.allclose(a, b, atol=2e-6), name
         for s, t in zip(got["stats"], whole["stats"]):
-            for key in ("value_mean", "value_explained_variance", "value_loss"):
+            for key in ("value_mean", "value_explained_variance", "value_loss", "kl_reward"):
                 assert math.isclose(s[key], t[key], rel_tol=1e-4, abs_tol=1e-6), (name, key)
