@@ -20,6 +20,7 @@ from asyncrl.generators.envs.config import EnvConfig
 from asyncrl.launch.config_errors import format_validation_error, yaml_error_line
 from asyncrl.launch.tiny import TinyTaskConfig
 from asyncrl.learner.config import DataConfig, EvalConfig, LearnerConfig, TrainConfig
+from asyncrl.learner.critic_config import CriticConfig
 from asyncrl.learner.loss_config import AdvantageConfig, ObjectiveConfig
 from asyncrl.learner.rewards import RewardConfig
 from asyncrl.protocol.settings import ModelConfig, SamplingConfig, SecurityConfig
@@ -45,6 +46,7 @@ class AsyncRLConfig(_Strict):
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)
     objective: ObjectiveConfig = Field(default_factory=ObjectiveConfig)
     advantage: AdvantageConfig = Field(default_factory=AdvantageConfig)
+    critic: CriticConfig = Field(default_factory=CriticConfig)
     reward: RewardConfig = Field(default_factory=RewardConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
@@ -76,6 +78,20 @@ class AsyncRLConfig(_Strict):
                 "reward.overlong.max_length exceeds sampling.max_new_tokens: responses are cut "
                 "before the penalty reaches -1; set it to sampling.max_new_tokens or less"
             )
+        if self.advantage.name == "gae":
+            if self.critic.pretrain_steps >= self.train.steps:
+                raise ValueError(
+                    f"critic.pretrain_steps ({self.critic.pretrain_steps}) leaves no step of "
+                    f"train.steps ({self.train.steps}) to train the policy; lower it"
+                )
+            stage = self.critic.zero_stage
+            if stage is not None and (stage == 3) != (self.train.zero_stage == 3):
+                raise ValueError(
+                    f"critic.zero_stage ({stage}) and train.zero_stage "
+                    f"({self.train.zero_stage}): ZeRO-3 must be used by both or neither "
+                    "(transformers builds ZeRO-3 models process-wide); leave critic.zero_stage "
+                    "empty to follow train.zero_stage"
+                )
         return self
 
 

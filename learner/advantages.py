@@ -3,8 +3,10 @@
 Outcome rewards give one scalar per sample, so every estimator here maps `rewards [N, G]`
 (N prompts, G samples each) to `advantages [N, G]`; the learner broadcasts a sample's
 advantage to all of its response tokens. `compute_gae` is the token-level estimator for a
-value model (PPO with a critic). No distributed imports: the learner passes the whole global
-batch, so batch-level statistics (reinforce_pp) are global.
+value model (PPO with a critic, `learner.critic`): for `gae`, `compute_advantages` returns
+zeros that the critic replaces with per-token advantages once it has scored the batch. No
+distributed imports: the learner passes the whole global batch, so batch-level statistics
+(reinforce_pp) are global.
 """
 
 from __future__ import annotations
@@ -54,6 +56,8 @@ def compute_advantages(
                 "add one when the learner's advantage is remax (check they run this version)"
             )
         adv = r - baseline_rewards.float().reshape(n, 1)
+    elif cfg.name == "gae":
+        adv = torch.zeros_like(r)
     else:  # pragma: no cover - pydantic rejects other names
         raise ValueError(f"unknown advantage {cfg.name!r}")
     metrics = {
@@ -70,10 +74,11 @@ def compute_gae(
     values: torch.Tensor,
     mask: torch.Tensor,
     gamma: float = 1.0,
-    lam: float = 0.95,
+    lam: float | torch.Tensor = 0.95,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Generalised advantage estimation over response tokens.
 
+    `lam` is one number or one per row ([N]: VAPO's length-adaptive λ).
     rewards, values, mask: [N, T] (mask 1 on response tokens, which must be contiguous from
     the first response position). The value after the last valid token is 0 (episode ends).
     Returns (advantages [N, T], returns [N, T]), both 0 where mask is 0.
@@ -81,6 +86,8 @@ def compute_gae(
     """
     rewards, values, mask = rewards.float(), values.float(), mask.float()
     n, t = rewards.shape
+    if isinstance(lam, torch.Tensor):
+        lam = lam.float().to(rewards.device).reshape(n)
     adv = torch.zeros_like(rewards)
     next_value = torch.zeros(n, dtype=rewards.dtype, device=rewards.device)
     next_adv = torch.zeros_like(next_value)

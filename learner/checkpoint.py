@@ -10,6 +10,10 @@ Layout under `learner.output_dir` (the file protocol is in ckpt_files.py):
     checkpoint/v<N>/         complete checkpoints, the newest `train.keep_checkpoints`
     export/v<N>/             the HF export of each kept checkpoint (`train.export_checkpoints`)
     export/                  the final export's files themselves (hard links into export/v<N>)
+
+With a learned critic (advantage.name=gae) each tag also holds the critic's DeepSpeed state
+in `v<N>/critic/`, and each export the critic as a Hugging Face model in `critic/` (loadable
+with critic.init=path), so both models are saved, resumed and exported together.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from asyncrl.learner.engine import Engine, broadcast_text
 logger = logging.getLogger(__name__)
 
 HF_META = "hf"  # the model config and tokenizer inside each checkpoint
+CRITIC = "critic"  # the critic's DeepSpeed tag inside a checkpoint, its export inside an export
 VERSION_FILE = "asyncrl_version.json"
 
 
@@ -46,8 +51,16 @@ class Checkpointer:
     rank calls it; rank 0 alone touches the shared directories, other ranks write only their
     own DeepSpeed shards. `hub` is None off rank 0."""
 
-    def __init__(self, engine: Engine, tokenizer, output_dir: str, keep: int, export: bool):
-        self.engine, self.tokenizer = engine, tokenizer
+    def __init__(
+        self,
+        engine: Engine,
+        tokenizer,
+        output_dir: str,
+        keep: int,
+        export: bool,
+        critic: Engine | None = None,
+    ):
+        self.engine, self.tokenizer, self.critic = engine, tokenizer, critic
         self.root, self.exports = checkpoint_dir(output_dir), export_dir(output_dir)
         self.keep, self.export = keep, export
         # This run's complete checkpoints, oldest first: pruning keeps the newest `keep` of
@@ -73,10 +86,15 @@ class Checkpointer:
         }
         # DeepSpeed ends its save with a barrier: once it returns every rank's shard is written.
         self.engine.save_checkpoint(str(self.root), cf.TMP_PREFIX + tag, client)
+        if self.critic is not None:
+            # Inside the tag's temporary directory: committed (renamed) with the policy's.
+            self.critic.save_checkpoint(str(self.root / (cf.TMP_PREFIX + tag)), CRITIC, {})
         if rank0:
             meta = self.root / f"{cf.TMP_PREFIX}{tag}" / HF_META
             self.engine.model.config.save_pretrained(meta)
             self.tokenizer.save_pretrained(meta)
+            if self.critic is not None:
+                self.critic.model.config.save_pretrained(meta / CRITIC)
             cf.commit(self.root, tag)
             cf.write_pointer(self.root, tag)
             if hub is not None:
@@ -118,6 +136,15 @@ class Checkpointer:
             )
         client = self.engine.load_checkpoint(str(self.root), tag)
         version = int(client["policy_version"])
+        if self.critic is not None:
+            if not (self.root / tag / CRITIC).is_dir():
+                raise FileNotFoundError(
+                    f"--resume: checkpoint {self.root / tag} holds no critic (the run was "
+                    "started without advantage.name=gae); resume with the same advantage"
+                )
+            self.critic.load_checkpoint(str(self.root / tag), CRITIC)
+            if self.engine.rank == 0:
+                logger.info("resumed the critic from %s", self.root / tag / CRITIC)
         torch.set_rng_state(client["rng"]["torch"])
         np.random.set_state(client["rng"]["numpy"])
         # Older complete tags are this run's history too: they are pruned as new ones come.
@@ -145,12 +172,16 @@ class Checkpointer:
             source = self.exports / self.last_tag
         if self.engine.rank == 0:
             publish_files(source, self.exports)
+            if self.critic is not None:
+                (self.exports / CRITIC).mkdir(exist_ok=True)
+                publish_files(source / CRITIC, self.exports / CRITIC)
             if not self.export or self.last_tag is None:
                 cf.remove(self.exports, source.name)
 
     def _export(self, name: str, version: int) -> None:
         """`export/<name>` written under a temporary name and renamed when complete."""
         tensors = self.engine.cpu_parameters()  # collective under ZeRO-3
+        critic = self.critic.cpu_parameters() if self.critic is not None else None
         if self.engine.rank != 0:
             return
         self.exports.mkdir(parents=True, exist_ok=True)
@@ -158,6 +189,8 @@ class Checkpointer:
         if tmp.exists():
             shutil.rmtree(tmp)
         write_hf_model(self.engine.model, self.tokenizer, tensors, version, tmp)
+        if critic is not None:
+            write_hf_model(self.critic.model, self.tokenizer, critic, version, tmp / CRITIC)
         if (self.exports / name).exists():
             cf.remove(self.exports, name)
         cf.commit(self.exports, name)

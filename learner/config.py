@@ -12,6 +12,7 @@ from typing import Annotated, Any, Literal, Protocol
 from pydantic import Field, model_validator
 
 from asyncrl.buffer.config import BufferConfig
+from asyncrl.learner.critic_config import CriticConfig
 from asyncrl.learner.loss_config import AdvantageConfig, ObjectiveConfig
 from asyncrl.learner.rewards import RewardConfig
 from asyncrl.protocol.blob import MAX_WEIGHT_CHUNK_BYTES
@@ -297,6 +298,8 @@ class RunConfig(Protocol):
     def objective(self) -> ObjectiveConfig: ...
     @property
     def advantage(self) -> AdvantageConfig: ...
+    @property
+    def critic(self) -> CriticConfig: ...
     @property
     def reward(self) -> RewardConfig: ...
     @property

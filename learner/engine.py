@@ -100,21 +100,28 @@ class Batch:
     """One optimizer step's sequences, padded on the right.
 
     input_ids, attention_mask, response_mask: [N, L]; behaviour_logprobs, versions: [N, L]
-    aligned with input_ids (value at t is for token input_ids[t]); advantages: [N]."""
+    aligned with input_ids (value at t is for token input_ids[t]); advantages: [N], or [N, L]
+    aligned alike once a critic has computed per-token ones; rewards: [N] outcome rewards
+    (None where nothing reads them)."""
 
     input_ids: torch.Tensor
     attention_mask: torch.Tensor
     response_mask: torch.Tensor
     behaviour_logprobs: torch.Tensor
     advantages: torch.Tensor
+    rewards: torch.Tensor | None = None
 
     FIELDS = ("input_ids", "attention_mask", "response_mask", "behaviour_logprobs", "advantages")
 
+    def _map(self, fn) -> Batch:
+        rewards = None if self.rewards is None else fn(self.rewards)
+        return Batch(*(fn(getattr(self, f)) for f in self.FIELDS), rewards=rewards)
+
     def rows(self, idx: slice | torch.Tensor) -> Batch:
-        return Batch(*(getattr(self, f)[idx] for f in self.FIELDS))
+        return self._map(lambda t: t[idx])
 
     def to(self, device) -> Batch:
-        return Batch(*(getattr(self, f).to(device) for f in self.FIELDS))
+        return self._map(lambda t: t.to(device))
 
     def __len__(self) -> int:
         return int(self.input_ids.shape[0])
@@ -124,12 +131,7 @@ class Batch:
         must not pay for the longest sequence of the whole step."""
         width = int(self.attention_mask.sum(1).max()) if len(self) else 1
         width = max(width, 1)
-        return Batch(
-            *(
-                getattr(self, f)[:, :width] if getattr(self, f).dim() == 2 else getattr(self, f)
-                for f in self.FIELDS
-            )
-        )
+        return self._map(lambda t: t[:, :width] if t.dim() == 2 else t)
 
 
 def broadcast_batch(batch: Batch | None, rank: int, world: int) -> Batch:
@@ -137,11 +139,12 @@ def broadcast_batch(batch: Batch | None, rank: int, world: int) -> Batch:
     if world == 1:
         assert batch is not None
         return batch
-    shape = torch.zeros(2, dtype=torch.long)
+    shape = torch.zeros(3, dtype=torch.long)
     if rank == 0:
-        shape[:] = torch.tensor(batch.input_ids.shape)
+        shape[:2] = torch.tensor(batch.input_ids.shape)
+        shape[2] = int(batch.rewards is not None)
     dist.broadcast(shape, src=0)
-    n, length = int(shape[0]), int(shape[1])
+    n, length, has_rewards = int(shape[0]), int(shape[1]), bool(shape[2])
     if rank != 0:
         batch = Batch(
             torch.empty(n, length, dtype=torch.long),
@@ -149,8 +152,9 @@ def broadcast_batch(batch: Batch | None, rank: int, world: int) -> Batch:
             torch.empty(n, length, dtype=torch.float32),
             torch.empty(n, length, dtype=torch.float32),
             torch.empty(n, dtype=torch.float32),
+            torch.empty(n, dtype=torch.float32) if has_rewards else None,
         )
-    for f in Batch.FIELDS:
+    for f in (*Batch.FIELDS, "rewards") if has_rewards else Batch.FIELDS:
         t = getattr(batch, f).contiguous()
         dist.broadcast(t, src=0)
         setattr(batch, f, t)
@@ -223,6 +227,12 @@ def _merge(base: dict, over: dict) -> dict:
     return out
 
 
+def _causal_lm(path: str, dtype: torch.dtype) -> torch.nn.Module:
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+
+
 class Engine:
     """A DeepSpeed-wrapped causal LM with the operations the training step needs."""
 
@@ -235,9 +245,11 @@ class Engine:
         rank: int,
         world: int,
         sequences_per_step: int,
+        load_model: Callable[[str, torch.dtype], torch.nn.Module] | None = None,
     ):
+        """`load_model(path, dtype)` builds the module (default: the causal LM at the path;
+        the critic passes its value model)."""
         import deepspeed
-        from transformers import AutoModelForCausalLM
 
         self.rank, self.world, self.device = rank, world, device
         self.train_cfg = train_cfg
@@ -262,9 +274,7 @@ class Engine:
             # loads each shard into the partitioned parameters (a bare zero.Init context
             # would leave transformers comparing full checkpoint shapes with empty partitions).
             self._hf_ds_config = HfDeepSpeedConfig(ds_cfg)
-            model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch_dtype)
-        else:
-            model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch_dtype)
+        model = (load_model or _causal_lm)(model_path, torch_dtype)
         model.config.use_cache = False
         # A torch optimizer avoids DeepSpeed's JIT-compiled fused Adam on machines without
         # a compiler toolchain for it; ZeRO wraps it all the same.

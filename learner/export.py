@@ -1,6 +1,7 @@
 """`asyncrl export`: any checkpoint turned into a Hugging Face model directory, offline.
 
 Needs nothing but the checkpoint: the model config and tokenizer travel inside it (`hf/`).
+A critic saved with the policy (advantage.name=gae) is exported too, in `critic/`.
 Weights come from DeepSpeed's model-states file at ZeRO stages 0-2 (it holds the full
 module) and, at stage 3 (where it holds placeholders), from the optimizer's fp32 partitions
 through DeepSpeed's own consolidation, cast to the model's dtype.
@@ -15,7 +16,7 @@ from pathlib import Path
 import torch
 
 from asyncrl.learner import ckpt_files as cf
-from asyncrl.learner.checkpoint import HF_META, VERSION_FILE, export_dir
+from asyncrl.learner.checkpoint import CRITIC, HF_META, VERSION_FILE, export_dir
 
 # DeepSpeed's model-states file: one (full module) below ZeRO-3, one per rank at ZeRO-3.
 MODEL_STATES = ("mp_rank_00_model_states.pt", "zero_pp_rank_0_mp_rank_00_model_states.pt")
@@ -44,9 +45,10 @@ def locate(path: Path) -> tuple[Path, str]:
 
 
 def export_checkpoint(checkpoint: str, output: str | None = None) -> Path:
-    """Write the HF model of `checkpoint` to `output` (default: the run's export/<tag>);
-    returns where. Refuses to write over an existing directory."""
-    from transformers import AutoConfig, AutoModelForCausalLM
+    """Write the HF model of `checkpoint` to `output` (default: the run's export/<tag>),
+    with the critic's in `critic/` when the checkpoint holds one; returns where. Refuses to
+    write over an existing directory."""
+    from transformers import AutoModelForCausalLM, AutoModelForTokenClassification
 
     root, tag = locate(Path(checkpoint))
     meta = root / tag / HF_META
@@ -55,6 +57,32 @@ def export_checkpoint(checkpoint: str, output: str | None = None) -> Path:
     out = Path(output) if output else export_dir(str(root.parent)) / tag
     if out.exists():
         raise ExportError(f"{out} exists; remove it or pass --output")
+    tmp = out.parent / f"{cf.TMP_PREFIX}{out.name}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    state = _write_model(root, tag, meta, AutoModelForCausalLM, tmp)
+    version = json.dumps({"policy_version": int(state["policy_version"])})
+    (tmp / VERSION_FILE).write_text(version)
+    if (root / tag / CRITIC).is_dir():
+        if not (meta / CRITIC / "config.json").is_file():
+            raise ExportError(f"{root / tag}: no critic config in the checkpoint")
+        _write_model(
+            root / tag, CRITIC, meta / CRITIC, AutoModelForTokenClassification, tmp / CRITIC
+        )
+        for f in meta.iterdir():
+            if f.is_file() and not (tmp / CRITIC / f.name).exists():
+                shutil.copy2(f, tmp / CRITIC / f.name)
+        (tmp / CRITIC / VERSION_FILE).write_text(version)
+    cf.commit(out.parent, out.name)
+    return out
+
+
+def _write_model(root: Path, tag: str, meta: Path, model_cls, dest: Path) -> dict:
+    """The weights of DeepSpeed tag `root/tag` as `model_cls` of the config in `meta`,
+    saved to `dest` with the files in `meta`; returns DeepSpeed's state (client state)."""
+    from transformers import AutoConfig
+
     # Our own files from our own run: DeepSpeed's state holds numpy RNG state and config
     # objects, which only the full unpickler reads.
     states = _states_file(root / tag)
@@ -73,7 +101,7 @@ def export_checkpoint(checkpoint: str, output: str | None = None) -> Path:
     else:
         tensors = state["module"]
     with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config)
+        model = model_cls.from_config(config)
     expected = set(model.state_dict())
     missing = expected - set(tensors) - set(_tied(model))
     if missing or set(tensors) - expected:
@@ -81,19 +109,13 @@ def export_checkpoint(checkpoint: str, output: str | None = None) -> Path:
             f"{root / tag}: weights do not match the model config "
             f"({len(missing)} missing, {len(set(tensors) - expected)} unexpected)"
         )
-    tmp = out.parent / f"{cf.TMP_PREFIX}{out.name}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(tmp, state_dict={k: v.contiguous() for k, v in tensors.items()})
+    model.save_pretrained(dest, state_dict={k: v.contiguous() for k, v in tensors.items()})
     # The tokenizer files as the run saved them: loading and saving again through
     # AutoTokenizer may change its class.
     for f in meta.iterdir():
-        if f.is_file() and not (tmp / f.name).exists():
-            shutil.copy2(f, tmp / f.name)
-    (tmp / VERSION_FILE).write_text(json.dumps({"policy_version": int(state["policy_version"])}))
-    cf.commit(out.parent, out.name)
-    return out
+        if f.is_file() and not (dest / f.name).exists():
+            shutil.copy2(f, dest / f.name)
+    return state
 
 
 def _tied(model) -> list[str]:

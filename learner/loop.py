@@ -89,6 +89,7 @@ class StepLoop:
         checkpointer: Checkpointer,
         reporter=None,
         env: EnvHooks | None = None,
+        critic=None,
     ) -> None:
         self.cfg, self.engine, self.hub, self.publisher = cfg, engine, hub, publisher
         self.checkpointer = checkpointer
@@ -103,6 +104,8 @@ class StepLoop:
         # Rank 0: takes each step's statistics (learner.tracking.Tracking); None elsewhere.
         self.reporter = reporter
         self.env = env
+        # advantage.name=gae: the learned critic (learner.critic.Critic) on every rank.
+        self.critic = critic
 
     def run(self) -> None:
         train = self.cfg.train
@@ -140,9 +143,17 @@ class StepLoop:
     def _step(self, batch: Batch, stats: dict) -> None:
         cfg, hub = self.cfg, self.hub
         tu = time.time()
-        m = train_step(
-            self.engine, batch, cfg.train, cfg.objective, cfg.sampling.temperature, self.ref_model
-        )
+        temperature = cfg.sampling.temperature
+        m: dict = {}
+        if self.critic is not None:
+            m.update(self.critic.prepare(batch, self.ref_model, temperature))
+            m.update(self.critic.train(batch))
+        if self.critic is None or self.version >= cfg.critic.pretrain_steps:
+            m.update(
+                train_step(
+                    self.engine, batch, cfg.train, cfg.objective, temperature, self.ref_model
+                )
+            )
         self.version += 1
         version = self.version
         self.busy_seconds += time.time() - tu

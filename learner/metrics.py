@@ -90,6 +90,29 @@ class LearnerMetrics:
         self.reward_mean = Gauge(
             "asyncrl_reward_mean", "Mean reward of the groups in the last step.", registry=r
         )
+        # advantage.name=gae: the learned critic (learner.critic)
+        self.value_loss = Gauge(
+            "asyncrl_value_loss", "Critic's clipped value loss (last step).", registry=r
+        )
+        self.value_explained_variance = Gauge(
+            "asyncrl_value_explained_variance",
+            "1 - Var(returns - values) / Var(returns) over the last batch's response tokens, "
+            "values from the critic before its update.",
+            registry=r,
+        )
+        self.value_mean = Gauge(
+            "asyncrl_value_mean", "Mean critic value over response tokens (last step).", registry=r
+        )
+        self.value_std = Gauge(
+            "asyncrl_value_std",
+            "Std of critic values over response tokens (last step).",
+            registry=r,
+        )
+        self.value_clip_fraction = Gauge(
+            "asyncrl_value_clip_fraction",
+            "Fraction of response tokens whose clipped value term was the larger (last step).",
+            registry=r,
+        )
         self.eval_accuracy = Gauge(
             "asyncrl_eval_accuracy",
             "Held-out accuracy at the last evaluation: fraction of completions of labelled rows "
@@ -247,6 +270,11 @@ class LearnerMetrics:
                 "entropy": self.entropy,
                 "grad_norm": self.grad_norm,
                 "reward_mean": self.reward_mean,
+                "value_loss": self.value_loss,
+                "value_explained_variance": self.value_explained_variance,
+                "value_mean": self.value_mean,
+                "value_std": self.value_std,
+                "value_clip_fraction": self.value_clip_fraction,
                 "eval_accuracy": self.eval_accuracy,
                 "eval_reward_mean": self.eval_reward_mean,
                 "eval_pass_at_k": self.eval_pass_at_k,

@@ -71,8 +71,23 @@ def run_learner(
     sequences = cfg.train.groups_per_step * cfg.sampling.group_size
     per_step = -(-sequences // cfg.train.mini_batches)
     engine = Engine(model_path, cfg.train, cfg.model.dtype, device, rank, world, per_step)
+    critic = None
+    if cfg.advantage.name == "gae":
+        from asyncrl.learner.critic import Critic
+
+        critic = Critic(
+            cfg.critic,
+            cfg.advantage,
+            cfg.train,
+            model_path,
+            cfg.model.dtype,
+            device,
+            rank,
+            world,
+            per_step,
+        )
     ref_model = None
-    if cfg.objective.kl_beta > 0:
+    if cfg.objective.kl_beta > 0 or cfg.advantage.kl_in_reward:
         ref_model = load_reference(model_path, cfg.model.dtype, device)
     hub = _build_hub(cfg, train_path, tokenizer, env) if rank == 0 else None
     # Before the hub serves: a transport may attach itself to it.
@@ -85,7 +100,12 @@ def run_learner(
 
     train = cfg.train
     checkpointer = Checkpointer(
-        engine, tokenizer, cfg.learner.output_dir, train.keep_checkpoints, train.export_checkpoints
+        engine,
+        tokenizer,
+        cfg.learner.output_dir,
+        train.keep_checkpoints,
+        train.export_checkpoints,
+        critic=critic.engine if critic is not None else None,
     )
     version = checkpointer.restore(hub) if resume else 0
     restored = None
@@ -135,6 +155,7 @@ def run_learner(
             checkpointer,
             reporter=tracking,
             env=env,
+            critic=critic,
         )
         loop.run()
         if hub is not None and not stop.is_set():

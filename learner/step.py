@@ -14,6 +14,7 @@ from asyncrl.learner.engine import Batch, Engine, balance_rows, shard_rows
 from asyncrl.learner.logprobs import token_entropy, token_logprobs
 from asyncrl.learner.loss_config import AdvantageConfig, ObjectiveConfig
 from asyncrl.learner.objectives import policy_loss
+from asyncrl.learner.value import positive_lm_loss, positive_tokens
 
 
 def build_batch(
@@ -56,7 +57,7 @@ def build_batch(
     for d in datas:
         for k, v in d.reward_metrics.items():
             stats[k] = stats.get(k, 0.0) + v / len(datas)
-    return Batch(input_ids, attention, resp_mask, mu, adv.reshape(-1)), stats
+    return Batch(input_ids, attention, resp_mask, mu, adv.reshape(-1), rewards.reshape(-1)), stats
 
 
 def train_step(
@@ -91,6 +92,11 @@ def train_step(
                 normalizer = float(mini.response_mask[:, 1:].sum().clamp(min=1))
             else:
                 normalizer = float(max(1, len(mini)))
+            lm_coef = objective.positive_lm_coef if mini.rewards is not None else 0.0
+            if lm_coef > 0:
+                lm_tokens = positive_tokens(
+                    mini.response_mask[:, 1:], mini.rewards, objective.positive_lm_threshold
+                )
             for i, mb in enumerate(_micro_batches(engine, mini, train)):
                 logits = engine.forward_logits(mb)[:, :-1]
                 targets = mb.input_ids[:, 1:]
@@ -105,7 +111,7 @@ def train_step(
                 loss, m = policy_loss(
                     lp,
                     mb.behaviour_logprobs[:, 1:],
-                    mb.advantages,
+                    mb.advantages[:, 1:] if mb.advantages.dim() == 2 else mb.advantages,
                     mask,
                     objective,
                     prox_logprobs=prox.get((mi, i)),
@@ -113,6 +119,11 @@ def train_step(
                     entropy=ent,
                     normalizer=normalizer,
                 )
+                if lm_coef > 0:
+                    lm = positive_lm_loss(
+                        lp, mask, mb.rewards, objective.positive_lm_threshold, lm_tokens
+                    )
+                    loss = loss + lm_coef * lm
                 engine.backward_and_step(loss)
                 w = float(mask.sum())
                 weight_sum += w
@@ -190,7 +201,16 @@ def load_reference(model_path: str, dtype: str, device: str):
     """The frozen initial policy for the KL term: weights only, no optimizer state, no
     gradients (replicated on every rank, also under ZeRO-3)."""
     from transformers import AutoModelForCausalLM
+    from transformers.integrations import deepspeed as hf_deepspeed
 
-    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=getattr(torch, dtype))
+    # A ZeRO-3 engine's config, while registered, makes from_pretrained build every model
+    # partitioned: the reference would hold empty placeholders. It stays registered for the
+    # engines (generation under ZeRO-3 reads it), so it is set aside for this load only.
+    held = hf_deepspeed._hf_deepspeed_config_weak_ref
+    hf_deepspeed.unset_hf_deepspeed_config()
+    try:
+        model = AutoModelForCausalLM.from_pretrained(model_path, dtype=getattr(torch, dtype))
+    finally:
+        hf_deepspeed._hf_deepspeed_config_weak_ref = held
     model.requires_grad_(False)
     return model.eval().to(device)

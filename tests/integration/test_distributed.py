@@ -23,8 +23,8 @@ def tiny_model(tiny_causal_lm) -> str:
     return tiny_causal_lm
 
 
-def train(model: str, out: Path, world: int, overrides: list[str]) -> dict:
-    cmd = [sys.executable, str(WORKER), "--model", model, "--out", str(out), *overrides]
+def train(model: str, out: Path, world: int, overrides: list[str], worker: Path = WORKER) -> dict:
+    cmd = [sys.executable, str(worker), "--model", model, "--out", str(out), *overrides]
     if world > 1:
         cmd = [
             sys.executable,
