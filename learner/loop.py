@@ -17,7 +17,7 @@ import numpy as np
 
 from asyncrl.learner.checkpoint import Checkpointer
 from asyncrl.learner.config import RunConfig
-from asyncrl.learner.engine import Batch, Engine, broadcast_batch, broadcast_flag
+from asyncrl.learner.engine import Batch, Engine, broadcast_batch, broadcast_flag, broadcast_text
 from asyncrl.learner.evaluation import eval_reward, evaluate_rows
 from asyncrl.learner.publishers import WeightPublisher
 from asyncrl.learner.step import build_batch, train_step
@@ -104,7 +104,8 @@ class StepLoop:
             batch, stats = self._next_batch()
             if broadcast_flag(batch is None, self.engine.world):
                 break
-            self._step(broadcast_batch(batch, self.engine.rank, self.engine.world), stats)
+            settings = self._settings()
+            self._step(broadcast_batch(batch, self.engine.rank, self.engine.world), stats, settings)
         self.rl_seconds = time.time() - t0
 
     def _should_stop(self, t0: float) -> bool:
@@ -128,11 +129,22 @@ class StepLoop:
         stats["staleness_mean"] = float(np.mean(staleness))
         return batch, stats
 
-    def _step(self, batch: Batch, stats: dict) -> None:
+    def _settings(self) -> dict:
+        """This step's live settings (`asyncrl ctl set`), read once, rank 0's on every rank.
+        A changed temperature applies to this step's scoring whatever temperature the batch
+        was sampled at: the importance weights exp(π_θ - μ) correct for that as for staleness,
+        since μ is what the generator really sampled from."""
+        s = self.hub.tuning.trainer_settings() if self.hub is not None else None
+        if self.engine.world > 1:
+            s = json.loads(broadcast_text(json.dumps(s), self.engine.world))
+        self.engine.set_lr_multiplier(s["lr_multiplier"])
+        return s
+
+    def _step(self, batch: Batch, stats: dict, settings: dict) -> None:
         cfg, hub = self.cfg, self.hub
         tu = time.time()
         m = train_step(
-            self.engine, batch, cfg.train, cfg.objective, cfg.sampling.temperature, self.ref_model
+            self.engine, batch, cfg.train, cfg.objective, settings["temperature"], self.ref_model
         )
         self.version += 1
         version = self.version
@@ -141,7 +153,7 @@ class StepLoop:
         if hub is not None:
             hub.metrics.step_seconds.labels(phase="update").observe(time.time() - tu)
             hub.advance_version(version)
-        if version % cfg.train.publish_every == 0 or version == cfg.train.steps:
+        if version % settings["publish_every"] == 0 or version == cfg.train.steps:
             tp = time.time()
             self.publisher.publish(version)
             self.busy_seconds += time.time() - tp

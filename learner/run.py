@@ -175,7 +175,11 @@ def _build_hub(cfg: RunConfig, train_path: str, tokenizer):
     from asyncrl.learner.hub import Hub
     from asyncrl.learner.hub.core import RateLimitedLog
     from asyncrl.learner.metrics import LearnerMetrics
-    from asyncrl.protocol.sockets import learner_receive_limits, setup_socket_factory
+    from asyncrl.protocol.sockets import (
+        learner_receive_limits,
+        operator_keys,
+        setup_socket_factory,
+    )
 
     prompts = PromptSource(
         load_rows(train_path), tokenizer, cfg.data.prompt_field, seed=cfg.data.shuffle_seed
@@ -190,4 +194,5 @@ def _build_hub(cfg: RunConfig, train_path: str, tokenizer):
         denied_log.warning("auth", "refused a CURVE client (%s)", reason)
 
     factory = setup_socket_factory(cfg.security, "server", receive, auth_denied)
-    return Hub(cfg, prompts, tokenizer, metrics, factory)
+    operators = operator_keys(cfg.security.curve_dir)
+    return Hub(cfg, prompts, tokenizer, metrics, factory, operators)
