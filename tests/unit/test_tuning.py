@@ -261,3 +261,47 @@ def test_trainer_settings_are_read_under_the_lock():
         assert got == {"temperature": 1.0, "publish_every": 1, "lr_multiplier": 2.0}
     finally:
         hub.stop()
+
+
+def test_lr_multiplier_scales_the_configured_schedule_idempotently():
+    from asyncrl.learner.engine import Engine
+
+    param = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.SGD([param], lr=0.1)
+    warmup = 3
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / (warmup + 1)))
+    engine = SimpleNamespace(_scheduler=sched, train_cfg=SimpleNamespace(lr=0.1))
+    opt.step()
+    sched.step()
+    # After one step: lr = 0.1 * (1+1)/4 = 0.05; with multiplier 0.5: 0.025.
+    Engine.set_lr_multiplier(engine, 0.5)
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.025)
+    # The same multiplier again (every step, or after a resume) changes nothing.
+    Engine.set_lr_multiplier(engine, 0.5)
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.025)
+    # The schedule goes on from the scaled base: step 2 -> 0.1 * 0.5 * 3/4 = 0.0375.
+    opt.step()
+    sched.step()
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.0375)
+    Engine.set_lr_multiplier(engine, 1.0)
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.075)
+    # A raw DeepSpeed scheduler owns the lr: nothing to scale.
+    Engine.set_lr_multiplier(SimpleNamespace(_scheduler=None), 2.0)
+
+
+def test_live_reward_weights_replace_the_configured_ones():
+    from asyncrl.learner.rewards import RewardInput
+    from asyncrl.learner.rewards.combine import CombinedReward
+    from asyncrl.learner.rewards.config import RewardConfig
+
+    cfg = RewardConfig(functions=["exact", "exact"], weights=[1.0, 1.0], answer_field="answer")
+    fn = CombinedReward(cfg)
+    try:
+        inp = RewardInput("2+2=", "2+2=", ["4", "5"], [[1], [2]], {"answer": "4"})
+        # exact scores 1 for "4", 0 for "5": configured weights 1+1 -> [2, 0]; live 0.5+0
+        # -> [0.5, 0]; weights of another length fall back to the configured ones.
+        assert fn(inp).rewards == [2.0, 0.0]
+        assert fn(inp, [0.5, 0.0]).rewards == [0.5, 0.0]
+        assert fn(inp, [3.0]).rewards == [2.0, 0.0]
+    finally:
+        fn.close()
