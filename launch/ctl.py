@@ -28,7 +28,7 @@ class CtlError(RuntimeError):
 def request(
     learner: str,
     op: str,
-    changes: list[str],
+    changes: list[str] | tuple[str, ...] = (),
     curve_dir: str | None = None,
     operator: str = "operator",
     timeout: float = 10.0,
