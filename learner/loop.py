@@ -39,6 +39,9 @@ def evaluate(
         return None
     ev = cfg.eval
     reward = eval_reward(cfg.reward) if engine.rank == 0 else None
+    max_new = cfg.sampling.max_new_tokens  # live on rank 0 (asyncrl ctl): ranks use its value
+    if cfg.train.zero_stage == 3 and engine.world > 1:
+        max_new = int(broadcast_text(str(max_new), engine.world))
     out = evaluate_rows(
         engine.model,
         tokenizer,
@@ -49,7 +52,7 @@ def evaluate(
         samples=ev.samples,
         temperature=ev.temperature,
         success_threshold=ev.success_threshold,
-        max_new_tokens=cfg.sampling.max_new_tokens,
+        max_new_tokens=max_new,
     )
     if hub is not None:
         for name, gauge in (

@@ -1,5 +1,6 @@
-"""Live tuning: the one list of settings an operator may change on a running learner
-(`asyncrl ctl set`), how each is checked and applied, who may change them, and the audit.
+"""Live tuning: how the settings an operator may change on a running learner (`asyncrl ctl
+set`; the list is `learner.tunables`) are checked and applied, who may change them, and the
+audit.
 
 A tunable is a field of the run's configuration; its type and bounds are that field's, so a
 live value is checked exactly as the YAML is. The live value is the configuration object the
