@@ -305,3 +305,18 @@ def test_live_reward_weights_replace_the_configured_ones():
         assert fn(inp, [3.0]).rewards == [2.0, 0.0]
     finally:
         fn.close()
+
+
+def test_keys_command_adds_operator_keys_and_keeps_the_server_key(tmp_path, capsys):
+    from asyncrl.launch.cli import main
+
+    assert main(["keys", "--dir", str(tmp_path), "--clients", "gen"]) == 0
+    server = (tmp_path / "server.key").read_bytes()
+    assert operator_keys(str(tmp_path)) == frozenset()
+    # Adding an operator later must not invalidate the keys already copied to generators.
+    assert main(["keys", "--dir", str(tmp_path), "--clients", "", "--operators", "alice"]) == 0
+    assert (tmp_path / "server.key").read_bytes() == server
+    assert (tmp_path / "alice.key_secret").exists()
+    assert (tmp_path / "operators" / "alice.key").exists()
+    assert len(operator_keys(str(tmp_path))) == 1
+    assert "asyncrl ctl --curve-dir" in capsys.readouterr().out
