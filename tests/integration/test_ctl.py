@@ -16,8 +16,8 @@ from asyncrl.launch.ctl import request
 from asyncrl.protocol.sockets import free_ports
 from tests.integration.conftest import REPO, next_event, scrape, start_cli
 
-STEPS = 18
-PHASE = 6  # steps trained under each limit before the next change
+PHASE = 3  # steps trained under each limit before the next change
+STEPS = 3 * PHASE
 
 
 def _wait_version(control: str, at_least: int, proc, timeout: float = 240) -> int:
@@ -41,7 +41,9 @@ def _stop(proc) -> None:
 
 
 def test_live_eta_4_0_4_on_asyncrl_local_then_resume(small_overrides, tmp_path):
-    common = [*small_overrides, "buffer.max_staleness=4"]
+    # Eight optimizer passes per batch make the learner the slower side, so that under η=4
+    # generators run ahead and trained groups are stale by more than 0.
+    common = [*small_overrides, "buffer.max_staleness=4", "train.ppo_epochs=8"]
     run_dir = Path(next(a.split("=", 1)[1] for a in common if a.startswith("learner.output")))
     local = start_cli(
         ["local", *common, f"train.steps={STEPS}", "local.generators=2"], tmp_path / "local.log"
@@ -94,14 +96,13 @@ def test_live_eta_4_0_4_on_asyncrl_local_then_resume(small_overrides, tmp_path):
     # Per step (metrics.jsonl): a batch for version k+1 is taken at version k. A change
     # answered at version v applies to every batch taken from version v+1 on (the batch of
     # v+1 may have been taken just before it).
-    steps = {
-        r["step"]: r["staleness_max"]
-        for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines())
-    }
+    records = map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines())
+    steps = {r["step"]: r["staleness_max"] for r in records if "staleness_max" in r}
     assert sorted(steps) == list(range(1, STEPS + 1))
     under_zero = [s for k, s in steps.items() if v1 + 2 <= k <= v2]
-    assert under_zero and max(under_zero) == 0, steps
-    assert max(s for k, s in steps.items() if k <= v1 or k > v2) <= 4, steps
+    under_four = [s for k, s in steps.items() if k <= v1 or k > v2]
+    assert under_zero and max(under_zero) == 0, (v1, v2, steps)
+    assert 1 <= max(under_four) <= 4, (v1, v2, steps)
 
     # A learner resumed from the final checkpoint with the same configuration keeps the live
     # values and their history.
