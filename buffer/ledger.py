@@ -194,6 +194,31 @@ class Ledger:
                 self.journal.trained([g.lease_id for g in taken], learner_version)
         return taken, dropped
 
+    # ------------------------------------------------------------ live tuning
+    def on_staleness_limit_changed(self, max_staleness: int) -> None:
+        """η changed on a live run. Raised: the gate admits more at once. Lowered: open leases
+        run to their end and the buffer's guard drops, at the next take, what is then staler
+        than the new η (counted `stale`, capacity freed), so nothing trained exceeds it."""
+        if max_staleness < 0:
+            raise ValueError("max_staleness must be >= 0")
+        self.gate.max_staleness = max_staleness
+        self.buffer.max_staleness = max_staleness
+
+    def on_reuse_limit_changed(self, max_reuse: int) -> None:
+        """Groups already used keep their use count; those a lower limit leaves no further
+        use are retired at once (they were consumed: the gate still counts them accepted)."""
+        if max_reuse < 0:
+            raise ValueError("max_reuse must be >= 0")
+        self.buffer.max_reuse = max_reuse
+        self.buffer.retire_used()
+
+    def on_group_size_changed(self, group_size: int) -> None:
+        """Leases issued from now on ask for `group_size` samples; open ones keep theirs (each
+        lease records its own, which its group is checked against)."""
+        if group_size < 1:
+            raise ValueError("group_size must be >= 1")
+        self.group_size = group_size
+
     # ------------------------------------------------------------ checkpoint
     def state_dict(self, spill: Callable[[BufferedGroup], Any]) -> dict:
         """Gate counters, consumed count, prompts to send out again and the waiting groups (each

@@ -76,6 +76,15 @@ class ReplayBuffer:
         self._groups = keep
         return dropped
 
+    def retire_used(self) -> int:
+        """Remove groups already trained as often as `max_reuse` now allows (it was lowered);
+        they were consumed, so nothing is lost. Returns how many."""
+        keep = deque(g for g in self._groups if g.uses <= self.max_reuse)
+        gone = len(self._groups) - len(keep)
+        self._groups = keep
+        self.nbytes = sum(g.nbytes for g in keep)
+        return gone
+
     def sample(self, n: int, version: int) -> tuple[list[BufferedGroup] | None, list[Dropped]]:
         """Take `n` groups for a step at learner `version`, oldest first, after dropping stale
         ones. Returns (None, dropped) if fewer than `n` remain. With `max_reuse > 0` a group

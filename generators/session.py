@@ -29,6 +29,7 @@ from asyncrl.protocol.messages import (
     LeaseRequest,
     LeaseReturn,
     Message,
+    Refused,
     RolloutGroup,
     WeightsAnnouncement,
     Welcome,
@@ -48,6 +49,11 @@ class Stopping(Exception):
 
 class LearnerGone(RuntimeError):
     """No reply from the learner within the reconnect timeout."""
+
+
+class LearnerRefused(Exception):
+    """The learner refused this generator for good (`Refused`: another wire schema):
+    reconnecting cannot help, so the generator exits with the learner's reason."""
 
 
 class RunFinished(Exception):
@@ -232,6 +238,8 @@ class Session:
             _, reply = recv(self.control)
             if isinstance(reply, Finished):
                 raise RunFinished(reply.version)
+            if isinstance(reply, Refused):
+                raise LearnerRefused(f"the learner refused this generator: {reply.detail}")
             deadline = time.time() + self.reconnect_seconds
             is_lease = isinstance(reply, (Lease, LeaseDenied))
             if is_lease and self._prefetching and self._early is None:

@@ -1,4 +1,4 @@
-"""The `asyncrl` command: learner, generator, local, keys, export, bench.
+"""The `asyncrl` command: learner, generator, local, ctl, keys, export, bench.
 
 Arguments are parsed before torch is imported, so `--help` and config errors are instant.
 Configuration: `--config FILE_OR_PRESET` plus dotted overrides (`train.steps=50`).
@@ -82,6 +82,20 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("keys", help="create CurveZMQ keys for authenticated sockets")
     p.add_argument("--dir", required=True, help="directory to write the keys into")
     p.add_argument("--clients", default="client", help="comma-separated client key names")
+    p.add_argument(
+        "--operators",
+        default="",
+        help="comma-separated operator key names: only these may use `asyncrl ctl` under "
+        "CURVE (an existing server key is kept)",
+    )
+    p = sub.add_parser("ctl", help="show or change a running learner's live settings")
+    p.add_argument("--learner", required=True, help="learner control address tcp://HOST:PORT")
+    p.add_argument("--curve-dir", default=None, help="key directory, when the learner uses CURVE")
+    p.add_argument("--operator", default="operator", help="operator key name (NAME.key_secret)")
+    p.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the reply")
+    p.add_argument("--json", action="store_true", help="print the reply as one JSON object")
+    p.add_argument("op", choices=["get", "set", "history"])
+    p.add_argument("changes", nargs="*", metavar="section.field=value", help="for set")
     p = sub.add_parser("export", help="turn a checkpoint into a Hugging Face model directory")
     p.add_argument("--checkpoint", required=True, help="a run's checkpoint/ dir or a tag in it")
     p.add_argument("--output", default=None, help="default: the run's export/<tag>")
@@ -113,12 +127,19 @@ def main(argv: list[str] | None = None) -> int:
         from asyncrl.protocol.sockets import create_curve_keys
 
         names = [n.strip() for n in args.clients.split(",") if n.strip()]
-        create_curve_keys(args.dir, names)
+        ops = [n.strip() for n in args.operators.split(",") if n.strip()]
+        create_curve_keys(args.dir, names, ops)
         print(
             f"wrote server and client keys ({', '.join(names)}) to {args.dir}; set "
             f"security.curve_dir={args.dir} on the learner and every generator"
         )
+        if ops:
+            print(f"operator keys ({', '.join(ops)}): asyncrl ctl --curve-dir {args.dir} ...")
         return 0
+    if args.command == "ctl":
+        from asyncrl.launch import ctl
+
+        return ctl.main(args)
     if args.command == "export":
         from asyncrl.learner.export import ExportError, export_checkpoint
 
@@ -188,9 +209,14 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "generator":
         _setup_logging(f"generator[{cfg.generator.generator_id or '-'}]", args.log_level)
+        from asyncrl.generators.session import LearnerRefused
         from asyncrl.launch.generator_main import generator_main
 
-        return generator_main(cfg)
+        try:
+            return generator_main(cfg)
+        except LearnerRefused as exc:
+            print(f"asyncrl generator: {exc}", file=sys.stderr)
+            return 2
     if args.command == "local":
         events = _claim_stdout()
         _setup_logging("local", args.log_level)

@@ -88,6 +88,13 @@ class TrainConfig(StrictModel):
     lr: float = Field(
         1e-6, gt=0.0, description="Peak learning rate (AdamW); 1e-6 suits 0.5-8B models."
     )
+    lr_multiplier: float = Field(
+        1.0,
+        gt=0.0,
+        le=100.0,
+        description="Multiplies train.lr and its warmup schedule from the next step on; "
+        "meant to be changed on a live run (`asyncrl ctl set train.lr_multiplier=0.5`).",
+    )
     weight_decay: float = Field(0.0, ge=0.0, description="AdamW weight decay.")
     warmup_steps: int = Field(5, ge=0, description="Linear LR warmup steps.")
     grad_clip: float = Field(1.0, ge=0.0, description="Gradient norm clip; 0 = off.")
@@ -259,6 +266,12 @@ class LearnerConfig(MetricsHttpSettings):
         description="Floor on the behaviour logprob of every returned token; a group with a "
         "lower one is dropped as bad_logprobs (such values only come from corrupt engines or "
         "forged groups and would blow up importance ratios).",
+    )
+    ctl_allow_remote: bool = Field(
+        False,
+        description="Without CURVE, accept `asyncrl ctl` from any address, not only loopback "
+        "(trusted networks only). Under CURVE only operator keys (`asyncrl keys --operators`) "
+        "may tune, from anywhere.",
     )
     audit_log: bool = Field(
         False,

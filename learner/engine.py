@@ -296,6 +296,7 @@ class Engine:
         self.engine, _, _, _ = deepspeed.initialize(
             model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_cfg
         )
+        self._scheduler = scheduler
         self.model = self.engine.module
         # DeepSpeed reports the global gradient norm only through its own optimizer wrappers
         # (ZeRO 1-3, fp16/bf16), which compute it. At stage 0 in fp32 our torch optimizer runs
@@ -335,6 +336,19 @@ class Engine:
 
     def lr(self) -> float:
         return float(self.engine.get_lr()[0])
+
+    def set_lr_multiplier(self, m: float) -> None:
+        """Scale train.lr and its warmup schedule by `m` from the next optimizer step on (a
+        live `train.lr_multiplier`). Set from the configured lr, not the current one, so the
+        same `m` again, or after a resume, changes nothing. A raw scheduler given in
+        train.deepspeed owns the lr: the multiplier is ignored there."""
+        sched = self._scheduler
+        if sched is None:
+            return
+        base = self.train_cfg.lr * m
+        sched.base_lrs = [base] * len(sched.base_lrs)
+        for group, fn in zip(sched.optimizer.param_groups, sched.lr_lambdas):
+            group["lr"] = base * fn(sched.last_epoch)
 
     def parameter_specs(self) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
         """Full shape and dtype of every parameter (deduplicated as `named_parameters()`

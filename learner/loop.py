@@ -17,7 +17,7 @@ import numpy as np
 
 from asyncrl.learner.checkpoint import Checkpointer
 from asyncrl.learner.config import RunConfig
-from asyncrl.learner.engine import Batch, Engine, broadcast_batch, broadcast_flag
+from asyncrl.learner.engine import Batch, Engine, broadcast_batch, broadcast_flag, broadcast_text
 from asyncrl.learner.evaluation import EnvHooks, eval_reward, evaluate_rows
 from asyncrl.learner.publishers import WeightPublisher
 from asyncrl.learner.step import build_batch, train_step
@@ -45,6 +45,9 @@ def evaluate(
         return None
     ev = cfg.eval
     reward = eval_reward(cfg.reward) if engine.rank == 0 else None
+    max_new = cfg.sampling.max_new_tokens  # live on rank 0 (asyncrl ctl): ranks use its value
+    if cfg.train.zero_stage == 3 and engine.world > 1:
+        max_new = int(broadcast_text(str(max_new), engine.world))
     out = evaluate_rows(
         engine.model,
         tokenizer,
@@ -55,7 +58,7 @@ def evaluate(
         samples=ev.samples,
         temperature=ev.temperature,
         success_threshold=ev.success_threshold,
-        max_new_tokens=cfg.sampling.max_new_tokens,
+        max_new_tokens=max_new,
         env=env,
     )
     if hub is not None:
@@ -116,7 +119,8 @@ class StepLoop:
             batch, stats = self._next_batch()
             if broadcast_flag(batch is None, self.engine.world):
                 break
-            self._step(broadcast_batch(batch, self.engine.rank, self.engine.world), stats)
+            settings = self._settings()
+            self._step(broadcast_batch(batch, self.engine.rank, self.engine.world), stats, settings)
         self.rl_seconds = time.time() - t0
 
     def _should_stop(self, t0: float) -> bool:
@@ -140,10 +144,21 @@ class StepLoop:
         stats["staleness_mean"] = float(np.mean(staleness))
         return batch, stats
 
-    def _step(self, batch: Batch, stats: dict) -> None:
+    def _settings(self) -> dict:
+        """This step's live settings (`asyncrl ctl set`), read once, rank 0's on every rank.
+        A changed temperature applies to this step's scoring whatever temperature the batch
+        was sampled at: the importance weights exp(π_θ - μ) correct for that as for staleness,
+        since μ is what the generator really sampled from."""
+        s = self.hub.tuning.trainer_settings() if self.hub is not None else None
+        if self.engine.world > 1:
+            s = json.loads(broadcast_text(json.dumps(s), self.engine.world))
+        self.engine.set_lr_multiplier(s["lr_multiplier"])
+        return s
+
+    def _step(self, batch: Batch, stats: dict, settings: dict) -> None:
         cfg, hub = self.cfg, self.hub
         tu = time.time()
-        temperature = cfg.sampling.temperature
+        temperature = settings["temperature"]
         m: dict = {}
         if self.critic is not None:
             m.update(self.critic.prepare(batch, self.ref_model, temperature))
@@ -161,7 +176,7 @@ class StepLoop:
         if hub is not None:
             hub.metrics.step_seconds.labels(phase="update").observe(time.time() - tu)
             hub.advance_version(version)
-        if version % cfg.train.publish_every == 0 or version == cfg.train.steps:
+        if version % settings["publish_every"] == 0 or version == cfg.train.steps:
             tp = time.time()
             self.publisher.publish(version)
             self.busy_seconds += time.time() - tp

@@ -10,6 +10,8 @@ import logging
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from asyncrl.learner.tunables import REFUSALS as TUNE_REFUSALS
+from asyncrl.learner.tunables import TUNABLES
 from asyncrl.protocol.codec import DECODE_REASONS
 from asyncrl.protocol.validate import ROLLOUT_REASONS
 
@@ -38,6 +40,7 @@ MALFORMED_REASONS = (*DECODE_REASONS, "unexpected_type", "internal")
 DISCONNECT_REASONS = ("disconnected", "handshake", "auth")
 AUTH_FAILURE_REASONS = ("unknown_key",)  # protocol.auth
 DENY_REASONS = ("gate", "version", "hello")
+HELLO_REFUSALS = ("schema",)  # the generator speaks another wire schema
 # Lease messages refused (`asyncrl_lease_messages_refused_total{message, reason}`): a request from
 # a connection that never said hello, ids held by another connection, ids never issued.
 LEASE_MESSAGES = ("lease_request", "heartbeat", "lease_return")
@@ -207,9 +210,27 @@ class LearnerMetrics:
             ["message", "reason"],
             registry=r,
         )
-        self.max_staleness = Gauge(
-            "asyncrl_max_staleness", "Configured staleness limit (eta).", registry=r
+        # Live tuning (`asyncrl ctl`, learner.hub.tuning): a gauge per tunable, its changes.
+        self.tunables: dict[str, Gauge] = {}
+        for t in TUNABLES.values():
+            labels = ["function"] if t.name == "reward.weights" else []
+            what = "number of strings" if t.name == "sampling.stop" else "live value"
+            self.tunables[t.name] = Gauge(t.gauge, f"The {what} of {t.name}.", labels, registry=r)
+        self.max_staleness = self.tunables["buffer.max_staleness"]
+        self.config_changes = Counter(
+            "asyncrl_config_changes",
+            "Live configuration changes applied (asyncrl ctl set), by field.",
+            ["field"],
+            registry=r,
         )
+        self.config_refused = Counter(
+            "asyncrl_config_changes_refused",
+            "Live configuration changes, or whole asyncrl ctl requests, refused, by reason.",
+            ["reason"],
+            registry=r,
+        )
+        for name in TUNABLES:
+            self.config_changes.labels(field=name)
         self.reward_errors = Counter(
             "asyncrl_reward_errors",
             "Groups whose reward raised or whose reward worker died (dropped as invalid).",
@@ -238,6 +259,12 @@ class LearnerMetrics:
             ["reason"],
             registry=r,
         )
+        self.hellos_refused = Counter(
+            "asyncrl_hellos_refused",
+            "Generators refused at hello, by reason (schema: another wire schema).",
+            ["reason"],
+            registry=r,
+        )
         # Every label of every labelled counter exists from the start, so dashboards and rate()
         # show 0 instead of no data.
         for counter, reasons in (
@@ -246,6 +273,8 @@ class LearnerMetrics:
             (self.peer_disconnects, DISCONNECT_REASONS),
             (self.leases_denied, DENY_REASONS),
             (self.auth_failures, AUTH_FAILURE_REASONS),
+            (self.hellos_refused, HELLO_REFUSALS),
+            (self.config_refused, TUNE_REFUSALS),
             (self.weight_requests_refused, WEIGHT_REFUSALS),
         ):
             for reason in reasons:

@@ -205,7 +205,11 @@ def _build_hub(cfg: RunConfig, train_path: str, tokenizer, env: EnvHooks | None)
     from asyncrl.learner.hub import Hub
     from asyncrl.learner.hub.core import RateLimitedLog
     from asyncrl.learner.metrics import LearnerMetrics
-    from asyncrl.protocol.sockets import learner_receive_limits, setup_socket_factory
+    from asyncrl.protocol.sockets import (
+        learner_receive_limits,
+        operator_keys,
+        setup_socket_factory,
+    )
 
     prompts = PromptSource(
         load_rows(train_path),
@@ -224,4 +228,5 @@ def _build_hub(cfg: RunConfig, train_path: str, tokenizer, env: EnvHooks | None)
         denied_log.warning("auth", "refused a CURVE client (%s)", reason)
 
     factory = setup_socket_factory(cfg.security, "server", receive, auth_denied)
-    return Hub(cfg, prompts, tokenizer, metrics, factory)
+    operators = operator_keys(cfg.security.curve_dir)
+    return Hub(cfg, prompts, tokenizer, metrics, factory, operators)

@@ -24,11 +24,8 @@ def build_batch(
     response mask is 1 on model tokens only: a multi-turn episode's environment tokens (mask
     0 in its loss mask) are context, never trained on and never counted by token-mean."""
     datas = [g.payload for g in groups]
-    rewards = torch.tensor(np.stack([d.rewards for d in datas]), dtype=torch.float32)
-    baseline = None
-    if all(d.baseline_reward is not None for d in datas):
-        baseline = torch.tensor([d.baseline_reward for d in datas], dtype=torch.float32)
-    adv, adv_metrics = compute_advantages(rewards, advantage, baseline_rewards=baseline)
+    adv, adv_metrics = _group_advantages(datas, advantage)
+    rewards = torch.cat([torch.as_tensor(d.rewards, dtype=torch.float32) for d in datas])
     seqs, behaviour, starts, masks = [], [], [], []
     for d in datas:
         for j, (resp, lp) in enumerate(zip(d.responses, d.logprobs)):
@@ -57,7 +54,32 @@ def build_batch(
     for d in datas:
         for k, v in d.reward_metrics.items():
             stats[k] = stats.get(k, 0.0) + v / len(datas)
-    return Batch(input_ids, attention, resp_mask, mu, adv.reshape(-1), rewards.reshape(-1)), stats
+    return Batch(input_ids, attention, resp_mask, mu, adv, rewards), stats
+
+
+def _group_advantages(datas: list, advantage: AdvantageConfig) -> tuple[torch.Tensor, dict]:
+    """Per-sample advantages, flat in group order. Groups of one size are estimated together;
+    after a live change of sampling.group_size a batch can hold two sizes, each estimated
+    apart (a batch-level statistic such as reinforce_pp's then covers its size's groups)."""
+    sizes = sorted({len(d.rewards) for d in datas})
+    parts: dict[int, torch.Tensor] = {}
+    metrics: dict[str, float] = {}
+    for size in sizes:
+        idx = [i for i, d in enumerate(datas) if len(d.rewards) == size]
+        sub = [datas[i] for i in idx]
+        rewards = torch.tensor(np.stack([d.rewards for d in sub]), dtype=torch.float32)
+        baseline = None
+        if all(d.baseline_reward is not None for d in sub):
+            baseline = torch.tensor([d.baseline_reward for d in sub], dtype=torch.float32)
+        adv, m = compute_advantages(rewards, advantage, baseline_rewards=baseline)
+        parts.update({i: row for i, row in zip(idx, adv)})
+        share = len(idx) / len(datas)
+        for k, v in m.items():
+            metrics[k] = (
+                max(metrics.get(k, v), v) if k == "abs_max" else metrics.get(k, 0) + v * share
+            )
+    flat = torch.cat([parts[i] for i in range(len(datas))]) if datas else torch.zeros(0)
+    return flat, metrics
 
 
 def train_step(

@@ -30,10 +30,13 @@ class _AllowedKeys:
 
 
 def start_authenticator(
-    context: zmq.Context, clients_dir: str, on_denied: Callable[[str], None]
+    context: zmq.Context, key_dirs: str | list[str], on_denied: Callable[[str], None]
 ) -> ThreadAuthenticator:
-    """Start a ZAP handler on `context` allowing the public keys in `clients_dir`."""
-    keys = set(load_certificates(clients_dir))
+    """Start a ZAP handler on `context` allowing the public keys in `key_dirs` (the clients'
+    and the operators' directories: which messages each may send is the hub's business)."""
+    keys: set[bytes] = set()
+    for d in [key_dirs] if isinstance(key_dirs, str) else key_dirs:
+        keys.update(load_certificates(d))
     auth = ThreadAuthenticator(context)
     auth.start()
     auth.configure_curve_callback(domain="*", credentials_provider=_AllowedKeys(keys, on_denied))

@@ -23,19 +23,38 @@ import msgpack
 import numpy as np
 from pydantic import BaseModel, ValidationError
 
+from asyncrl.protocol import operator as _operator  # noqa: F401  (registers its messages)
 from asyncrl.protocol.messages import MESSAGE_TYPES, SCHEMA_VERSION, Message
 
 # Every reason `decode` (and `sockets.recv`) can give: a bounded label set, pre-created at 0.
 DECODE_REASONS = ("frames", "header", "schema_version", "type", "field", "array", "oversize")
 
 
+# Message types whose fields never change: decoded whatever schema their header names, so a
+# peer of another release can still be told why it is refused.
+FROZEN_TYPES = frozenset({"refused"})
+
+
 class ProtocolError(ValueError):
-    """A message that cannot be accepted; `reason` is a bounded metric label."""
+    """A message that cannot be accepted; `reason` is a bounded metric label. `prefix`: the
+    routing frames of the message, set by `sockets.recv_from` (a refusal can then be sent)."""
 
     def __init__(self, reason: str, detail: str = ""):
         super().__init__(f"{reason}: {detail}" if detail else reason)
         self.reason = reason
         self.detail = detail
+        self.prefix: list = []
+
+
+class SchemaMismatch(ProtocolError):
+    """A well-formed header of another wire schema: `schema` (None if not an int),
+    `msg_type` and, for a `Hello` that names one, the sender's `release` (bounded text)."""
+
+    def __init__(self, schema, msg_type: str, release: str):
+        super().__init__("schema_version", repr(schema)[:32])
+        self.schema = schema if isinstance(schema, int) and not isinstance(schema, bool) else None
+        self.msg_type = msg_type
+        self.release = release
 
 
 @dataclass(frozen=True)
@@ -185,6 +204,17 @@ def _load_model(name: str, value, model: type[BaseModel]) -> BaseModel:
         raise ProtocolError("field", f"{name}.{where}: {first['msg'][:96]}") from None
 
 
+def _mismatch(header: dict) -> SchemaMismatch:
+    t = header.get("t")
+    fields = header.get("f")
+    release = fields.get("release") if isinstance(fields, dict) else None
+    return SchemaMismatch(
+        header.get("v"),
+        t[:32] if isinstance(t, str) else "",
+        release[:64] if isinstance(release, str) else "unknown",
+    )
+
+
 def decode(frames: Sequence, limits: DecodeLimits = DEFAULT_LIMITS) -> Message:
     """Decode multipart frames into a message, validating structure and types.
 
@@ -214,8 +244,8 @@ def decode(frames: Sequence, limits: DecodeLimits = DEFAULT_LIMITS) -> Message:
         raise ProtocolError("header", type(exc).__name__) from None
     if not isinstance(header, dict):
         raise ProtocolError("header", "not a map")
-    if header.get("v") != SCHEMA_VERSION:
-        raise ProtocolError("schema_version", repr(header.get("v"))[:32])
+    if header.get("v") != SCHEMA_VERSION and header.get("t") not in FROZEN_TYPES:
+        raise _mismatch(header)
     cls = MESSAGE_TYPES.get(header.get("t")) if isinstance(header.get("t"), str) else None
     if cls is None:
         raise ProtocolError("type", repr(header.get("t"))[:32])

@@ -11,6 +11,7 @@ writing one annotation.
 from __future__ import annotations
 
 import dataclasses
+import importlib.metadata
 import types
 import typing
 from dataclasses import dataclass, field
@@ -22,8 +23,20 @@ from pydantic import BaseModel
 
 from asyncrl.protocol.settings import SamplingParams
 
-# The one place the wire schema's number lives: bumped on any change of message fields.
+# The wire schema: bumped on any change of any message's fields (README, "Releases that mix").
+# The one place the number lives; every header carries it and `Hello` repeats it.
 SCHEMA_VERSION = 4
+
+
+def _release() -> str:
+    try:
+        return importlib.metadata.version("asyncrl")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
+# This process's release, which a `Hello` names so a schema refusal can say who speaks what.
+RELEASE = _release()
 
 # What a scalar annotation accepts on the wire. msgpack writes a float that happens to be
 # integral as it was given, so float fields take ints too.
@@ -117,6 +130,21 @@ class Hello(Message):
     backend: str
     version: int
     session: str = ""
+    schema: int = SCHEMA_VERSION  # the generator's wire schema, as its header says
+    release: str = RELEASE
+
+
+@message("refused")
+class Refused(Message):
+    """The learner will not talk to this peer: `reason` `schema` (another wire schema; `detail`
+    names both sides' schema and release). Its fields never change: it is decoded whatever
+    schema its header names (`codec.FROZEN_TYPES`), so every release from schema 4 on can
+    tell why a newer or older learner refused it."""
+
+    reason: str
+    detail: str
+    schema: int
+    release: str
 
 
 @message("welcome")

@@ -35,21 +35,36 @@ class CurveKeys:
     secret: bytes
     server_public: bytes | None = None
     allowed_clients_dir: str | None = None
+    operators_dir: str | None = None  # server: operator public keys (`asyncrl ctl`), if any
 
 
-def create_curve_keys(key_dir: str, clients: list[str]) -> None:
-    """Write a server key pair and one key pair per client name; the server trusts every
-    public key in `key_dir/clients/`."""
+def create_curve_keys(key_dir: str, clients: list[str], operators: list[str] | None = None) -> None:
+    """Write a server key pair (unless one exists: keys already handed out stay valid), one
+    key pair per client name and one per operator name. The server lets every public key in
+    `key_dir/clients/` and `key_dir/operators/` connect; only operator keys may tune a live
+    run, only client keys may generate."""
     from zmq.auth import create_certificates
 
     d = Path(key_dir)
     (d / "clients").mkdir(parents=True, exist_ok=True)
-    create_certificates(d, "server")
-    for name in clients:
-        create_certificates(d, name)
-        (d / "clients" / f"{name}.key").write_bytes((d / f"{name}.key").read_bytes())
+    if not (d / "server.key_secret").exists():
+        create_certificates(d, "server")
+    for sub, names in (("clients", clients), ("operators", operators or [])):
+        (d / sub).mkdir(exist_ok=True)
+        for name in names:
+            create_certificates(d, name)
+            (d / sub / f"{name}.key").write_bytes((d / f"{name}.key").read_bytes())
     for secret in d.glob("*.key_secret"):
         secret.chmod(0o600)
+
+
+def operator_keys(key_dir: str | None) -> frozenset[str]:
+    """The operators' public keys (Z85, as ZAP reports a peer's key) in `key_dir/operators/`."""
+    if not key_dir or not (Path(key_dir) / "operators").is_dir():
+        return frozenset()
+    from zmq.auth import load_certificates
+
+    return frozenset(k.decode() for k in load_certificates(Path(key_dir) / "operators"))
 
 
 def load_curve_keys(key_dir: str, role: str, client_name: str = "client") -> CurveKeys:
@@ -59,7 +74,13 @@ def load_curve_keys(key_dir: str, role: str, client_name: str = "client") -> Cur
     d = Path(key_dir)
     if role == "server":
         public, secret = load_certificate(d / "server.key_secret")
-        return CurveKeys(public, secret, allowed_clients_dir=str(d / "clients"))
+        ops = d / "operators"
+        return CurveKeys(
+            public,
+            secret,
+            allowed_clients_dir=str(d / "clients"),
+            operators_dir=str(ops) if ops.is_dir() else None,
+        )
     public, secret = load_certificate(d / f"{client_name}.key_secret")
     server_public, _ = load_certificate(d / "server.key")
     return CurveKeys(public, secret, server_public=server_public)
@@ -142,9 +163,8 @@ class SocketFactory:
             return
         from asyncrl.protocol.auth import start_authenticator
 
-        self._auth = start_authenticator(
-            self.context, self.curve.allowed_clients_dir, self.on_auth_denied
-        )
+        dirs = [d for d in (self.curve.allowed_clients_dir, self.curve.operators_dir) if d]
+        self._auth = start_authenticator(self.context, dirs, self.on_auth_denied)
 
     def socket(
         self, kind: int, *, server: bool, receive: ReceiveLimits | None = None
@@ -201,12 +221,21 @@ def recv(
 def recv_from(
     sock: zmq.Socket, limits: DecodeLimits = DEFAULT_LIMITS, routed: bool = False, flags: int = 0
 ) -> tuple[list, Message, str]:
+    """(routing frames, message, sender's CURVE key): `recv_peer` without the address."""
+    prefix, msg, key, _ = recv_peer(sock, limits, routed, flags)
+    return prefix, msg, key
+
+
+def recv_peer(
+    sock: zmq.Socket, limits: DecodeLimits = DEFAULT_LIMITS, routed: bool = False, flags: int = 0
+) -> tuple[list, Message, str, str]:
     """`recv`, plus the sender's CURVE public key (Z85, "" without CURVE): leases are bound to
     it, and a PULL socket has no routing identity to tell senders apart.
 
     Frames are taken one at a time, so a message with more frames than the protocol allows, or
     with a frame larger than any legitimate one, is drained and dropped (`frames`, `oversize`)
-    without ever being held whole on our side."""
+    without ever being held whole on our side. Last: the sender's IP address ("" when
+    ZeroMQ does not say, e.g. over inproc)."""
     frame = sock.recv(flags, copy=False)
     frames = [frame]
     keep = limits.max_frames + (1 if routed else 0)
@@ -231,15 +260,24 @@ def recv_from(
     if routed:
         prefix, frames = [frames[0].bytes], frames[1:]
     key = peer_key(frames[0]) if frames else ""
-    return prefix, decode(frames, limits), key
+    address = _frame_property(frames[0], "Peer-Address") if frames else ""
+    try:
+        return prefix, decode(frames, limits), key, address
+    except ProtocolError as exc:
+        exc.prefix = prefix  # so the receiver can answer a refusal
+        raise
 
 
 def peer_key(frame: zmq.Frame) -> str:
     """The user id ZAP gave the sender of `frame`: pyzmq's authenticator sets the client's
     CURVE public key (Z85). "" when no ZAP handler ran (no CURVE)."""
+    return _frame_property(frame, "User-Id")
+
+
+def _frame_property(frame, name: str) -> str:
     try:
-        return frame.get("User-Id") or ""
-    except zmq.ZMQError:
+        return frame.get(name) or ""
+    except (zmq.ZMQError, AttributeError):
         return ""
 
 

@@ -48,7 +48,6 @@ class Intake:
             max_new_tokens=core.cfg.sampling.max_new_tokens,
             min_logprob=core.cfg.learner.min_logprob,
         )
-        self.filter_zero_variance = core.cfg.buffer.filter_zero_variance
         self.prompt_field = core.cfg.data.prompt_field
         self.max_failures = core.cfg.reward.max_consecutive_failures
         self.failures_in_row = 0  # groups failed in the reward since the last one scored
@@ -114,7 +113,8 @@ class Intake:
             finish_reasons=list(msg.finish_reasons),
             episodes=msg.loss_mask is not None,
         )
-        job = RewardJob(inp)
+        # Read per group: `reward.weights` may change on a live run (learner.hub.tuning).
+        job = RewardJob(inp, weights=[w for _, w in self.core.cfg.reward.resolved()])
         if msg.baseline_tokens is not None:
             job.baseline = self._decode(msg.baseline_tokens)
             job.baseline_ids = msg.baseline_tokens.tolist()
@@ -161,7 +161,8 @@ class Intake:
         )
         with core.lock:
             self.failures_in_row = 0
-            if self.filter_zero_variance and not has_variance(rewards.tolist()):
+            # Read under the lock: buffer.filter_zero_variance may change on a live run.
+            if core.cfg.buffer.filter_zero_variance and not has_variance(rewards.tolist()):
                 core.ledger.on_group_rejected(rec, "filtered")
                 core.drop("filtered")
                 return

@@ -29,8 +29,10 @@ from asyncrl.learner.hub.core import RateLimitedLog
 from asyncrl.learner.hub.peers import Sender
 from asyncrl.learner.hub.serving import WeightServing
 from asyncrl.learner.metrics import LearnerMetrics
-from asyncrl.protocol.codec import ProtocolError
+from asyncrl.protocol.codec import ProtocolError, SchemaMismatch
 from asyncrl.protocol.messages import (
+    RELEASE,
+    SCHEMA_VERSION,
     Finished,
     Heartbeat,
     Hello,
@@ -38,10 +40,12 @@ from asyncrl.protocol.messages import (
     LeaseReturn,
     NcclJoin,
     NcclPull,
+    Refused,
     RolloutGroup,
     WeightsRequest,
 )
-from asyncrl.protocol.sockets import ReceiveLimits, SocketFactory, recv_from, send
+from asyncrl.protocol.operator import Tune
+from asyncrl.protocol.sockets import ReceiveLimits, SocketFactory, recv_peer, send
 
 logger = logging.getLogger(__name__)
 
@@ -52,7 +56,17 @@ FINISHED_EVERY = 0.25
 CONTROL_BATCH = 256
 ROLLOUT_BATCH = 64
 # What generators send on the control socket; any other well-formed type is `unexpected_type`.
-CONTROL_TYPES = (Hello, Heartbeat, LeaseRequest, LeaseReturn, WeightsRequest, NcclJoin, NcclPull)
+# Operators send `Tune` there too (`asyncrl ctl`).
+CONTROL_TYPES = (
+    Hello,
+    Heartbeat,
+    LeaseRequest,
+    LeaseReturn,
+    WeightsRequest,
+    NcclJoin,
+    NcclPull,
+    Tune,
+)
 _MONITOR_EVENTS = {
     zmq.EVENT_DISCONNECTED: "disconnected",
     zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL: "handshake",
@@ -74,11 +88,12 @@ class SocketLoop:
         rollouts_open: Callable[[], bool],
         housekeeping: Callable[[float], None],
         housekeeping_every: float,
+        on_tune: Callable[[Tune, Sender], object] | None = None,
     ):
         """`on_control(msg, now, sender)` answers a control message (None: nothing to send
         back); `on_rollout(group, curve_key)` takes a group; rollouts are read only while
         `rollouts_open()` (the reward pool has room), so a busy pool holds groups back in
-        ZeroMQ's queues."""
+        ZeroMQ's queues. `on_tune(msg, sender)` answers an operator's `Tune`."""
         self.factory = factory
         self.metrics = metrics
         self.log = log
@@ -88,6 +103,7 @@ class SocketLoop:
         self.rollouts_open = rollouts_open
         self.housekeeping = housekeeping
         self.housekeeping_every = housekeeping_every
+        self.on_tune = on_tune
         self.limits = {
             name: factory.receive.get(name, ReceiveLimits()) for name in ("control", "rollouts")
         }
@@ -234,23 +250,38 @@ class SocketLoop:
                     self.log.warning("peer-" + reason, "a peer's %s failed", reason)
 
     def _recv(self, sock, limits: ReceiveLimits, routed: bool):
-        """(prefix, message, CURVE key); None when nothing is queued; False for a malformed
-        message."""
+        """(prefix, message, CURVE key, address); None when nothing is queued; False for a
+        malformed message."""
         try:
-            return recv_from(sock, limits.decode, routed=routed, flags=zmq.NOBLOCK)
+            return recv_peer(sock, limits.decode, routed=routed, flags=zmq.NOBLOCK)
         except zmq.Again:
             return None
         except ProtocolError as exc:
             self.metrics.malformed.labels(reason=exc.reason).inc()
-            self.log.warning("malformed", "dropped malformed message: %s", exc)
+            if isinstance(exc, SchemaMismatch) and exc.msg_type == "hello" and exc.prefix:
+                self._refuse_schema(exc.prefix, exc.schema, exc.release)
+            else:
+                self.log.warning("malformed", "dropped malformed message: %s", exc)
             return False
+
+    def _refuse_schema(self, prefix: list, schema, release: str) -> None:
+        """A generator of another wire schema said hello: tell it why it gets nothing (a
+        release that knows `Refused` exits with this line), count and log it."""
+        release = "".join(c if c.isprintable() else "?" for c in release)[:64]
+        detail = (
+            f"wire schema {schema} (asyncrl {release}) refused: this learner speaks schema "
+            f"{SCHEMA_VERSION} (asyncrl {RELEASE}); run the same release on both sides"
+        )
+        self.metrics.hellos_refused.labels(reason="schema").inc()
+        self.log.warning("schema", "generator refused: %s", detail)
+        send(self.control, Refused("schema", detail, SCHEMA_VERSION, RELEASE), prefix=prefix)
 
     def _control_once(self) -> bool:
         got = self._recv(self.control, self.limits["control"], routed=True)
         if not got:
             return got is False
-        prefix, msg, key = got
-        if not isinstance(msg, CONTROL_TYPES):
+        prefix, msg, key, address = got
+        if not isinstance(msg, CONTROL_TYPES) or (isinstance(msg, Tune) and not self.on_tune):
             self.metrics.malformed.labels(reason="unexpected_type").inc()
             self.log.warning("unexpected", "unexpected %s on the control socket", msg.TYPE)
             return True
@@ -258,7 +289,12 @@ class SocketLoop:
         if isinstance(msg, WeightsRequest):
             self.serving.serve(self.control, prefix, msg)
             return True
-        if self.finished is not None and isinstance(msg, (Hello, LeaseRequest)):
+        if isinstance(msg, Hello) and msg.schema != SCHEMA_VERSION:
+            self._refuse_schema(prefix, msg.schema, msg.release[:64])
+            return True
+        if isinstance(msg, Tune):
+            reply = self.on_tune(msg, Sender(prefix[0], key, address))
+        elif self.finished is not None and isinstance(msg, (Hello, LeaseRequest)):
             reply = self.finished  # no new work, and a reconnecting generator learns why
         elif isinstance(msg, (NcclJoin, NcclPull)):
             reply = self.serving.on_nccl(msg, prefix[0])
@@ -272,7 +308,7 @@ class SocketLoop:
         got = self._recv(self.rollouts, self.limits["rollouts"], routed=False)
         if not got:
             return got is False
-        _, msg, key = got
+        _, msg, key, _ = got
         if not isinstance(msg, RolloutGroup):
             self.metrics.malformed.labels(reason="unexpected_type").inc()
             self.log.warning("unexpected", "unexpected %s on the rollouts socket", msg.TYPE)

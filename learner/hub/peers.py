@@ -25,10 +25,12 @@ MAX_PEERS = 4096
 
 @dataclass(frozen=True)
 class Sender:
-    """Where a control message came from: routing identity and CURVE key ("" without)."""
+    """Where a control message came from: routing identity, CURVE key ("" without) and IP
+    address ("" when unknown)."""
 
     connection: bytes
     key: str = ""
+    address: str = ""
 
 
 @dataclass

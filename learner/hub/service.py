@@ -25,6 +25,7 @@ from asyncrl.learner.hub.intake import Intake
 from asyncrl.learner.hub.loop import SocketLoop
 from asyncrl.learner.hub.peers import Peer, Peers, Sender
 from asyncrl.learner.hub.serving import NcclService, WeightServing
+from asyncrl.learner.hub.tuning import Tuning
 from asyncrl.learner.metrics import LearnerMetrics
 from asyncrl.learner.rewards.pool import RewardPool
 from asyncrl.learner.weights import PublishedWeights, WeightsStore
@@ -60,7 +61,9 @@ class Hub:
         tokenizer,
         metrics: LearnerMetrics,
         factory: SocketFactory | None = None,
+        operators: frozenset[str] = frozenset(),
     ):
+        """`operators`: the CURVE public keys that may tune the live run (`asyncrl ctl`)."""
         self.cfg = cfg
         self.prompts = prompts
         self.metrics = metrics
@@ -73,6 +76,7 @@ class Hub:
         )
         self.generators = Generators(core, self._forget_generator)
         self.intake = Intake(core, prompts, tokenizer, self.pool, self.generators, self._accepted)
+        self.tuning = Tuning(core, operators)
         self.loop = SocketLoop(
             factory or SocketFactory(),
             metrics,
@@ -83,11 +87,11 @@ class Hub:
             rollouts_open=lambda: not self.pool.saturated(),
             housekeeping=self._housekeeping,
             housekeeping_every=min(0.25, cfg.buffer.heartbeat_seconds / 4),
+            on_tune=self.tuning.handle,
         )
         self.staleness_seen_max = 0
         self.audit = None  # learner.audit.AuditLog when learner.audit_log is on
         self.staleness_counts: Counter[int] = Counter()
-        metrics.max_staleness.set(cfg.buffer.max_staleness)
 
     # ---------------------------------------------------------------- lifecycle
     @property
@@ -203,7 +207,11 @@ class Hub:
             if self.audit is not None:
                 # The moment this checkpoint's state is taken; intake goes on meanwhile.
                 self.audit.snapshot(self.core.version)
-            return {**self.core.ledger.state_dict(spill), "prompts": self.prompts.state_dict()}
+            return {
+                **self.core.ledger.state_dict(spill),
+                "prompts": self.prompts.state_dict(),
+                "tuning": self.tuning.state_dict(),
+            }
 
     # ---------------------------------------------------------------- audit (optional)
     def attach_audit(self, audit) -> None:
@@ -233,6 +241,7 @@ class Hub:
         with self.core.lock:
             self.prompts.load_state_dict(state["prompts"])
             self.core.ledger.load_state_dict(state, lambda item: unspill(item, self.prompts))
+            self.tuning.load_state_dict(state.get("tuning"))  # older checkpoints have none
             self._update_gauges()
 
     # ---------------------------------------------------------------- control handlers

@@ -78,7 +78,11 @@ class CombinedReward:
             self.close()
             raise
 
-    def __call__(self, inp: RewardInput) -> RewardResult:
+    def __call__(self, inp: RewardInput, weights: list[float] | None = None) -> RewardResult:
+        """The weighted sum of the functions' rewards; `weights` (one per function) replace
+        the configured ones (a live change of reward.weights)."""
+        if weights is None or len(weights) != len(self.functions):
+            weights = self.weights
         texts = [cap_text(c, self.max_chars) for c in inp.completions]
         if len(inp.completion_ids) != len(texts):
             raise ValueError(
@@ -88,7 +92,7 @@ class CombinedReward:
         n = len(texts)
         totals: list[float | None] = [None] * n
         metrics: dict[str, float] = {}
-        for fn, label, weight in zip(self.functions, self.labels, self.weights):
+        for fn, label, weight in zip(self.functions, self.labels, weights):
             res = fn(inp)
             if len(res.rewards) != n:
                 raise ValueError(f"reward {label} returned {len(res.rewards)} rewards for {n}")

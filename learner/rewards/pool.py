@@ -53,6 +53,7 @@ class RewardJob:
     input: RewardInput
     baseline: str | None = None
     baseline_ids: list[int] = field(default_factory=list)
+    weights: list[float] | None = None  # the live reward.weights; None: as configured
 
 
 @dataclass
@@ -100,13 +101,13 @@ def _worker_main(cfg: RewardConfig, conn, parent: int) -> None:
             if job is None:
                 return
             try:
-                res = fn(job.input)
+                res = fn(job.input, job.weights)
                 baseline = None
                 if job.baseline is not None:
                     one = replace(
                         job.input, completions=[job.baseline], completion_ids=[job.baseline_ids]
                     )
-                    baseline = float(fn(one).rewards[0] or 0.0)
+                    baseline = float(fn(one, job.weights).rewards[0] or 0.0)
                 rewards = [float(r or 0.0) for r in res.rewards]  # combined: never None
                 out: Outcome = Scored(rewards, dict(res.metrics), baseline)
             except Exception as exc:  # the group fails; the worker and the run go on

@@ -90,7 +90,10 @@ def dashboard() -> dict:
 
 
 def dashboard_exprs() -> list[str]:
-    return [t["expr"] for p in dashboard()["panels"] for t in p["targets"]]
+    """Every panel query, and the annotation queries (live config changes)."""
+    dash = dashboard()
+    panels = [t["expr"] for p in dash["panels"] for t in p["targets"]]
+    return panels + [a["expr"] for a in dash["annotations"]["list"] if "expr" in a]
 
 
 def alert_rules() -> list[dict]:
@@ -228,6 +231,9 @@ def test_dashboard_covers_the_operator_questions():
     exprs = " ".join(dashboard_exprs())
     for name in ("asyncrl_generators_connected", "asyncrl_generators_up_to_date"):
         assert name in exprs
+    # Live changes (asyncrl ctl set) are marked on every panel.
+    notes = [a for a in dash["annotations"]["list"] if a.get("enable")]
+    assert any("asyncrl_config_changes_total" in a["expr"] for a in notes)
 
 
 def test_every_alert_is_documented():
