@@ -233,6 +233,7 @@ def _group(rewards: list[float]):
     data = SimpleNamespace(
         rewards=np.array(rewards, np.float32),
         baseline_reward=None,
+        masks=None,  # single-turn groups (multi-turn episodes carry a loss mask)
         prompt=SimpleNamespace(token_ids=np.array([5, 6], np.int32)),
         responses=[np.array([7], np.int32)] * n,
         logprobs=[np.array([-0.5], np.float32)] * n,
