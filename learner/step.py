@@ -25,7 +25,8 @@ def build_batch(
     baseline = None
     if all(d.baseline_reward is not None for d in datas):
         baseline = torch.tensor([d.baseline_reward for d in datas], dtype=torch.float32)
-    adv, adv_metrics = compute_advantages(rewards, advantage, baseline_rewards=baseline)
+    lengths = torch.tensor([[len(x) for x in d.responses] for d in datas], dtype=torch.float32)
+    adv, adv_metrics = compute_advantages(rewards, advantage, baseline, lengths)
     seqs, behaviour, starts = [], [], []
     for d in datas:
         for resp, lp in zip(d.responses, d.logprobs):
