@@ -67,10 +67,11 @@ def run_learner(
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     sequences = cfg.train.groups_per_step * cfg.sampling.group_size
     per_step = -(-sequences // cfg.train.mini_batches)
-    engine = Engine(model_path, cfg.train, cfg.model.dtype, device, rank, world, per_step)
     ref_model = None
     if cfg.objective.kl_beta > 0:
+        # Before the engine: under ZeRO-3 its DeepSpeed config would partition the reference.
         ref_model = load_reference(model_path, cfg.model.dtype, device)
+    engine = Engine(model_path, cfg.train, cfg.model.dtype, device, rank, world, per_step)
     hub = _build_hub(cfg, train_path, tokenizer) if rank == 0 else None
     # Before the hub serves: a transport may attach itself to it.
     publisher = make_publisher(engine, hub, cfg.learner, model_path)

@@ -183,8 +183,16 @@ def _empty_rows(batch: Batch) -> Batch:
 
 def load_reference(model_path: str, dtype: str, device: str):
     """The frozen initial policy for the KL term: weights only, no optimizer state, no
-    gradients (replicated on every rank, also under ZeRO-3)."""
+    gradients, replicated on every rank. Load it before the `Engine`: while a ZeRO-3 engine
+    lives, transformers builds models partitioned across ranks (refused here)."""
     from transformers import AutoModelForCausalLM
+    from transformers.integrations import is_deepspeed_zero3_enabled
+
+    if is_deepspeed_zero3_enabled():
+        raise RuntimeError(
+            "load_reference after a ZeRO-3 engine: the reference would be partitioned; "
+            "load it before creating the Engine"
+        )
 
     model = AutoModelForCausalLM.from_pretrained(model_path, dtype=getattr(torch, dtype))
     model.requires_grad_(False)
