@@ -19,6 +19,7 @@ import torch
 from asyncrl.learner.checkpoint import Checkpointer
 from asyncrl.learner.config import RunConfig
 from asyncrl.learner.data import PromptSource, load_rows
+from asyncrl.learner.dpo_step import rows_per_step
 from asyncrl.learner.engine import Engine, init_distributed, shutdown_distributed
 from asyncrl.learner.loop import StepLoop, evaluate, fmt_accuracy
 from asyncrl.learner.publishers import make_publisher
@@ -66,9 +67,11 @@ def run_learner(
     torch.manual_seed(cfg.train.seed + rank)
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     sequences = cfg.train.groups_per_step * cfg.sampling.group_size
+    if cfg.objective.name == "dpo":
+        sequences = rows_per_step(cfg.objective, cfg.train.groups_per_step, cfg.sampling.group_size)
     per_step = -(-sequences // cfg.train.mini_batches)
     ref_model = None
-    if cfg.objective.kl_beta > 0:
+    if cfg.objective.needs_reference:
         # Before the engine: under ZeRO-3 its DeepSpeed config would partition the reference.
         ref_model = load_reference(model_path, cfg.model.dtype, device)
     engine = Engine(model_path, cfg.train, cfg.model.dtype, device, rank, world, per_step)

@@ -10,6 +10,7 @@ import torch
 from asyncrl.buffer.replay import BufferedGroup
 from asyncrl.learner.advantages import compute_advantages
 from asyncrl.learner.config import TrainConfig
+from asyncrl.learner.dpo_step import dpo_train_step, pair_batch
 from asyncrl.learner.engine import Batch, Engine, balance_rows, shard_rows
 from asyncrl.learner.logprobs import token_entropy, token_logprobs
 from asyncrl.learner.loss_config import AdvantageConfig, ObjectiveConfig
@@ -17,9 +18,13 @@ from asyncrl.learner.objectives import policy_loss
 
 
 def build_batch(
-    groups: list[BufferedGroup], advantage: AdvantageConfig, pad_id: int
+    groups: list[BufferedGroup],
+    advantage: AdvantageConfig,
+    pad_id: int,
+    objective: ObjectiveConfig | None = None,
 ) -> tuple[Batch, dict]:
-    """Pack groups into right-padded tensors; advantages from each group's rewards."""
+    """Pack groups into right-padded tensors; advantages from each group's rewards (dpo:
+    the groups' preference pairs instead, `learner.dpo_step.pair_batch`)."""
     datas = [g.payload for g in groups]
     rewards = torch.tensor(np.stack([d.rewards for d in datas]), dtype=torch.float32)
     baseline = None
@@ -51,7 +56,11 @@ def build_batch(
     for d in datas:
         for k, v in d.reward_metrics.items():
             stats[k] = stats.get(k, 0.0) + v / len(datas)
-    return Batch(input_ids, attention, resp_mask, mu, adv.reshape(-1)), stats
+    batch = Batch(input_ids, attention, resp_mask, mu, adv.reshape(-1))
+    if objective is not None and objective.name == "dpo":
+        batch, pair_stats = pair_batch(batch, rewards, objective)
+        stats.update(pair_stats)
+    return batch, stats
 
 
 def train_step(
@@ -70,6 +79,8 @@ def train_step(
     (decoupled objectives need the policy the batch started from); with one step the objective
     uses π_θ detached, which is the same value without the extra forward pass.
     """
+    if objective.name == "dpo":
+        return dpo_train_step(engine, batch, train, objective, temperature, ref_model)
     minis = mini_batch_rows(len(batch), train.mini_batches)
     multi = train.ppo_epochs * len(minis) > 1
     prox = _proximal_logprobs(engine, batch, minis, train, temperature) if multi else {}
@@ -182,7 +193,7 @@ def _empty_rows(batch: Batch) -> Batch:
 
 
 def load_reference(model_path: str, dtype: str, device: str):
-    """The frozen initial policy for the KL term: weights only, no optimizer state, no
+    """The frozen initial policy for the KL term and DPO: weights only, no optimizer state, no
     gradients, replicated on every rank. Load it before the `Engine`: while a ZeRO-3 engine
     lives, transformers builds models partitioned across ranks (refused here)."""
     from transformers import AutoModelForCausalLM
