@@ -213,3 +213,64 @@ def test_dpo_config_rules():
         ObjectiveConfig(name="dpo", entropy_coef=0.01)
     with pytest.raises(ValueError):
         ObjectiveConfig(name="dpo", dpo_beta=0.0)
+
+
+class _Out:
+    def __init__(self, logits):
+        self.logits = logits
+
+
+class _FakeEngine:
+    """Logits looked up from a table by the current token (a bigram model): enough for the
+    step's shifting, masking and accumulation. Gradients accumulate; nothing is stepped."""
+
+    def __init__(self, table: torch.nn.Embedding, micro_batches: int):
+        self.table, self.micro_batches = table, micro_batches
+        self.rank, self.world, self.device = 0, 1, "cpu"
+
+    def forward_logits(self, mb):
+        return self.table(mb.input_ids)
+
+    def backward_and_step(self, loss):
+        loss.backward()
+
+    def grad_norm(self):
+        return 0.0
+
+    def lr(self):
+        return 0.0
+
+
+def test_dpo_train_step_accumulates_the_whole_batch_gradient():
+    # 3 pairs in 2 token-balanced micro-batches (1 and 2 pairs), each divided by the step's 3
+    # pairs: the accumulated gradient equals dpo_loss's on the whole batch scored at once.
+    from asyncrl.learner.dpo_step import dpo_train_step
+    from asyncrl.learner.logprobs import token_logprobs
+
+    torch.manual_seed(0)
+    vocab = 7
+    table = torch.nn.Embedding(vocab, vocab)
+    ref_table = torch.nn.Embedding(vocab, vocab).requires_grad_(False)
+    batch = batch_of(6)
+    batch.input_ids = batch.input_ids % vocab
+    batch.advantages = torch.ones(6)
+    cfg = ObjectiveConfig(name="dpo", dpo_beta=0.3)
+    train = SimpleNamespace(token_balanced=True, mini_batches=1, ppo_epochs=1)
+
+    def ref_model(input_ids, attention_mask):
+        return _Out(ref_table(input_ids))
+
+    m = dpo_train_step(_FakeEngine(table, 2), batch, train, cfg, 0.7, ref_model)
+    got = table.weight.grad.clone()
+    table.weight.grad = None
+    targets, mask = batch.input_ids[:, 1:], batch.response_mask[:, 1:]
+    lp = token_logprobs(table(batch.input_ids)[:, :-1], targets, temperature=0.7)
+    with torch.no_grad():
+        ref = token_logprobs(ref_table(batch.input_ids)[:, :-1], targets, temperature=0.7)
+    loss, want_m = dpo_loss(lp, ref, mask, torch.ones(3), cfg)
+    loss.backward()
+    assert torch.allclose(got, table.weight.grad, atol=1e-6)
+    assert m["loss"] == pytest.approx(want_m["loss"], abs=1e-6)
+    assert m["dpo_pairs"] == 3.0
+    for k in ("dpo_margin", "dpo_chosen_logprob", "dpo_reward_accuracy"):
+        assert m[k] == pytest.approx(want_m[k], abs=1e-6), k
