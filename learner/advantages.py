@@ -2,7 +2,8 @@
 
 Outcome rewards give one scalar per sample, so every estimator here maps `rewards [N, G]`
 (N prompts, G samples each) to `advantages [N, G]`; the learner broadcasts a sample's
-advantage to all of its response tokens. `compute_gae` is the token-level estimator for a
+advantage to all of its response tokens. `reinforce_pp` whitens over tokens by default, so it
+also takes each sample's response length. `compute_gae` is the token-level estimator for a
 value model (PPO with a critic, `learner.critic`): for `gae`, `compute_advantages` returns
 zeros that the critic replaces with per-token advantages once it has scored the batch. No
 distributed imports: the learner passes the whole global batch, so batch-level statistics
@@ -20,10 +21,12 @@ def compute_advantages(
     rewards: torch.Tensor,
     cfg: AdvantageConfig,
     baseline_rewards: torch.Tensor | None = None,
+    lengths: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Advantages for outcome rewards.
 
-    rewards: [N, G] float; baseline_rewards: [N] (remax only: the greedy sample's reward).
+    rewards: [N, G] float; baseline_rewards: [N] (remax only: the greedy sample's reward);
+    lengths: [N, G] response tokens per sample (reinforce_pp with whiten=token only).
     Returns (advantages [N, G] fp32, metrics). Finite for G = 1 and for all-equal rewards:
     a group with no spread gets advantage 0, never 0/0.
     """
@@ -46,9 +49,12 @@ def compute_advantages(
         adv = (r - mean) * (g / (g - 1)) if g > 1 else torch.zeros_like(r)
     elif cfg.name == "reinforce_pp":
         centred = r - mean if cfg.reinforce_pp_group_baseline else r
-        flat = centred.reshape(-1)
-        spread = flat.std() if flat.numel() > 1 else flat.new_zeros(())
-        adv = (centred - flat.mean()) / (spread + cfg.eps)
+        if cfg.whiten == "token":
+            adv = _token_whiten(centred, lengths, cfg.eps)
+        else:
+            flat = centred.reshape(-1)
+            spread = flat.std() if flat.numel() > 1 else flat.new_zeros(())
+            adv = (centred - flat.mean()) / (spread + cfg.eps)
     elif cfg.name == "remax":
         if baseline_rewards is None:
             raise ValueError(
@@ -67,6 +73,27 @@ def compute_advantages(
         "zero_std_groups": float(zero_std.mean()),
     }
     return adv, metrics
+
+
+def _token_whiten(values: torch.Tensor, lengths: torch.Tensor | None, eps: float) -> torch.Tensor:
+    """Whitening over every response token of the batch, each sample's value repeated on its
+    `l` tokens (REINFORCE++ as OpenRLHF and verl compute it): mean Σ l·v / Σ l and unbiased
+    variance Σ l·(v − mean)² / (Σ l − 1) as verl's `masked_whiten` (OpenRLHF divides by Σ l:
+    a factor √(Σ l / (Σ l − 1)) apart, negligible at a batch's token count). A sample with no
+    tokens gets 0: nothing carries its advantage, and its value may lie off a zero spread."""
+    if lengths is None:
+        raise ValueError(
+            "advantage.whiten is 'token' but no response lengths were given; pass lengths, "
+            "or use advantage.whiten=sample"
+        )
+    w = lengths.to(values.dtype).reshape(values.shape)
+    total = float(w.sum())
+    if total <= 0:
+        return torch.zeros_like(values)
+    mean = (w * values).sum() / total
+    var = (w * (values - mean) ** 2).sum() / (total - 1) if total > 1 else values.new_zeros(())
+    adv = (values - mean) / (var.sqrt() + eps)
+    return torch.where(w > 0, adv, torch.zeros_like(adv))
 
 
 def compute_gae(

@@ -138,7 +138,7 @@ class StepLoop:
         self.hub.metrics.step_seconds.labels(phase="wait").observe(time.time() - tw)
         if groups is None:
             return None, {}
-        batch, stats = build_batch(groups, self.cfg.advantage, self.pad_id)
+        batch, stats = build_batch(groups, self.cfg.advantage, self.pad_id, self.cfg.objective)
         staleness = [self.version - g.version for g in groups]
         stats["staleness_max"] = max(staleness)
         stats["staleness_mean"] = float(np.mean(staleness))

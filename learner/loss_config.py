@@ -12,7 +12,15 @@ from pydantic import Field, model_validator
 from asyncrl.protocol.settings import StrictModel
 
 ObjectiveName = Literal[
-    "ppo", "dual_clip", "decoupled_ppo", "cispo", "gspo", "gspo_token", "aspo", "reinforce_tis"
+    "ppo",
+    "dual_clip",
+    "decoupled_ppo",
+    "cispo",
+    "gspo",
+    "gspo_token",
+    "aspo",
+    "reinforce_tis",
+    "dpo",
 ]
 AggName = Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"]
 
@@ -26,7 +34,8 @@ class ObjectiveConfig(StrictModel):
         "for A<0), decoupled_ppo (AReaL: clip vs π_prox times truncated π_prox/μ), cispo "
         "(MiniMax-M1: stop-grad clipped IS weight · A · log π), gspo / gspo_token (sequence "
         "geometric-mean ratio), aspo (flipped IS weight for A>0 with soft dual clip), "
-        "reinforce_tis (truncated-IS REINFORCE).",
+        "reinforce_tis (truncated-IS REINFORCE), dpo (online DPO on pairs of each group's "
+        "samples against the frozen initial policy; dpo_* fields).",
     )
     eps_low: float = Field(0.2, ge=0.0, lt=1.0, description="Lower clip: ratios below 1-eps_low.")
     eps_high: float = Field(
@@ -83,7 +92,10 @@ class ObjectiveConfig(StrictModel):
         "Empty: the padded response width of the batch.",
     )
     kl_beta: float = Field(
-        0.0, ge=0.0, description="Weight of KL to a frozen reference model; 0 loads no reference."
+        0.0,
+        ge=0.0,
+        description="Weight of KL to a frozen reference model; 0 loads no reference (dpo "
+        "always loads one).",
     )
     kl_estimator: Literal["k1", "k2", "k3", "k3+"] = Field(
         "k3",
@@ -92,6 +104,23 @@ class ObjectiveConfig(StrictModel):
     )
     entropy_coef: float = Field(
         0.0, ge=0.0, description="Entropy bonus weight (entropy is always measured)."
+    )
+    dpo_beta: float = Field(
+        0.1,
+        gt=0.0,
+        description="dpo: β, the weight of the implicit KL to the reference (sigmoid), or τ of "
+        "IPO's target margin 1/(2τ).",
+    )
+    dpo_loss_type: Literal["sigmoid", "ipo"] = Field(
+        "sigmoid",
+        description="dpo: sigmoid (−log σ(β·margin), DPO) or ipo ((margin − 1/(2β))², IPO, "
+        "with log-ratios averaged per token as TRL's DPOTrainer does).",
+    )
+    dpo_pairs: Literal["best_worst", "all"] = Field(
+        "best_worst",
+        description="dpo: per group, the highest- against the lowest-reward sample (first of "
+        "equals), or every pair whose rewards differ (a sample in k pairs is trained k times). "
+        "Groups whose rewards are all equal give no pair.",
     )
     log_ratio_clamp: float = Field(
         20.0, gt=0.0, description="Log-ratios are clamped to ±this before exp, so no inf/NaN."
@@ -114,7 +143,17 @@ class ObjectiveConfig(StrictModel):
                 f"objective.is_floor ({self.is_floor}) must be below objective.is_cap "
                 f"({self.is_cap})"
             )
+        if self.name == "dpo" and (self.kl_beta > 0 or self.entropy_coef > 0):
+            raise ValueError(
+                "objective.kl_beta and objective.entropy_coef are terms of the policy-gradient "
+                "objectives; dpo's distance to the reference is objective.dpo_beta"
+            )
         return self
+
+    @property
+    def needs_reference(self) -> bool:
+        """Whether the learner must load the frozen initial policy (KL term, or DPO)."""
+        return self.kl_beta > 0 or self.name == "dpo"
 
 
 class AdvantageConfig(StrictModel):
@@ -129,6 +168,12 @@ class AdvantageConfig(StrictModel):
         "GAE from a learned critic (PPO with a value model; the `critic:` section).",
     )
     eps: float = Field(1e-6, gt=0.0, description="Added to standard deviations before dividing.")
+    whiten: Literal["token", "sample"] = Field(
+        "token",
+        description="reinforce_pp only: token (token-weighted mean and unbiased variance over "
+        "every response token of the batch, as verl and, up to N/(N-1), OpenRLHF whiten; "
+        "longer responses weigh more) or sample (one value per sample).",
+    )
     reinforce_pp_group_baseline: bool = Field(
         False,
         description="reinforce_pp only: subtract the group mean before whitening over the batch "

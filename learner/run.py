@@ -19,6 +19,7 @@ import torch
 from asyncrl.learner.checkpoint import Checkpointer
 from asyncrl.learner.config import RunConfig
 from asyncrl.learner.data import PromptSource, load_rows
+from asyncrl.learner.dpo_step import rows_per_step
 from asyncrl.learner.engine import Engine, init_distributed, shutdown_distributed
 from asyncrl.learner.evaluation import EnvHooks
 from asyncrl.learner.loop import StepLoop, evaluate, fmt_accuracy
@@ -69,7 +70,13 @@ def run_learner(
     torch.manual_seed(cfg.train.seed + rank)
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     sequences = cfg.train.groups_per_step * cfg.sampling.group_size
+    if cfg.objective.name == "dpo":
+        sequences = rows_per_step(cfg.objective, cfg.train.groups_per_step, cfg.sampling.group_size)
     per_step = -(-sequences // cfg.train.mini_batches)
+    ref_model = None
+    if cfg.objective.needs_reference or cfg.advantage.kl_in_reward:
+        # Before the engines: under ZeRO-3 their DeepSpeed config would partition the reference.
+        ref_model = load_reference(model_path, cfg.model.dtype, device)
     engine = Engine(model_path, cfg.train, cfg.model.dtype, device, rank, world, per_step)
     critic = None
     if cfg.advantage.name == "gae":
@@ -86,9 +93,6 @@ def run_learner(
             world,
             per_step,
         )
-    ref_model = None
-    if cfg.objective.kl_beta > 0 or cfg.advantage.kl_in_reward:
-        ref_model = load_reference(model_path, cfg.model.dtype, device)
     hub = _build_hub(cfg, train_path, tokenizer, env) if rank == 0 else None
     # Before the hub serves: a transport may attach itself to it.
     publisher = make_publisher(engine, hub, cfg.learner, model_path)

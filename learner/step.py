@@ -10,6 +10,7 @@ import torch
 from asyncrl.buffer.replay import BufferedGroup
 from asyncrl.learner.advantages import compute_advantages
 from asyncrl.learner.config import TrainConfig
+from asyncrl.learner.dpo_step import dpo_train_step, pair_batch
 from asyncrl.learner.engine import Batch, Engine, balance_rows, shard_rows
 from asyncrl.learner.logprobs import token_entropy, token_logprobs
 from asyncrl.learner.loss_config import AdvantageConfig, ObjectiveConfig
@@ -18,11 +19,15 @@ from asyncrl.learner.value import positive_lm_loss, positive_tokens
 
 
 def build_batch(
-    groups: list[BufferedGroup], advantage: AdvantageConfig, pad_id: int
+    groups: list[BufferedGroup],
+    advantage: AdvantageConfig,
+    pad_id: int,
+    objective: ObjectiveConfig | None = None,
 ) -> tuple[Batch, dict]:
-    """Pack groups into right-padded tensors; advantages from each group's rewards. The
-    response mask is 1 on model tokens only: a multi-turn episode's environment tokens (mask
-    0 in its loss mask) are context, never trained on and never counted by token-mean."""
+    """Pack groups into right-padded tensors; advantages from each group's rewards (dpo:
+    the groups' preference pairs instead, `learner.dpo_step.pair_batch`). The response mask is
+    1 on model tokens only: a multi-turn episode's environment tokens (mask 0 in its loss mask)
+    are context, never trained on and never counted by token-mean."""
     datas = [g.payload for g in groups]
     adv, adv_metrics = _group_advantages(datas, advantage)
     rewards = torch.cat([torch.as_tensor(d.rewards, dtype=torch.float32) for d in datas])
@@ -54,7 +59,12 @@ def build_batch(
     for d in datas:
         for k, v in d.reward_metrics.items():
             stats[k] = stats.get(k, 0.0) + v / len(datas)
-    return Batch(input_ids, attention, resp_mask, mu, adv, rewards), stats
+    batch = Batch(input_ids, attention, resp_mask, mu, adv, rewards)
+    if objective is not None and objective.name == "dpo":
+        per_group = [torch.as_tensor(d.rewards, dtype=torch.float32) for d in datas]
+        batch, pair_stats = pair_batch(batch, per_group, objective)
+        stats.update(pair_stats)
+    return batch, stats
 
 
 def _group_advantages(datas: list, advantage: AdvantageConfig) -> tuple[torch.Tensor, dict]:
@@ -71,7 +81,8 @@ def _group_advantages(datas: list, advantage: AdvantageConfig) -> tuple[torch.Te
         baseline = None
         if all(d.baseline_reward is not None for d in sub):
             baseline = torch.tensor([d.baseline_reward for d in sub], dtype=torch.float32)
-        adv, m = compute_advantages(rewards, advantage, baseline_rewards=baseline)
+        lengths = torch.tensor([[len(x) for x in d.responses] for d in sub], dtype=torch.float32)
+        adv, m = compute_advantages(rewards, advantage, baseline, lengths)
         parts.update({i: row for i, row in zip(idx, adv)})
         share = len(idx) / len(datas)
         for k, v in m.items():
@@ -98,6 +109,8 @@ def train_step(
     (decoupled objectives need the policy the batch started from); with one step the objective
     uses π_θ detached, which is the same value without the extra forward pass.
     """
+    if objective.name == "dpo":
+        return dpo_train_step(engine, batch, train, objective, temperature, ref_model)
     minis = mini_batch_rows(len(batch), train.mini_batches)
     multi = train.ppo_epochs * len(minis) > 1
     prox = _proximal_logprobs(engine, batch, minis, train, temperature) if multi else {}
@@ -220,19 +233,18 @@ def _empty_rows(batch: Batch) -> Batch:
 
 
 def load_reference(model_path: str, dtype: str, device: str):
-    """The frozen initial policy for the KL term: weights only, no optimizer state, no
-    gradients (replicated on every rank, also under ZeRO-3)."""
+    """The frozen initial policy for the KL term and DPO: weights only, no optimizer state, no
+    gradients, replicated on every rank. Load it before the `Engine`: while a ZeRO-3 engine
+    lives, transformers builds models partitioned across ranks (refused here)."""
     from transformers import AutoModelForCausalLM
-    from transformers.integrations import deepspeed as hf_deepspeed
+    from transformers.integrations import is_deepspeed_zero3_enabled
 
-    # A ZeRO-3 engine's config, while registered, makes from_pretrained build every model
-    # partitioned: the reference would hold empty placeholders. It stays registered for the
-    # engines (generation under ZeRO-3 reads it), so it is set aside for this load only.
-    held = hf_deepspeed._hf_deepspeed_config_weak_ref
-    hf_deepspeed.unset_hf_deepspeed_config()
-    try:
-        model = AutoModelForCausalLM.from_pretrained(model_path, dtype=getattr(torch, dtype))
-    finally:
-        hf_deepspeed._hf_deepspeed_config_weak_ref = held
+    if is_deepspeed_zero3_enabled():
+        raise RuntimeError(
+            "load_reference after a ZeRO-3 engine: the reference would be partitioned; "
+            "load it before creating the Engine"
+        )
+
+    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=getattr(torch, dtype))
     model.requires_grad_(False)
     return model.eval().to(device)

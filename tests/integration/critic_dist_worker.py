@@ -54,11 +54,11 @@ def main() -> int:
     )
     torch.manual_seed(0)
     rank, world = init_distributed("cpu")
+    # Loaded before the engines, as the learner does: under ZeRO-3 it must still be whole.
+    ref_model = load_reference(args.model, "float32", "cpu")
     critic = Critic(
         cfg.critic, cfg.advantage, cfg.train, args.model, "float32", "cpu", rank, world, 8
     )
-    # Loaded after the engines, as the learner does: under ZeRO-3 it must still be whole.
-    ref_model = load_reference(args.model, "float32", "cpu")
     batch = None
     if rank == 0:
         batch = fixed_batch(critic.engine.model.config.vocab_size)

@@ -45,7 +45,7 @@ def main() -> int:
         init_distributed,
         shutdown_distributed,
     )
-    from asyncrl.learner.step import train_step
+    from asyncrl.learner.step import load_reference, train_step
     from asyncrl.learner.weights import BlobWriter
 
     cfg = load_config(
@@ -61,11 +61,17 @@ def main() -> int:
     )
     torch.manual_seed(0)
     rank, world = init_distributed("cpu")
+    ref_model = None
+    if cfg.objective.needs_reference:
+        ref_model = load_reference(args.model, "float32", "cpu")
     engine = Engine(args.model, cfg.train, "float32", "cpu", rank, world, sequences_per_step=8)
     vocab = engine.model.config.vocab_size
     batch = broadcast_batch(fixed_batch(vocab) if rank == 0 else None, rank, world)
+    if cfg.objective.name == "dpo":
+        # Read as pair layout: rows 2k (chosen) and 2k+1 (rejected), every pair weight 1.
+        batch.advantages = torch.ones(len(batch))
     for _ in range(2):
-        train_step(engine, batch, cfg.train, cfg.objective, cfg.sampling.temperature)
+        train_step(engine, batch, cfg.train, cfg.objective, cfg.sampling.temperature, ref_model)
     params = engine.cpu_parameters()
     # The publisher's path: each parameter copied into the blob as it is gathered. It must
     # hold exactly the parameters gathered whole (both are collective under ZeRO-3).

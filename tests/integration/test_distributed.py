@@ -64,3 +64,25 @@ def test_layouts_agree(tiny_model, tmp_path):
     # but it must run (π_prox path) and move the parameters.
     diff = max(float((results["2 mini-batches"][k] - whole[k]).abs().max()) for k in whole)
     assert diff > 0
+
+
+def test_dpo_layouts_agree(tiny_model, tmp_path):
+    # Online DPO's loss couples the two rows of a pair: micro-batches and ranks get whole
+    # pairs, so every split gives the whole batch's parameters (4 pairs of fixed_batch's rows).
+    from transformers import AutoModelForCausalLM
+
+    initial = AutoModelForCausalLM.from_pretrained(tiny_model).state_dict()
+    dpo = ["objective.name=dpo", "objective.dpo_beta=0.5"]
+    whole = train(tiny_model, tmp_path / "whole.pt", 1, [*dpo, "train.micro_batch_size=8"])
+    moved = max(float((whole[k] - initial[k]).abs().max()) for k in whole)
+    assert moved > 1e-4, "SGD did not change the parameters: the comparison would be vacuous"
+    # 2 ranks x 2 micro-batches: one pair per micro-batch. ZeRO-3 also checks that the
+    # reference is loaded whole on every rank.
+    layouts = {
+        "2 ranks": (2, ["train.micro_batch_size=2"]),
+        "2 ranks ZeRO-3": (2, ["train.micro_batch_size=4", "train.zero_stage=3"]),
+    }
+    for i, (name, (world, overrides)) in enumerate(layouts.items()):
+        got = train(tiny_model, tmp_path / f"dpo-{i}.pt", world, [*dpo, *overrides])
+        for k, v in whole.items():
+            assert torch.allclose(got[k], v, atol=2e-6, rtol=1e-4), (name, k)
