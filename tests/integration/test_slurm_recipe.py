@@ -148,7 +148,7 @@ def slurm(tmp_path):
     conf = d / "slurm.conf"
     conf.write_text(
         f"""ClusterName=asyncrltest
-SlurmctldHost={host}
+SlurmctldHost={host}(127.0.0.1)
 SlurmctldPort={ctld_port}
 SlurmdPort={ctld_port + 1}
 AuthType=auth/none
@@ -170,7 +170,7 @@ SlurmctldLogFile={d / "slurmctld.log"}
 SlurmdLogFile={d / "slurmd.log"}
 JobCompType=jobcomp/none
 AccountingStorageType=accounting_storage/none
-NodeName={host} CPUs={os.cpu_count()} State=UNKNOWN
+NodeName={host} NodeAddr=127.0.0.1 CPUs={os.cpu_count()} State=UNKNOWN
 PartitionName=test Nodes=ALL Default=YES MaxTime=INFINITE State=UP OverSubscribe=YES
 """
     )
