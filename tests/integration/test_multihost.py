@@ -200,7 +200,9 @@ def _join(fleet: Fleet, names: list[str]) -> None:
     _until(lambda: fleet.learner_metric("asyncrl_generators_connected") == want, 30, "joined")
 
 
-def _intruder_gets_nothing(fleet: Fleet) -> None:
+def _intruder(fleet: Fleet):
+    """Start the intruder's probe of every learner endpoint; returns the check, to be called
+    once it is done (the probe takes seconds: other steps of the story go on meanwhile)."""
     keys = fleet.logs / "intruder-host" / "keys"
     fleet.hosts.add("intruder")
     fleet.cli("intruder", ["keys", "--dir", str(keys), "--clients", "intruder"])
@@ -208,15 +210,28 @@ def _intruder_gets_nothing(fleet: Fleet) -> None:
     base = f"tcp://{fleet.learner_ip}"
     refused = 'asyncrl_auth_failures_total{reason="unknown_key"}'
     before = fleet.learner_metric(refused)
-    probe = fleet.run_in(
-        "intruder",
-        [sys.executable, "-m", "tests.integration.netns_probe", str(keys)]
-        + [f"{base}:{port}" for port in (5555, 5556, 5557)],
+    probe = subprocess.Popen(
+        fleet.hosts.command(
+            "intruder",
+            [sys.executable, "-m", "tests.integration.netns_probe", str(keys)]
+            + [f"{base}:{port}" for port in (5555, 5556, 5557)],
+        ),
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
-    got = json.loads(probe.stdout.strip().splitlines()[-1])
-    nothing = {"replies": 0, "announcements": 0}
-    assert got == {"own_key": nothing, "plaintext": nothing}
-    assert fleet.learner_metric(refused) > before  # the unlisted key knocked and was counted
+    fleet.hosts.procs.append(probe)
+
+    def gets_nothing() -> None:
+        out, err = probe.communicate(timeout=120)
+        assert probe.returncode == 0, err[-2000:]
+        got = json.loads(out.strip().splitlines()[-1])
+        nothing = {"replies": 0, "announcements": 0}
+        assert got == {"own_key": nothing, "plaintext": nothing}
+        assert fleet.learner_metric(refused) > before  # the unlisted key knocked, was counted
+
+    return gets_nothing
 
 
 def _forgotten(fleet: Fleet, name: str, mark: int) -> tuple[int] | None:
@@ -231,28 +246,41 @@ def _forgotten(fleet: Fleet, name: str, mark: int) -> tuple[int] | None:
 
 
 def _cut_and_restore(fleet: Fleet, name: str) -> None:
-    """Cut `name`'s link past the lease deadline: its leases are reclaimed and go out to the
-    others while training goes on; back on the network it reconnects by itself and works."""
+    """Cut `name`'s link past the lease deadline: the learner forgets it and reclaims its
+    leases (they go out to the others) while training goes on; back on the network it comes
+    back by itself (a new session: a rebuilt connection, or a new hello when its sockets
+    outlived the cut) and works on the current weights again."""
     proc, url = fleet.generators[name]
-    reconnects = _metric(url, "asyncrl_generator_reconnects_total")
+    everyone = len(fleet.generators)
     mark = len(fleet.log_lines())
     fleet.hosts.cut(name)
     cut_at = time.time()
     (reclaimed,) = _until(lambda: _forgotten(fleet, name, mark), 30, f"{name} forgotten")
     assert reclaimed >= 1  # with the gate open it always holds a lease
+    connected = functools.partial(fleet.learner_metric, "asyncrl_generators_connected")
+    _until(lambda: connected() == everyone - 1, 10, f"{name} not counted")
     fleet.trains(1, 60)  # the others go on
     time.sleep(max(0.0, cut_at + LEASE_SECONDS + 2 - time.time()))
     fleet.hosts.restore(name)
-    _until(lambda: _metric(url, "asyncrl_generator_reconnects_total") > reconnects, 30, "reconnect")
-    groups = _metric(url, "asyncrl_generator_groups_total")
+    _until(lambda: connected() == everyone, 60, f"{name} back")
+    groups, version = _metric(url, "asyncrl_generator_groups_total"), fleet.version()
     _until(lambda: _metric(url, "asyncrl_generator_groups_total") > groups, 60, f"{name} works")
+    _until(
+        lambda: _metric(url, "asyncrl_generator_policy_version") >= version,
+        60,
+        f"{name} on the weights of v{version}",
+    )
     assert proc.poll() is None, fleet.log(name)
 
 
 def _leave(fleet: Fleet, names: list[str]) -> None:
     """SIGTERM, one generator after the other: each finishes or hands back its leases and
     exits 0; when the learner forgets it (silent for two heartbeats) it holds none."""
-    for name in names:
+    for k, name in enumerate(names):
+        if k:
+            # The learner logs one "went silent" line per 5 s: this one must not be folded
+            # into the previous generator's.
+            time.sleep(4)
         proc, _ = fleet.generators.pop(name)
         mark = len(fleet.log_lines())
         proc.send_signal(signal.SIGTERM)
@@ -260,8 +288,6 @@ def _leave(fleet: Fleet, names: list[str]) -> None:
         forgotten = functools.partial(_forgotten, fleet, name, mark)
         (reclaimed,) = _until(forgotten, 30, f"{name} forgotten")
         assert reclaimed == 0, f"{name} left {reclaimed} leases to expire"
-        # The learner logs one "went silent" line per 5 s: the next one must not be folded in.
-        time.sleep(4)
     want = len(fleet.generators)
     _until(lambda: fleet.learner_metric("asyncrl_generators_connected") == want, 30, "left")
 
@@ -285,9 +311,10 @@ def _run(hosts, small_overrides, tmp_path, cycles: int) -> None:
     fleet.trains(2, 120)
     for cycle in range(cycles):
         extra = [f"gen-b{cycle}", f"gen-c{cycle}"]
+        intruder_gets_nothing = _intruder(fleet) if cycle == 0 else None
         _join(fleet, extra)  # 1 -> 3
-        if cycle == 0:
-            _intruder_gets_nothing(fleet)
+        if intruder_gets_nothing is not None:
+            intruder_gets_nothing()
         fleet.trains(1, 60)
         _cut_and_restore(fleet, extra[0])
         _leave(fleet, extra)  # 3 -> 1
