@@ -92,6 +92,7 @@ class Fleet:
         self.common = [*overrides, "security.client_name=gen"]
         self.generators: dict[str, tuple[subprocess.Popen, str]] = {}  # name -> (proc, url)
         self.impaired: str | None = None
+        self.last_forgotten = 0.0  # when the learner's log last said it forgot a generator
 
     def run_in(self, host: str, argv: list[str]) -> subprocess.CompletedProcess:
         done = subprocess.run(
@@ -241,6 +242,7 @@ def _forgotten(fleet: Fleet, name: str, mark: int) -> tuple[int] | None:
     for line in fleet.log_lines()[mark:]:
         found = said.search(line)
         if found:
+            fleet.last_forgotten = time.time()
             return (int(found[1]),)
     return None
 
@@ -276,11 +278,10 @@ def _cut_and_restore(fleet: Fleet, name: str) -> None:
 def _leave(fleet: Fleet, names: list[str]) -> None:
     """SIGTERM, one generator after the other: each finishes or hands back its leases and
     exits 0; when the learner forgets it (silent for two heartbeats) it holds none."""
-    for k, name in enumerate(names):
-        if k:
-            # The learner logs one "went silent" line per 5 s: this one must not be folded
-            # into the previous generator's.
-            time.sleep(4)
+    for name in names:
+        # The learner logs one "went silent" line per 5 s: this generator's (at least two
+        # heartbeats after it exits) must not be folded into the previous one's.
+        time.sleep(max(0.0, fleet.last_forgotten + 4 - time.time()))
         proc, _ = fleet.generators.pop(name)
         mark = len(fleet.log_lines())
         proc.send_signal(signal.SIGTERM)
