@@ -166,10 +166,12 @@ class Session:
         if not self._prefetching:
             return
         try:
-            reply = self.reply(lease=True, stoppable=True)
+            grace = SHUTDOWN_GRACE_SECONDS
+            reply = self.reply(lease=True, stoppable=True, grace=grace)
             if isinstance(reply, Lease):
                 self.send(LeaseReturn(self.generator_id, [reply.lease_id]))
-                self.reply(stoppable=True)  # the ack: the return landed before sockets close
+                # The ack: the return landed before sockets close.
+                self.reply(stoppable=True, grace=grace)
                 logger.info("returned prefetched lease %s", reply.lease_id)
         except (LearnerGone, Stopping):
             pass  # the lease expires on the learner and is re-issued then
@@ -213,18 +215,28 @@ class Session:
     # ---------------------------------------------------------------- requests
     def request(self, msg: Message) -> Message:
         self.send(msg)
-        # Shutting down: no new work is wanted, so do not wait out a silent learner.
-        return self.reply(lease=isinstance(msg, LeaseRequest), stoppable=True)
+        lease = isinstance(msg, LeaseRequest)
+        try:
+            # Shutting down: no new work is wanted, so do not wait out a silent learner.
+            return self.reply(lease=lease, stoppable=True)
+        except Stopping:
+            if lease:
+                # The learner may still grant it: `return_prefetched` takes the reply and
+                # hands the lease back, instead of leaving it to expire.
+                self._prefetching = True
+            raise
 
     def send(self, msg: Message) -> None:
         self._send_on(self.control, msg, f"could not send {msg.TYPE}")
 
-    def reply(self, lease: bool = False, stoppable: bool = False) -> Message:
+    def reply(self, lease: bool = False, stoppable: bool = False, grace: float = 0.0) -> Message:
         """The next reply on the control socket. The reply to a prefetched lease request may
         arrive while we wait for another: it is kept aside and returned only to a caller that
         asks for a lease reply (`lease`), which skips anything else. `stoppable`: give up with
-        Stopping once shutdown begins. LearnerGone after `reconnect_seconds` of silence."""
-        deadline = time.time() + self.reconnect_seconds
+        Stopping once shutdown begins and `grace` seconds of waiting have passed.
+        LearnerGone after `reconnect_seconds` of silence."""
+        start = time.time()
+        deadline = start + self.reconnect_seconds
         while True:
             if lease and self._early is not None:
                 reply, self._early, self._prefetching = self._early, None, False
@@ -232,7 +244,7 @@ class Session:
             if not self.control.poll(200):
                 if time.time() >= deadline:
                     raise LearnerGone(f"no reply within {self.reconnect_seconds}s")
-                if stoppable and self.stop.is_set():
+                if stoppable and self.stop.is_set() and time.time() - start >= grace:
                     raise Stopping()
                 continue
             _, reply = recv(self.control)

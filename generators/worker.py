@@ -110,6 +110,11 @@ class GeneratorWorker:
                 backoff = 0.5
                 self._serve()
             except Stopping:
+                # Stopped while a lease request was unanswered: its lease goes back too.
+                try:
+                    self.session.return_prefetched()
+                except RunFinished as fin:
+                    self._finish(fin)
                 break
             except RunFinished as fin:
                 self._finish(fin)

@@ -86,6 +86,8 @@ def test_wheel_installs_beside_the_index_buffer_and_protocol(tmp_path):
         "asyncrl/launch/ops/alerts.yml",
         "asyncrl/launch/ops/grafana-dashboard.json",
         "asyncrl/launch/ops/prometheus.example.yml",
+        "asyncrl/launch/recipes/slurm/asyncrl.sbatch",
+        "asyncrl/launch/recipes/kubernetes/generators.yaml",
     ):
         assert shipped in names, f"{shipped} missing from the wheel"
 
