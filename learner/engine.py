@@ -108,6 +108,10 @@ class Batch:
     behaviour_logprobs: torch.Tensor
     advantages: torch.Tensor
 
+    # A micro-batch's packed layout (learner.packing.PackedRows), set once it is prepared for
+    # the forward pass; not a field: rows() and to() make plain batches.
+    layout: object = None
+
     FIELDS = ("input_ids", "attention_mask", "response_mask", "behaviour_logprobs", "advantages")
 
     def rows(self, idx: slice | torch.Tensor) -> Batch:
@@ -293,6 +297,9 @@ class Engine:
         # path discards the norm it computes). Then we measure it ourselves.
         self._own_grad_norm = isinstance(self.engine.optimizer, torch.optim.Optimizer)
         self._grad_norm = float("nan")
+        # Whether packed rows keep sequences apart in this model (learner.packing); None
+        # until the first packed micro-batch checks it.
+        self.packs: bool | None = None
 
     # The scale makes DeepSpeed's two averagings (1/accumulation steps in backward, 1/world in
     # the gradient all-reduce) cancel, so gradients are exactly sum(token losses)/normalizer.
@@ -306,6 +313,10 @@ class Engine:
             attention_mask=batch.attention_mask.to(self.device),
         )
         return out.logits
+
+    def forward_packed(self, input_ids: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
+        """Logits of packed rows (learner.packing): per-sequence position ids, no mask."""
+        return self.engine(input_ids=input_ids, position_ids=position_ids, use_cache=False).logits
 
     def backward_and_step(self, loss: torch.Tensor) -> None:
         self.engine.backward(loss * self.loss_scale)
