@@ -168,6 +168,9 @@ def bench_learning(
                     c, per_step = _run(run_dir, eta, objective, seed, steps, eval_every, extra)
                     rl = json.loads((run_dir / "summary.json").read_text())["rl_seconds"]
                     runs[objective].setdefault(eta, []).append(curve(c, per_step, rl))
+                    # Kept after every run: a grid cut short still leaves its curves.
+                    partial = {o: {str(e): c for e, c in by.items()} for o, by in runs.items()}
+                    (out / "learning.partial.json").write_text(json.dumps(partial))
                     logger.info(
                         "learning %s eta=%d seed=%d: final accuracy %s",
                         objective,
