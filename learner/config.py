@@ -112,10 +112,11 @@ class TrainConfig(StrictModel):
         0,
         ge=0,
         description="Widest packed row in positions (never fewer than the longest sequence); "
-        "0 = four times the longest sequence of the micro-batch. Rows are then narrowed evenly "
-        "while the sequences still fit as many. Wider rows leave less filler, but where "
-        "attention is a masked dense product (sdpa, eager: CPU) every token pays for its whole "
-        "row; flash-attention varlen does not.",
+        "rows are then narrowed evenly while the sequences still fit as many. 0 = whichever of "
+        "1, 2 or 4 times the longest sequence of the micro-batch a FLOP estimate from the "
+        "model's size says is cheapest: wider rows leave less filler, but where attention is a "
+        "masked dense product (sdpa, eager, flex) every token pays for its whole row; "
+        "flash-attention varlen does not.",
     )
     mini_batches: int = Field(
         1,

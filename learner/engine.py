@@ -297,9 +297,10 @@ class Engine:
         # path discards the norm it computes). Then we measure it ourselves.
         self._own_grad_norm = isinstance(self.engine.optimizer, torch.optim.Optimizer)
         self._grad_norm = float("nan")
-        # Whether packed rows keep sequences apart in this model (learner.packing); None
-        # until the first packed micro-batch checks it.
-        self.packs: bool | None = None
+        # Whether packed rows keep sequences apart in this model: their cost model
+        # (learner.packing.RowCost) if so, False if not, None until the first packed
+        # micro-batch checks it.
+        self.packs = None
 
     # The scale makes DeepSpeed's two averagings (1/accumulation steps in backward, 1/world in
     # the gradient all-reduce) cancel, so gradients are exactly sum(token losses)/normalizer.

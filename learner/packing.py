@@ -103,12 +103,52 @@ def balanced_rows(lengths: list[int], row_tokens: int) -> tuple[list[list[int]],
         width += step  # terminates: at width >= total everything fits one row
 
 
-def pack(input_ids: torch.Tensor, lengths: list[int], row_tokens: int) -> PackedRows:
+@dataclass(frozen=True)
+class RowCost:
+    """Forward FLOPs per computed position: `linear` (2 x parameters) plus `attention` (4 x
+    layers x hidden) per position of the row attended over, unless attention is varlen
+    (flash-attention: each token attends over its own sequence only, whatever the row)."""
+
+    linear: float
+    attention: float
+    varlen: bool
+
+    @classmethod
+    def of(cls, model) -> RowCost:
+        cfg = model.config
+        params = sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters())
+        layers = getattr(cfg, "num_hidden_layers", 1)
+        hidden = getattr(cfg, "hidden_size", 1)
+        impl = str(getattr(cfg, "_attn_implementation", "") or "")
+        return cls(2.0 * params, 4.0 * layers * hidden, impl.startswith("flash"))
+
+    def __call__(self, rows: int, width: int) -> float:
+        per_position = self.linear + (0.0 if self.varlen else self.attention * width)
+        return rows * width * per_position
+
+
+def choose_rows(
+    lengths: list[int], row_tokens: int, cost: RowCost | None = None
+) -> tuple[list[list[int]], int]:
+    """(rows, width). `row_tokens` > 0: balanced rows at most that wide. 0: of rows at most
+    1, 2 or 4 times the longest sequence, the plan `cost` says is cheapest (wider rows compute
+    less filler, but where attention is a masked dense product every position pays for its
+    whole row); without a cost model, 4 times."""
+    if row_tokens or cost is None:
+        return balanced_rows(lengths, row_tokens)
+    longest = max(max(lengths, default=1), 1)
+    plans = [balanced_rows(lengths, k * longest) for k in (1, 2, 4)]
+    return min(plans, key=lambda p: cost(len(p[0]), p[1]))  # ties: the narrower
+
+
+def pack(
+    input_ids: torch.Tensor, lengths: list[int], row_tokens: int, cost: RowCost | None = None
+) -> PackedRows:
     """The packed layout of right-padded `input_ids` [N, L] whose row i holds `lengths[i]`
     tokens. Unused row tails are filler with positions counting up from 0: a block of their
     own, which no real token attends to."""
     n, length = input_ids.shape
-    rows, width = balanced_rows(lengths, row_tokens)
+    rows, width = choose_rows(lengths, row_tokens, cost)
     ids = torch.zeros(len(rows), width, dtype=input_ids.dtype)
     pos = torch.zeros(len(rows), width, dtype=torch.long)
     pad_slot = len(rows) * (width - 1)
@@ -182,12 +222,11 @@ def prepare(mb: Batch, engine, pack_sequences: bool, row_tokens: int) -> Batch:
     layout = None
     if pack_sequences and len(mb):
         if engine.packs is None:
-            engine.packs = packing_works(
-                engine.model, int(engine.model.config.vocab_size), engine.device
-            )
+            works = packing_works(engine.model, int(engine.model.config.vocab_size), engine.device)
+            engine.packs = RowCost.of(engine.model) if works else False
         if engine.packs:
             lengths = [int(x) for x in mb.attention_mask.sum(1)]
-            layout = pack(mb.input_ids, lengths, row_tokens).to(engine.device)
+            layout = pack(mb.input_ids, lengths, row_tokens, engine.packs).to(engine.device)
     mb = mb.to(engine.device)
     mb.layout = layout
     return mb

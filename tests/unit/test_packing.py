@@ -10,7 +10,9 @@ from asyncrl.learner.engine import Batch
 from asyncrl.learner.loss_config import ObjectiveConfig
 from asyncrl.learner.objectives import policy_loss
 from asyncrl.learner.packing import (
+    RowCost,
     balanced_rows,
+    choose_rows,
     pack,
     packing_works,
     padding_share,
@@ -38,6 +40,24 @@ def test_balanced_rows_spread_the_filler():
     assert plan_rows([7, 7, 6, 6, 5], 14) == [[0, 1], [2, 3], [4]]
     rows, width = balanced_rows([7, 7, 6, 6, 5], 14)
     assert width == 12 and rows == [[0, 4], [1], [2, 3]]
+
+
+def test_row_width_follows_the_cost_of_attention():
+    # Lengths 7, 7, 6, 6, 5 (31 tokens): k = 1 (widest 7) -> 5 rows of 7 (first fit puts one
+    # sequence per row: 35 positions); k = 2 (widest 14) -> 3 rows of 12 (the test above, 36);
+    # k = 4 (widest 28) -> 2 rows: ceil(31 / 2) = 16: 7, 7 -> r0 (room 2), 6, 6 -> r1
+    # (room 4), 5 -> r1... no, room 4 < 5: 3 rows; 17: 7, 7 -> r0 (3), 6, 6, 5 -> r1 (0):
+    # 2 rows of 17 = 34 positions.
+    lengths = [7, 7, 6, 6, 5]
+    # Attention free (varlen): fewest positions win, 34 at width 17.
+    free = RowCost(linear=1.0, attention=1.0, varlen=True)
+    assert choose_rows(lengths, 0, free)[1] == 17
+    # Attention costly: 5 x 7 x (1 + 10 x 7) = 2485 against 3 x 12 x 121 = 4356 and
+    # 2 x 17 x 171 = 5814: one sequence per row.
+    dense = RowCost(linear=1.0, attention=10.0, varlen=False)
+    assert choose_rows(lengths, 0, dense) == ([[0], [1], [2], [3], [4]], 7)
+    # An explicit width is kept.
+    assert choose_rows(lengths, 14, dense)[1] == 12
 
 
 def test_layout_and_unpack_index():
