@@ -86,6 +86,13 @@ class GeneratorConfig(MetricsHttpSettings):
         "trip to the learner is hidden. Skipped while a group takes more than a quarter of the "
         "lease duration (a prefetched lease is not heartbeated until it is read).",
     )
+    phases_path: str = Field(
+        "",
+        description="Write this generator's wall time by phase (generate, weights, lease, "
+        "gate, push, other; seconds, JSON) to this file when it exits; empty = not written. "
+        "`asyncrl local` sets it per generator in the run's output directory; `asyncrl bench` "
+        "reads it for its loss breakdown.",
+    )
     limits: LearnerLimits = Field(
         default_factory=LearnerLimits,
         description="Bounds on what the learner sends (sizes, paths, group sizes): a message "

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from asyncrl.generators.phases import PHASES
+
 # Why a message from the learner was dropped (`generators/bounds.py`).
 REJECT_REASONS = (
     "welcome",
@@ -47,6 +49,14 @@ class GeneratorMetrics:
         self.generate_seconds = Counter(
             "asyncrl_generator_generate_seconds", "Time spent generating.", registry=r
         )
+        self.phase_seconds = Counter(
+            "asyncrl_generator_phase_seconds",
+            "Wall time of the generate loop by phase (generators/phases.py).",
+            ["phase"],
+            registry=r,
+        )
+        for phase in PHASES:
+            self.phase_seconds.labels(phase=phase)
         self.reconnects = Counter(
             "asyncrl_generator_reconnects",
             "Times the connection to the learner was rebuilt.",

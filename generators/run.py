@@ -84,4 +84,6 @@ def run_generator(
         worker.run()
     finally:
         backend.close()
+        if config.phases_path:
+            worker.phases.write(config.phases_path)
     return worker.finished is not None

@@ -274,6 +274,13 @@ class Session:
         can vanish between the poll that said writable and the send, and a blocking send
         would then wait out SNDTIMEO (PUSH: forever) instead of the shutdown grace."""
         start = time.time()
+        # Tried first without a poll: a writable socket (the usual case) then costs one call,
+        # not a poll too, which on a loaded core can wait out a scheduler slice.
+        try:
+            send(sock, msg, flags=zmq.NOBLOCK)
+            return
+        except zmq.Again:
+            pass
         while True:
             self._wait_writable(sock, what, start)
             try:

@@ -24,6 +24,7 @@ from asyncrl.generators.bounds import LearnerBounds
 from asyncrl.generators.config import LearnerLimits
 from asyncrl.generators.envs.episode import EpisodeRunner
 from asyncrl.generators.metrics import GeneratorMetrics
+from asyncrl.generators.phases import PhaseTimes
 from asyncrl.generators.session import LearnerGone, RunFinished, Session, Stopping
 from asyncrl.generators.updates import WeightUpdates
 from asyncrl.generators.weights import FETCH_WINDOW
@@ -73,6 +74,7 @@ class GeneratorWorker:
         self.weights = WeightUpdates(backend, self.session, metrics, fetch_window, self.bounds)
         self._last_generate = 0.0
         self._activity = Activity()
+        self.phases = PhaseTimes(metrics.phase_seconds)
         if inflight_updates != "off" and backend.capabilities.inflight_loads:
             backend.set_inflight_hook(
                 self.weights.between_tokens, inflight_updates, inflight_check_tokens
@@ -152,18 +154,22 @@ class GeneratorWorker:
     def _serve(self) -> None:
         while not self.stop.is_set():
             self._summarise()
-            self.weights.drain()
-            self.weights.update()
-            reply = self.session.next_lease()
+            with self.phases.timed("weights"):
+                self.weights.drain()
+                self.weights.update()
+            with self.phases.timed("lease"):
+                reply = self.session.next_lease()
             if isinstance(reply, Lease):
                 if not self.bounds.lease_ok(reply):
                     # Not generated: the learner re-issues it once it expires.
                     self.stop.wait(1.0)
                     continue
-                self._prefetch()
+                with self.phases.timed("lease"):
+                    self._prefetch()
                 self._work(reply)
             elif isinstance(reply, LeaseDenied):
-                self._wait_denied(reply)
+                with self.phases.timed("gate"):
+                    self._wait_denied(reply)
             else:
                 logger.warning("unexpected reply %s to a lease request", reply.TYPE)
         self.session.return_prefetched()
@@ -197,6 +203,8 @@ class GeneratorWorker:
             # the learner reports generate_seconds as the generators' busy time.
             dt = time.time() - t - self.weights.inflight_load_seconds
             self._last_generate = dt
+            self.phases.add("generate", dt)
+            self.phases.add("weights", self.weights.inflight_load_seconds)
             group = RolloutGroup(
                 lease_id=lease.lease_id,
                 generator_id=self.session.generator_id,
@@ -211,7 +219,8 @@ class GeneratorWorker:
             if self.episodes is not None:
                 group.loss_mask = _cat([s.mask for s in samples], np.uint8)
                 group.env_rewards = np.array([s.env_reward for s in samples], np.float32)
-            self.session.push_group(group)
+            with self.phases.timed("push"):
+                self.session.push_group(group)
             self.metrics.groups.inc()
             self.metrics.tokens.inc(int(group.lengths.sum()))
             self.metrics.generate_seconds.inc(dt)

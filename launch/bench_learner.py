@@ -174,6 +174,69 @@ def bench_size(name: str, device: str, quick: bool, seq_len: int, sequences: int
     return out
 
 
+def bench_packing(device: str, quick: bool, seq_len: int, sequences: int) -> dict:
+    """Padded (token-balanced micro-batches, each trimmed to its longest row) against packed
+    rows (`learner.packing`) on the tiny model (CPU) or the `s` size (CUDA), sequences of
+    uniformly random length in [seq_len / 4, seq_len]: the share of computed positions that
+    are padding, and real tokens/s, trials alternating so load hits both alike."""
+    import torch
+
+    from asyncrl.launch.config import load_config
+    from asyncrl.learner.engine import Batch, Engine
+    from asyncrl.learner.step import train_step
+
+    name = "s" if device == "cuda" else "tiny"
+    size = SIZES[name]
+    dtype = "bfloat16" if device == "cuda" else "float32"
+    gen = torch.Generator().manual_seed(0)
+    lengths = torch.randint(seq_len // 4, seq_len + 1, (sequences,), generator=gen)
+    col = torch.arange(seq_len)[None, :]
+    att = (col < lengths[:, None]).long()
+    ids = torch.randint(0, size.vocab, (sequences, seq_len), generator=gen) * att
+    resp = ((col >= seq_len // 8) & (att > 0)).float()
+    mu = -torch.rand(sequences, seq_len, generator=gen) * resp
+    batch = Batch(ids, att, resp, mu, torch.randn(sequences, generator=gen))
+    tokens = int(att.sum())
+    engines, times, shares = {}, {True: [], False: []}, {}
+    with tempfile.TemporaryDirectory(prefix="asyncrl-bench-packing-") as root:
+        path = _model_dir(size, getattr(torch, dtype), root)
+        for packed in (False, True):
+            cfg = load_config(
+                "tiny-cpu",
+                [
+                    f"model.dtype={dtype}",
+                    f"model.device={device}",
+                    f"train.zero_stage={2 if device == 'cuda' else 0}",
+                    f"train.micro_batch_size={8 if device == 'cuda' else 16}",
+                    f"train.groups_per_step={sequences // 8}",
+                    "sampling.group_size=8",
+                    f"train.pack_sequences={'true' if packed else 'false'}",
+                ],
+            )
+            engines[packed] = (Engine(path, cfg.train, dtype, device, 0, 1, sequences), cfg)
+            e, c = engines[packed]
+            m = train_step(e, batch, c.train, c.objective, c.sampling.temperature)  # warm-up
+            shares[packed] = m["padding_share"]
+        for _ in range(3 if quick else 8):
+            for packed in (False, True):
+                e, c = engines[packed]
+                _sync(device)
+                t = time.perf_counter()
+                train_step(e, batch, c.train, c.objective, c.sampling.temperature)
+                _sync(device)
+                times[packed].append(time.perf_counter() - t)
+        engines.clear()
+    padded, packed = statistics.median(times[False]), statistics.median(times[True])
+    return {
+        "learner_packing_model": name,
+        "learner_padding_share": round(shares[False], 4),
+        "learner_padding_share_packed": round(shares[True], 4),
+        "learner_tokens_per_second": round(tokens / padded, 1),
+        "learner_tokens_per_second_packed": round(tokens / packed, 1),
+        "learner_packing_speedup": round(padded / packed, 3),
+    }
+
+
 def bench_learner(quick: bool, sizes: list[str] | None = None) -> dict:
     """Every size that fits the device (CPU: tiny only), with MFU against the measured peak."""
     import gc
@@ -205,4 +268,5 @@ def bench_learner(quick: bool, sizes: list[str] | None = None) -> dict:
         gc.collect()
         if device == "cuda":
             torch.cuda.empty_cache()
+    out.update(bench_packing(device, quick, seq_len, sequences))
     return out

@@ -110,7 +110,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--only",
         default="",
-        help="comma-separated sections: transport, weights, objective, memory, learner, pipeline",
+        help="comma-separated sections: transport, weights, objective, memory, learner, "
+        "pipeline, learning (the last runs only when named here or with --with-learning)",
+    )
+    p.add_argument("--with-learning", action="store_true", help="add learning to the full bench")
+    p.add_argument("--etas", default="0,1,2,4,8", help="learning: staleness limits")
+    p.add_argument("--objectives", default="ppo,decoupled_ppo", help="learning: objectives")
+    p.add_argument("--seeds", default="0,1", help="learning: seeds")
+    p.add_argument("--steps", type=int, default=0, help="learning: steps per run (0: 120)")
+    p.add_argument("--eval-every", type=int, default=0, help="learning: 0 = steps / 10")
+    p.add_argument("--target", type=float, default=0.7, help="learning: accuracy to reach")
+    p.add_argument("--out", default="bench-learning", help="learning: JSON and PNG directory")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="section.field=value",
+        help="learning: an override for every run (repeatable)",
     )
     p.add_argument("--log-level", default="INFO")
     return parser
@@ -153,12 +169,26 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "audit":
         return _audit(args.run_dir, args.max_reuse)
     if args.command == "bench":
+        # stdout: the results alone (one JSON object with --json), whatever DeepSpeed prints
+        out = _claim_stdout()
         _setup_logging("bench", args.log_level)
         from asyncrl.launch.bench import format_table, run_bench
 
         only = [x.strip() for x in args.only.split(",") if x.strip()] or None
-        results = run_bench(quick=args.quick, only=only)
-        print(json.dumps(results) if args.json else format_table(results))
+        learning = None
+        if args.with_learning or (only and "learning" in only):
+            learning = {
+                "etas": tuple(int(x) for x in args.etas.split(",")),
+                "objectives": tuple(x.strip() for x in args.objectives.split(",")),
+                "seeds": tuple(int(x) for x in args.seeds.split(",")),
+                "steps": args.steps or None,
+                "eval_every": args.eval_every or None,
+                "target": args.target,
+                "out_dir": args.out,
+                "extra": tuple(args.set),
+            }
+        results = run_bench(quick=args.quick, only=only, learning=learning)
+        print(json.dumps(results) if args.json else format_table(results), file=out)
         return 0
     overrides = list(args.overrides)
     if getattr(args, "learner", None):

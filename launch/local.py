@@ -167,6 +167,7 @@ def run_local(cfg: AsyncRLConfig, log_level: str = "INFO") -> int:
             f"generator.learner=tcp://127.0.0.1:{lc.control_port}",
             f"generator.threads={run_cfg.generator.threads or threads}",
             f"generator.seed={run_cfg.generator.seed + k}",
+            f"generator.phases_path={out_dir / f'generator-{k}-phases.json'}",
         ]
         procs.append(
             subprocess.Popen(

@@ -109,6 +109,23 @@ class TrainConfig(StrictModel):
         "lightest micro-batch) instead of consecutive rows; each is trimmed to its own longest "
         "row. Same gradient either way (token-mean); less padding and a flatter memory peak.",
     )
+    pack_sequences: bool = Field(
+        True,
+        description="Lay several sequences of a micro-batch end to end in one row, each with "
+        "its own position ids and attention confined to itself, so forward passes compute no "
+        "padding; same log-probs, loss and gradients as padded rows. Checked once against the "
+        "model (a model whose attention ignores per-sequence position ids gets trimmed rows).",
+    )
+    pack_row_tokens: int = Field(
+        0,
+        ge=0,
+        description="Widest packed row in positions (never fewer than the longest sequence); "
+        "rows are then narrowed evenly while the sequences still fit as many. 0 = whichever of "
+        "1, 2 or 4 times the longest sequence of the micro-batch a FLOP estimate from the "
+        "model's size says is cheapest: wider rows leave less filler, but where attention is a "
+        "masked dense product (sdpa, eager, flex) every token pays for its whole row; "
+        "flash-attention varlen does not.",
+    )
     mini_batches: int = Field(
         1,
         ge=1,

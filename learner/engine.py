@@ -111,6 +111,10 @@ class Batch:
     advantages: torch.Tensor
     rewards: torch.Tensor | None = None
 
+    # A micro-batch's packed layout (learner.packing.PackedRows), set once it is prepared for
+    # the forward pass; not a field: rows() and to() make plain batches.
+    layout: object = None
+
     FIELDS = ("input_ids", "attention_mask", "response_mask", "behaviour_logprobs", "advantages")
 
     def _map(self, fn) -> Batch:
@@ -304,6 +308,10 @@ class Engine:
         # path discards the norm it computes). Then we measure it ourselves.
         self._own_grad_norm = isinstance(self.engine.optimizer, torch.optim.Optimizer)
         self._grad_norm = float("nan")
+        # Whether packed rows keep sequences apart in this model: their cost model
+        # (learner.packing.RowCost) if so, False if not, None until the first packed
+        # micro-batch checks it.
+        self.packs = None
 
     # The scale makes DeepSpeed's two averagings (1/accumulation steps in backward, 1/world in
     # the gradient all-reduce) cancel, so gradients are exactly sum(token losses)/normalizer.
@@ -317,6 +325,10 @@ class Engine:
             attention_mask=batch.attention_mask.to(self.device),
         )
         return out.logits
+
+    def forward_packed(self, input_ids: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
+        """Logits of packed rows (learner.packing): per-sequence position ids, no mask."""
+        return self.engine(input_ids=input_ids, position_ids=position_ids, use_cache=False).logits
 
     def backward_and_step(self, loss: torch.Tensor) -> None:
         self.engine.backward(loss * self.loss_scale)

@@ -24,6 +24,10 @@ from asyncrl.learner.step import build_batch, train_step
 
 logger = logging.getLogger(__name__)
 
+# wait: for B trainable groups; batch: packing them (rank 0); update: the optimizer step(s);
+# publish: the weights on the step's path; eval; checkpoint_report: checkpoint and tracking.
+LOOP_PHASES = ("wait", "batch", "update", "publish", "eval", "checkpoint_report")
+
 
 def evaluate(
     engine: Engine,
@@ -104,6 +108,9 @@ class StepLoop:
         self.busy_seconds = 0.0  # update + publish: the learner's time when it never waits
         self.rl_seconds = 0.0
         self.accuracy = accuracy  # the latest held-out accuracy
+        # Rank 0's wall time by phase, for the summary (`asyncrl bench` explains lost
+        # throughput with it); what no phase claims is the loop's own overhead.
+        self.phase_seconds = dict.fromkeys(LOOP_PHASES, 0.0)
         # Rank 0: takes each step's statistics (learner.tracking.Tracking); None elsewhere.
         self.reporter = reporter
         self.env = env
@@ -135,10 +142,13 @@ class StepLoop:
             return None, {}
         tw = time.time()
         groups = self.hub.wait_for_groups(self.cfg.train.groups_per_step, self.stop)
-        self.hub.metrics.step_seconds.labels(phase="wait").observe(time.time() - tw)
+        tb = time.time()
+        self.phase_seconds["wait"] += tb - tw
+        self.hub.metrics.step_seconds.labels(phase="wait").observe(tb - tw)
         if groups is None:
             return None, {}
         batch, stats = build_batch(groups, self.cfg.advantage, self.pad_id, self.cfg.objective)
+        self.phase_seconds["batch"] += time.time() - tb
         staleness = [self.version - g.version for g in groups]
         stats["staleness_max"] = max(staleness)
         stats["staleness_mean"] = float(np.mean(staleness))
@@ -172,6 +182,7 @@ class StepLoop:
         self.version += 1
         version = self.version
         self.busy_seconds += time.time() - tu
+        self.phase_seconds["update"] += time.time() - tu
         self.tokens_trained += float(batch.response_mask.sum())
         if hub is not None:
             hub.metrics.step_seconds.labels(phase="update").observe(time.time() - tu)
@@ -180,18 +191,24 @@ class StepLoop:
             tp = time.time()
             self.publisher.publish(version)
             self.busy_seconds += time.time() - tp
+            self.phase_seconds["publish"] += time.time() - tp
         every = cfg.eval.every
         if every and version % every == 0 and version < cfg.train.steps:
             te = time.time()
             self.accuracy = evaluate(
                 self.engine, self.tokenizer, self.eval_rows, cfg, hub, stats, self.env
             )
+            self.phase_seconds["eval"] += time.time() - te
+            # Learning-per-second curves take the evaluations' own time out of wall time.
+            stats["eval_seconds"] = time.time() - te
             if hub is not None:
                 hub.metrics.step_seconds.labels(phase="eval").observe(time.time() - te)
+        tc = time.time()
         if cfg.train.checkpoint_every and version % cfg.train.checkpoint_every == 0:
             self.checkpointer.save(hub, version)
         if self.reporter is not None:
             self.reporter.step(version, {**stats, **m})
+        self.phase_seconds["checkpoint_report"] += time.time() - tc
 
     def summary(
         self, accuracy_before: float | None, accuracy_after: float | None, extra=None
@@ -216,6 +233,8 @@ class StepLoop:
             ),
             "generation_tokens_per_second": round(st["generation_capacity"], 1),
             "staleness_counts": {str(k): v for k, v in sorted(st["staleness_counts"].items())},
+            "phase_seconds": {k: round(v, 4) for k, v in self.phase_seconds.items()},
+            "hub_cpu_seconds": round(st.get("hub_cpu_seconds", 0.0), 4),
             **(extra or {}),
         }
         out = Path(cfg.learner.output_dir)

@@ -12,9 +12,10 @@ from asyncrl.learner.advantages import compute_advantages
 from asyncrl.learner.config import TrainConfig
 from asyncrl.learner.dpo_step import dpo_train_step, pair_batch
 from asyncrl.learner.engine import Batch, Engine, balance_rows, shard_rows
-from asyncrl.learner.logprobs import token_entropy, token_logprobs
 from asyncrl.learner.loss_config import AdvantageConfig, ObjectiveConfig
 from asyncrl.learner.objectives import policy_loss
+from asyncrl.learner.packing import padding_share, positions, prepare, reference_logprobs
+from asyncrl.learner.packing import score_tokens as _score
 from asyncrl.learner.value import positive_lm_loss, positive_tokens
 
 
@@ -118,6 +119,7 @@ def train_step(
     entropy_grad = objective.entropy_coef > 0
     totals: dict[str, float] = {}
     weight_sum = 0.0
+    computed = real = 0
     for _ in range(train.ppo_epochs):
         for mi, rows in enumerate(minis):
             mini = batch.rows(rows)
@@ -133,16 +135,11 @@ def train_step(
                     mini.response_mask[:, 1:], mini.rewards, objective.positive_lm_threshold
                 )
             for i, mb in enumerate(_micro_batches(engine, mini, train)):
-                logits = engine.forward_logits(mb)[:, :-1]
-                targets = mb.input_ids[:, 1:]
+                c, r = positions(mb)
+                computed, real = computed + c, real + r
+                lp, ent = _score(engine, mb, temperature, "grad" if entropy_grad else "detached")
                 mask = mb.response_mask[:, 1:]
-                lp = token_logprobs(logits, targets, temperature=temperature)
-                if entropy_grad:
-                    ent = token_entropy(logits, temperature=temperature)
-                else:
-                    with torch.no_grad():
-                        ent = token_entropy(logits.detach(), temperature=temperature)
-                ref_lp = _reference_logprobs(ref_model, mb, temperature) if use_ref else None
+                ref_lp = reference_logprobs(ref_model, mb, temperature) if use_ref else None
                 loss, m = policy_loss(
                     lp,
                     mb.behaviour_logprobs[:, 1:],
@@ -181,13 +178,15 @@ def train_step(
         for k, v in totals.items()
     }
     out["grad_norm"] = engine.grad_norm()
+    out["padding_share"] = padding_share(computed, real)
     out["lr"] = engine.lr()
     return out
 
 
 def _micro_batches(engine: Engine, mini: Batch, train: TrainConfig) -> list[Batch]:
     """This rank's micro-batches of a mini-batch, token-balanced (default) or contiguous
-    row slices; each trimmed to its own longest row and moved to the device."""
+    row slices; each trimmed to its own longest row (or packed, `learner.packing`) and moved
+    to the device."""
     if train.token_balanced:
         lengths = [int(x) for x in mini.attention_mask.sum(1)]
         parts = balance_rows(lengths, engine.rank, engine.world, engine.micro_batches)
@@ -195,7 +194,7 @@ def _micro_batches(engine: Engine, mini: Batch, train: TrainConfig) -> list[Batc
     else:
         slices = shard_rows(len(mini), engine.rank, engine.world, engine.micro_batches)
         picked = [mini.rows(sl) if sl.stop > sl.start else _empty_rows(mini) for sl in slices]
-    return [mb.trimmed().to(engine.device) for mb in picked]
+    return [prepare(mb, engine, train.pack_sequences, train.pack_row_tokens) for mb in picked]
 
 
 def mini_batch_rows(n: int, mini_batches: int) -> list[slice]:
@@ -213,15 +212,8 @@ def _proximal_logprobs(
     for mi, rows in enumerate(minis):
         mini = batch.rows(rows)
         for i, mb in enumerate(_micro_batches(engine, mini, train)):
-            logits = engine.forward_logits(mb)[:, :-1]
-            out[(mi, i)] = token_logprobs(logits, mb.input_ids[:, 1:], temperature=temperature)
+            out[(mi, i)] = _score(engine, mb, temperature, "none")[0]
     return out
-
-
-@torch.no_grad()
-def _reference_logprobs(ref_model, mb: Batch, temperature: float) -> torch.Tensor:
-    logits = ref_model(input_ids=mb.input_ids, attention_mask=mb.attention_mask).logits[:, :-1]
-    return token_logprobs(logits, mb.input_ids[:, 1:], temperature=temperature)
 
 
 def _empty_rows(batch: Batch) -> Batch:

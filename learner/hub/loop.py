@@ -114,6 +114,7 @@ class SocketLoop:
         self._sockets: list = []  # closed by `stop`
         self._wake_lock = threading.Lock()
         self.failure = ""  # why the loop thread ended, if it ended by an error
+        self.cpu_seconds = 0.0
         self.finished: Finished | None = None  # set once the run reached its end
 
     def bind(self, host: str, control: int, rollouts: int, weights: int) -> None:
@@ -201,6 +202,8 @@ class SocketLoop:
             poller.register(mon, zmq.POLLIN)
         next_housekeeping = next_finished = 0.0
         while not self._stop.is_set():
+            # This thread's CPU time: taken from the trainer when both share a core.
+            self.cpu_seconds = time.thread_time()
             # Held chunk requests are answered within a millisecond of their chunk's writing
             # (about the time a 4 MiB chunk takes to copy).
             events = dict(poller.poll(1 if self.serving.store.deferred else 50))

@@ -197,6 +197,7 @@ class Hub:
                 "staleness_counts": dict(sorted(self.staleness_counts.items())),
                 "generators_seen": sorted(self.generators.seen),
                 "generation_capacity": self.generators.capacity(),
+                "hub_cpu_seconds": self.loop.cpu_seconds,
             }
 
     def state_dict(self) -> dict:

@@ -1,0 +1,226 @@
+"""`asyncrl bench --only learning`: what η buys in learning, not only in tokens/s.
+
+One `asyncrl local` run on the tiny task per (η, objective, seed), all with the same step
+budget (so the same number of samples), learner and generators pinned to separate cores,
+held-out accuracy evaluated every `eval_every` steps. From each run's metrics.jsonl:
+accuracy against RL wall time (evaluation time taken out: it is the same work at every η)
+and against samples trained. Figures, per objective, relative to η = 0 of the same
+objective, over the mean of the seeds:
+
+- `time_to_target_speedup`: η = 0's wall time to first reach `target` held-out accuracy over
+  η's (> 1: η gets there sooner); None where a run never reaches it.
+- `final_accuracy_ratio`: final accuracy at the same sample budget over η = 0's.
+
+Written as `learning.json` and `learning.png` (matplotlib, the `bench` extra) in `out_dir`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+ETAS = (0, 1, 2, 4, 8)
+OBJECTIVES = ("ppo", "decoupled_ppo")
+SEEDS = (0, 1)
+
+
+def curve(
+    metrics_jsonl: Path, samples_per_step: int, rl_seconds: float | None = None
+) -> list[dict]:
+    """[{step, samples, seconds, accuracy}] at every evaluation, `seconds` counted from the
+    first record (RL start) with the evaluations' own time taken out. The final evaluation
+    (after the last step, no `eval_seconds` of its own) is written after the checkpoint and
+    export: its time is the loop's `rl_seconds` when given."""
+    points, t0, eval_total = [], None, 0.0
+    for line in metrics_jsonl.read_text().splitlines():
+        rec = json.loads(line)
+        if t0 is None:
+            t0 = rec["time"]
+        eval_total += rec.get("eval_seconds", 0.0)
+        if "eval_accuracy" in rec:
+            seconds = rec["time"] - t0 - eval_total
+            if rl_seconds is not None and rec["step"] > 0 and "eval_seconds" not in rec:
+                seconds = rl_seconds - eval_total
+            points.append(
+                {
+                    "step": rec["step"],
+                    "samples": rec["step"] * samples_per_step,
+                    "seconds": round(max(0.0, seconds), 3),
+                    "accuracy": rec["eval_accuracy"],
+                }
+            )
+    return points
+
+
+def time_to(points: list[dict], target: float) -> float | None:
+    """Wall seconds at the first evaluation at or above `target`."""
+    return next((p["seconds"] for p in points if p["accuracy"] >= target), None)
+
+
+def summarise(runs: dict, target: float) -> dict:
+    """Per objective and η: mean final accuracy and time to target over seeds, and both
+    relative to η = 0 (`runs[objective][eta]` is a list of curves, one per seed)."""
+    out: dict = {}
+    for objective, by_eta in runs.items():
+        rows = {}
+        for eta, curves in by_eta.items():
+            finals = [c[-1]["accuracy"] for c in curves if c]
+            times = [time_to(c, target) for c in curves]
+            reached = [t for t in times if t is not None]
+            rows[eta] = {
+                "final_accuracy": round(statistics.mean(finals), 4) if finals else None,
+                "final_accuracy_seeds": finals,
+                "time_to_target": (
+                    round(statistics.mean(reached), 2) if len(reached) == len(times) else None
+                ),
+                "time_to_target_seeds": times,
+                "rl_seconds": [c[-1]["seconds"] for c in curves if c],
+            }
+        base = rows.get(0)
+        for row in rows.values():
+            row["time_to_target_speedup"] = (
+                round(base["time_to_target"] / row["time_to_target"], 3)
+                if base and base["time_to_target"] and row["time_to_target"]
+                else None
+            )
+            row["final_accuracy_ratio"] = (
+                round(row["final_accuracy"] / base["final_accuracy"], 3)
+                if base and base["final_accuracy"] and row["final_accuracy"] is not None
+                else None
+            )
+        out[objective] = {f"eta={eta}": row for eta, row in sorted(rows.items())}
+    return out
+
+
+def plot(runs: dict, path: Path, target: float) -> bool:
+    """Accuracy vs wall time and vs samples, one colour per η, one row per objective; False
+    (nothing written) without matplotlib."""
+    try:
+        import matplotlib
+    except ImportError:
+        logger.warning("matplotlib not installed (pip install 'asyncrl[bench]'): no plot")
+        return False
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    objectives = list(runs)
+    fig, axes = plt.subplots(len(objectives), 2, figsize=(11, 3.6 * len(objectives)), squeeze=False)
+    colours = plt.get_cmap("viridis")
+    etas = sorted({eta for by_eta in runs.values() for eta in by_eta})
+    for r, objective in enumerate(objectives):
+        for eta, curves in sorted(runs[objective].items()):
+            colour = colours(etas.index(eta) / max(len(etas) - 1, 1))
+            for k, c in enumerate(curves):
+                label = f"η={eta}" if k == 0 else None
+                for col, x in ((0, "seconds"), (1, "samples")):
+                    axes[r][col].plot(
+                        [p[x] for p in c],
+                        [p["accuracy"] for p in c],
+                        color=colour,
+                        alpha=0.85,
+                        label=label,
+                        linestyle="-" if k == 0 else "--",
+                    )
+        for col, xlabel in ((0, "RL wall seconds (evaluation excluded)"), (1, "samples trained")):
+            ax = axes[r][col]
+            ax.axhline(target, color="grey", linewidth=0.6)
+            ax.set_xlabel(xlabel)
+            ax.set_ylabel("held-out accuracy")
+            ax.set_title(f"{objective}")
+            ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def bench_learning(
+    quick: bool,
+    etas: tuple[int, ...] = ETAS,
+    objectives: tuple[str, ...] = OBJECTIVES,
+    seeds: tuple[int, ...] = SEEDS,
+    steps: int | None = None,
+    eval_every: int | None = None,
+    target: float = 0.7,
+    out_dir: str | None = None,
+    extra: tuple[str, ...] = (),
+) -> dict:
+    """The grid, each run in its own output directory under `out_dir` (default: a temporary
+    directory; the JSON and PNG then go to the current directory's `bench-learning/`)."""
+    steps = steps or (30 if quick else 120)
+    eval_every = eval_every or max(1, steps // 10)
+    out = Path(out_dir or "bench-learning")
+    out.mkdir(parents=True, exist_ok=True)
+    runs: dict = {o: {} for o in objectives}
+    with tempfile.TemporaryDirectory(prefix="asyncrl-learning-") as tmp:
+        for seed in seeds:
+            for objective in objectives:
+                for eta in etas:
+                    run_dir = Path(tmp) / f"{objective}-eta{eta}-seed{seed}"
+                    c, per_step = _run(run_dir, eta, objective, seed, steps, eval_every, extra)
+                    rl = json.loads((run_dir / "summary.json").read_text())["rl_seconds"]
+                    runs[objective].setdefault(eta, []).append(curve(c, per_step, rl))
+                    # Kept after every run: a grid cut short still leaves its curves.
+                    partial = {o: {str(e): c for e, c in by.items()} for o, by in runs.items()}
+                    (out / "learning.partial.json").write_text(json.dumps(partial))
+                    logger.info(
+                        "learning %s eta=%d seed=%d: final accuracy %s",
+                        objective,
+                        eta,
+                        seed,
+                        runs[objective][eta][-1][-1:],
+                    )
+    result = {
+        "grid": {
+            "etas": list(etas),
+            "objectives": list(objectives),
+            "seeds": list(seeds),
+            "steps": steps,
+            "eval_every": eval_every,
+            "target": target,
+        },
+        "figures": summarise(runs, target),
+        "curves": {o: {str(e): c for e, c in by.items()} for o, by in runs.items()},
+    }
+    (out / "learning.json").write_text(json.dumps(result, indent=1))
+    plotted = plot(runs, out / "learning.png", target)
+    return {
+        "learning": result["figures"],
+        "learning_json": str(out / "learning.json"),
+        "learning_png": str(out / "learning.png") if plotted else None,
+    }
+
+
+def _run(run_dir, eta, objective, seed, steps, eval_every, extra) -> tuple[Path, int]:
+    from asyncrl.launch.config import load_config
+
+    overrides = [
+        f"train.steps={steps}",
+        f"eval.every={eval_every}",
+        "local.pin_cores=true",
+        f"buffer.max_staleness={eta}",
+        f"objective.name={objective}",
+        f"train.seed={seed}",
+        f"generator.seed={seed}",
+        f"data.shuffle_seed={seed}",
+        "learner.report_to=[jsonl]",
+        f"learner.output_dir={run_dir}",
+        *extra,
+    ]
+    cfg = load_config("tiny-cpu", list(overrides))
+    cmd = [sys.executable, "-m", "asyncrl.launch.cli", "local", *overrides]
+    env = dict(os.environ)
+    proc = subprocess.run(
+        [*cmd, "--log-level", "WARNING"], capture_output=True, text=True, timeout=3600, env=env
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"learning run {run_dir.name} failed:\n{proc.stderr[-3000:]}")
+    return run_dir / "metrics.jsonl", cfg.train.groups_per_step * cfg.sampling.group_size

@@ -1,0 +1,97 @@
+"""The pipeline bench's loss breakdown and busy verdict, and the learning bench's curves and
+relative figures, from hand-made run summaries (launch/bench_pipeline.py,
+launch/bench_learning.py)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from asyncrl.launch.bench_learning import curve, summarise, time_to
+from asyncrl.launch.bench_pipeline import figures, losses
+
+
+def _run(trained, gen, train, rl=10.0, **kw):
+    return {
+        "trained_tokens_per_second": trained,
+        "generation_tokens_per_second": gen,
+        "training_tokens_per_second": train,
+        "rl_seconds": rl,
+        "staleness_counts": {"0": 1},
+        "load_average": [0.1, 0.2],
+        **kw,
+    }
+
+
+def test_losses_name_the_binding_side_and_its_idle_time():
+    run = _run(
+        90.0,
+        100.0,
+        200.0,
+        phase_seconds={"wait": 4.0, "batch": 0.5, "update": 4.0, "publish": 0.5},
+        hub_cpu_seconds=0.3,
+        generator_phases=[{"generate": 9.5, "weights": 0.2, "lease": 0.1, "push": 0.1}],
+    )
+    out = losses(run)
+    # Generation binds (100 < 200). 900 tokens trained need 9 s of generation: 1 s lost of 10.
+    assert out["bottleneck"] == "generation" and out["lost_seconds"] == pytest.approx(1.0)
+    # Learner: 10 - (4 + 0.5 + 4 + 0.5) = 1 s in its loop outside the phases.
+    assert out["learner_loop_other"] == pytest.approx(1.0)
+    assert out["publish_on_step_path"] == 0.5 and out["hub_thread_cpu"] == 0.3
+    # 9.5 s generated, 9 s of it trained: 0.5 s of generation bought nothing.
+    assert out["generator_untrained_work"] == pytest.approx(0.5)
+    assert out["generator_weights"] == 0.2 and out["generator_gate"] == 0.0
+
+
+def test_figures_ideal_overlap_and_busy_verdict():
+    # Async 90 tok/s with gen 100 and train 150: serial 1/(1/100 + 1/150) = 60 tok/s;
+    # ideal overlap 100 / 60 = 1.667; sync 54 -> async_over_sync 90/54 = 1.667 -> of ideal 1.0.
+    a, s = _run(90.0, 100.0, 150.0), _run(54.0, 100.0, 150.0)
+    out = figures({4: [a], 0: [s]})
+    assert out["pipeline_efficiency_async"] == 0.9
+    assert out["ideal_overlap_ratio"] == pytest.approx(1.667, abs=1e-3)
+    assert out["async_over_sync_of_ideal"] == pytest.approx(1.0, abs=1e-3)
+    assert out["pipeline_efficiency_sync"] == 0.9  # 54 / 60
+    assert out["machine_busy"] is False and out["calibration_drift"] == 0.0
+    # The sync run's generation-only rate 20 % lower: the load changed between the sides.
+    out = figures({4: [a], 0: [_run(54.0, 80.0, 150.0)]})
+    assert out["calibration_drift"] == 0.2 and out["machine_busy"] is True
+
+
+def test_learning_curve_takes_evaluation_time_out(tmp_path):
+    lines = [
+        {"step": 0, "time": 100.0, "eval_accuracy": 0.3},
+        {"step": 1, "time": 101.0},
+        {"step": 2, "time": 104.0, "eval_accuracy": 0.5, "eval_seconds": 1.5},
+        {"step": 4, "time": 108.0, "eval_accuracy": 0.8, "eval_seconds": 1.5},
+    ]
+    path = tmp_path / "metrics.jsonl"
+    path.write_text("\n".join(json.dumps(x) for x in lines))
+    c = curve(path, samples_per_step=64)
+    # Step 2: 4 s after the start, 1.5 s of it evaluating -> 2.5; step 4: 8 - 3 = 5.
+    assert [p["seconds"] for p in c] == [0.0, 2.5, 5.0]
+    assert [p["samples"] for p in c] == [0, 128, 256]
+    assert time_to(c, 0.7) == 5.0 and time_to(c, 0.9) is None
+    # The final evaluation, written after checkpoint and export: the loop's own 9 s, less the
+    # 3 s of evaluations in it.
+    lines.append({"step": 5, "time": 130.0, "eval_accuracy": 0.9})
+    path.write_text("\n".join(json.dumps(x) for x in lines))
+    assert curve(path, 64, rl_seconds=9.0)[-1]["seconds"] == 6.0
+
+
+def test_learning_figures_relative_to_eta_zero():
+    def pts(*acc_at):
+        return [{"seconds": t, "accuracy": a, "samples": 0, "step": 0} for t, a in acc_at]
+
+    runs = {
+        "ppo": {
+            0: [pts((0, 0.3), (10, 0.72), (20, 0.8)), pts((0, 0.3), (12, 0.75), (20, 0.8))],
+            4: [pts((0, 0.3), (5, 0.7), (10, 0.76)), pts((0, 0.3), (7, 0.71), (10, 0.84))],
+        }
+    }
+    f = summarise(runs, target=0.7)["ppo"]
+    # η = 0 reaches 0.7 at 10 and 12 s (mean 11); η = 4 at 5 and 7 s (mean 6): 11/6 = 1.833.
+    assert f["eta=4"]["time_to_target_speedup"] == pytest.approx(1.833, abs=1e-3)
+    # Final accuracies: 0.8 both for η = 0; (0.76 + 0.84)/2 = 0.8 for η = 4: ratio 1.
+    assert f["eta=4"]["final_accuracy_ratio"] == 1.0 and f["eta=0"]["final_accuracy"] == 0.8
