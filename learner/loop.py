@@ -20,6 +20,7 @@ from asyncrl.learner.config import RunConfig
 from asyncrl.learner.engine import Batch, Engine, broadcast_batch, broadcast_flag
 from asyncrl.learner.evaluation import eval_reward, evaluate_rows
 from asyncrl.learner.publishers import WeightPublisher
+from asyncrl.learner.rewards.config import eval_reward_config
 from asyncrl.learner.step import build_batch, train_step
 
 logger = logging.getLogger(__name__)
@@ -38,7 +39,8 @@ def evaluate(
     if engine.rank != 0 and cfg.train.zero_stage != 3:
         return None
     ev = cfg.eval
-    reward = eval_reward(cfg.reward) if engine.rank == 0 else None
+    scoring = eval_reward_config(cfg.reward, ev.functions)
+    reward = eval_reward(scoring) if engine.rank == 0 else None
     out = evaluate_rows(
         engine.model,
         tokenizer,
@@ -56,6 +58,7 @@ def evaluate(
             ("eval_reward_mean", hub.metrics.eval_reward_mean),
             ("eval_accuracy", hub.metrics.eval_accuracy),
             ("eval_pass_at_k", hub.metrics.eval_pass_at_k),
+            ("eval_maj_at_k", hub.metrics.eval_maj_at_k),
         ):
             if name in out:
                 gauge.set(out[name])

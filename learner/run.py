@@ -174,14 +174,16 @@ def _build_tracking(cfg: RunConfig, hub) -> Tracking:
 def _build_hub(cfg: RunConfig, train_path: str, tokenizer):
     from asyncrl.learner.hub import Hub
     from asyncrl.learner.hub.core import RateLimitedLog
+    from asyncrl.learner.hub.keep import lease_samples
     from asyncrl.learner.metrics import LearnerMetrics
     from asyncrl.protocol.sockets import learner_receive_limits, setup_socket_factory
 
-    prompts = PromptSource(
-        load_rows(train_path), tokenizer, cfg.data.prompt_field, seed=cfg.data.shuffle_seed
-    )
+    rows = load_rows(train_path)
+    if cfg.data.test_time:
+        rows = rows[: cfg.data.eval_size]  # exactly the prompts evaluation scores
+    prompts = PromptSource(rows, tokenizer, cfg.data.prompt_field, seed=cfg.data.shuffle_seed)
     # Per-frame limits from the configured maxima, not a fixed 512 MiB.
-    receive = learner_receive_limits(cfg.sampling.group_size, cfg.sampling.max_new_tokens)
+    receive = learner_receive_limits(lease_samples(cfg), cfg.sampling.max_new_tokens)
     metrics = LearnerMetrics()
     denied_log = RateLimitedLog()
 

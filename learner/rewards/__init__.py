@@ -10,9 +10,12 @@ to import.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from asyncrl.learner.rewards.config import OverlongConfig, RewardConfig
+
+if TYPE_CHECKING:
+    from asyncrl.learner.rewards.combine import CombinedReward
 
 __all__ = [
     "OverlongConfig",
@@ -36,6 +39,9 @@ class RewardInput:
     completion_ids: list[list[int]]  # the generated token ids, one list per completion
     row: dict  # the dataset row
     step: int = 0  # the policy version that sampled the group (TRL's trainer_state.global_step)
+    # Test-time RL: the row's label, withheld from `row`; for label metrics only (TTRL's
+    # pseudo-label accuracy), never for a reward.
+    withheld_label: Any = None
 
     @property
     def chat(self) -> bool:
@@ -47,6 +53,9 @@ class RewardResult:
     # One per completion; None = this function gives this sample no reward (TRL's contract).
     rewards: list[float | None]
     metrics: dict[str, float] = field(default_factory=dict)  # averaged over groups
+    # A voting reward's answer per completion (equal ids = equivalent answers, -1 = none):
+    # lets the learner keep a subsample stratified by answer (reward.ttrl.keep).
+    clusters: list[int] | None = None
 
 
 class RewardFunction(Protocol):
@@ -62,8 +71,9 @@ def completion_text(c: Any) -> str:
     return str(c)
 
 
-def setup_reward(cfg: RewardConfig) -> RewardFunction:
-    """The configured functions, weighted and summed (see `combine.CombinedReward`)."""
+def setup_reward(cfg: RewardConfig) -> CombinedReward:
+    """The configured functions, weighted and summed (see `combine.CombinedReward`; it also
+    scores ReMax's greedy baseline, `score_baseline`)."""
     from asyncrl.learner.rewards.combine import CombinedReward
 
     return CombinedReward(cfg)

@@ -29,7 +29,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 from asyncrl.learner.rewards import RewardInput
 from asyncrl.learner.rewards.config import RewardConfig
@@ -60,6 +60,7 @@ class Scored:
     rewards: list[float]
     metrics: dict[str, float] = field(default_factory=dict)
     baseline_reward: float | None = None
+    clusters: list[int] | None = None  # the voting reward's answer per sample, if any
 
 
 @dataclass
@@ -103,12 +104,9 @@ def _worker_main(cfg: RewardConfig, conn, parent: int) -> None:
                 res = fn(job.input)
                 baseline = None
                 if job.baseline is not None:
-                    one = replace(
-                        job.input, completions=[job.baseline], completion_ids=[job.baseline_ids]
-                    )
-                    baseline = float(fn(one).rewards[0] or 0.0)
+                    baseline = float(fn.score_baseline(job.input, job.baseline, job.baseline_ids))
                 rewards = [float(r or 0.0) for r in res.rewards]  # combined: never None
-                out: Outcome = Scored(rewards, dict(res.metrics), baseline)
+                out: Outcome = Scored(rewards, dict(res.metrics), baseline, res.clusters)
             except Exception as exc:  # the group fails; the worker and the run go on
                 out = Failed("reward_error", repr(exc))
             conn.send(out)
