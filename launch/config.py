@@ -19,6 +19,7 @@ from asyncrl.generators.config import GeneratorConfig
 from asyncrl.launch.config_errors import format_validation_error, yaml_error_line
 from asyncrl.launch.tiny import TinyTaskConfig
 from asyncrl.learner.config import DataConfig, EvalConfig, LearnerConfig, TrainConfig
+from asyncrl.learner.loop_defaults import apply_loop_defaults
 from asyncrl.learner.loss_config import AdvantageConfig, ObjectiveConfig
 from asyncrl.learner.rewards import RewardConfig
 from asyncrl.learner.rewards.config import LABELLED_REWARDS
@@ -64,6 +65,7 @@ class AsyncRLConfig(_Strict):
                 "task only fits the embedded model; set data.train_path"
             )
         sequences = self.train.groups_per_step * self.sampling.group_size
+        apply_loop_defaults(self.objective, self.train, sequences)
         if self.train.mini_batches > sequences:
             raise ValueError(
                 f"train.mini_batches ({self.train.mini_batches}) exceeds the sequences per batch "

@@ -21,6 +21,7 @@ from asyncrl.learner.config import RunConfig
 from asyncrl.learner.data import PromptSource, load_rows
 from asyncrl.learner.engine import Engine, init_distributed, shutdown_distributed
 from asyncrl.learner.loop import StepLoop, evaluate, fmt_accuracy
+from asyncrl.learner.loop_defaults import loop_warnings
 from asyncrl.learner.publishers import make_publisher
 from asyncrl.learner.step import load_reference
 from asyncrl.learner.tracking import Tracking, check_trackers, make_trackers
@@ -58,6 +59,9 @@ def run_learner(
     from transformers import AutoTokenizer
 
     rank, world = init_distributed(device)
+    if rank == 0:
+        for line in loop_warnings(cfg.objective, cfg.train):
+            logger.warning(line)
     # A configured tracker that cannot run is a config error: say so before any model loads,
     # on every rank (one rank failing alone would leave the others waiting in a collective).
     check_trackers(cfg.learner.report_to)
