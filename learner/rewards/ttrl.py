@@ -79,11 +79,11 @@ def agrees(answer: str | None, label: str | None) -> bool:
 class TTRLReward:
     """1.0 for completions agreeing with the group's majority answer, else 0.0.
 
-    Metrics (averaged over groups): ttrl_majority_frac, the majority ratio (share of the voters
-    that agree with the label); and where the row's label is known (in the row, or withheld at
-    test time): ttrl_label_accuracy, whether the pseudo label is right (maj@N over the voted
-    samples), and ttrl_reward_accuracy, the share of samples whose pseudo reward equals the
-    reward the label would give.
+    Metrics (averaged over groups): ttrl_majority_frac, the majority ratio (share of the
+    samples that agree with the pseudo label); and where the row's label is known (in the row,
+    or withheld at test time): ttrl_label_accuracy, whether the pseudo label is right (maj@N
+    over the voted samples), and ttrl_reward_accuracy, the share of samples whose pseudo
+    reward equals the reward the label would give.
     """
 
     def __init__(self, cfg: RewardConfig):
