@@ -21,15 +21,20 @@ class ResolvedData:
 def resolve_data(cfg: AsyncRLConfig) -> ResolvedData:
     """The user's model and data, or the embedded tiny task (built once, cached)."""
     if cfg.model.path is not None:
-        return ResolvedData(cfg.model.path, cfg.data.train_path, cfg.data.eval_path)
-    from asyncrl.launch.tiny import setup_tiny_assets
+        data = ResolvedData(cfg.model.path, cfg.data.train_path, cfg.data.eval_path)
+    else:
+        from asyncrl.launch.tiny import setup_tiny_assets
 
-    assets = setup_tiny_assets(cfg.tiny)
-    return ResolvedData(
-        assets.model_path,
-        cfg.data.train_path or assets.train_path,
-        cfg.data.eval_path or assets.eval_path,
-    )
+        assets = setup_tiny_assets(cfg.tiny)
+        data = ResolvedData(
+            assets.model_path,
+            cfg.data.train_path or assets.train_path,
+            cfg.data.eval_path or assets.eval_path,
+        )
+    if cfg.data.test_time:
+        # Test-time RL: the evaluation prompts are the training prompts (labels withheld).
+        data.train_path = data.eval_path
+    return data
 
 
 def resolve_device(choice: str) -> str:

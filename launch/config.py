@@ -21,8 +21,10 @@ from asyncrl.launch.config_errors import format_validation_error, yaml_error_lin
 from asyncrl.launch.tiny import TinyTaskConfig
 from asyncrl.learner.config import DataConfig, EvalConfig, LearnerConfig, TrainConfig
 from asyncrl.learner.critic_config import CriticConfig
+from asyncrl.learner.loop_defaults import apply_loop_defaults
 from asyncrl.learner.loss_config import AdvantageConfig, ObjectiveConfig
 from asyncrl.learner.rewards import RewardConfig
+from asyncrl.learner.rewards.config import LABELLED_REWARDS
 from asyncrl.protocol.settings import ModelConfig, SamplingConfig, SecurityConfig
 from asyncrl.protocol.settings import StrictModel as _Strict
 
@@ -59,16 +61,25 @@ class AsyncRLConfig(_Strict):
 
     @model_validator(mode="after")
     def _cross_field(self) -> AsyncRLConfig:
-        if self.data.train_path is None and self.model.path is not None:
+        if self.data.test_time:
+            _check_test_time(self)
+        elif self.data.train_path is None and self.model.path is not None:
             raise ValueError(
                 "model.path is set but data.train_path is not: the embedded tiny "
                 "task only fits the embedded model; set data.train_path"
             )
         sequences = self.train.groups_per_step * self.sampling.group_size
+        apply_loop_defaults(self.objective, self.train, sequences)
         if self.train.mini_batches > sequences:
             raise ValueError(
                 f"train.mini_batches ({self.train.mini_batches}) exceeds the sequences per batch "
                 f"(train.groups_per_step x sampling.group_size = {sequences}); lower it"
+            )
+        vote = self.reward.ttrl.vote_size
+        if vote is not None and vote < self.sampling.group_size:
+            raise ValueError(
+                f"reward.ttrl.vote_size ({vote}) is below sampling.group_size "
+                f"({self.sampling.group_size}): the learner trains on G of the N voted samples"
             )
         if (
             self.reward.overlong.enabled
@@ -93,6 +104,24 @@ class AsyncRLConfig(_Strict):
                     "empty to follow train.zero_stage"
                 )
         return self
+
+
+def _check_test_time(cfg: AsyncRLConfig) -> None:
+    """Test-time RL trains on the evaluation prompts, label-free."""
+    labelled = [s for s, _ in cfg.reward.resolved() if s in LABELLED_REWARDS]
+    if labelled:
+        raise ValueError(
+            f"data.test_time trains without labels, but reward {', '.join(labelled)} compares "
+            "with the label; use a label-free reward (reward.name: ttrl)"
+        )
+    if cfg.data.train_path is not None:
+        raise ValueError(
+            "data.test_time trains on data.eval_path's prompts; leave data.train_path empty"
+        )
+    if cfg.model.path is not None and cfg.data.eval_path is None:
+        raise ValueError(
+            "data.test_time needs data.eval_path: the prompts to train and evaluate on"
+        )
 
 
 class ConfigError(ValueError):

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from asyncrl.learner.data import DataError, read_rows
+from asyncrl.learner.rewards.config import LABELLED_REWARDS, eval_reward_config
 
 if TYPE_CHECKING:
     from asyncrl.launch.config import AsyncRLConfig
@@ -128,11 +129,16 @@ def check_tokenizer(model_dir: str):
 def label_fields(cfg: AsyncRLConfig) -> dict[str, tuple[str, str]]:
     """Which row field each dataset must have, and the setting that names it: the built-in
     rewards that compare with a ground truth (exact, math) read `reward.answer_field`, in
-    training and in the evaluation, which scores with the same reward."""
-    if not {spec for spec, _ in cfg.reward.resolved()} & {"exact", "math"}:
-        return {}
+    training and in the evaluation (`eval.functions`, else the training reward with ttrl
+    scored as math)."""
     need = (cfg.reward.answer_field, "reward.answer_field")
-    return {"data.train_path": need, "data.eval_path": need}
+    scored = eval_reward_config(cfg.reward, cfg.eval.functions)
+    out = {}
+    if {spec for spec, _ in cfg.reward.resolved()} & set(LABELLED_REWARDS):
+        out["data.train_path"] = need
+    if {spec for spec, _ in scored.resolved()} & set(LABELLED_REWARDS):
+        out["data.eval_path"] = need
+    return out
 
 
 def check_data(cfg: AsyncRLConfig) -> dict[str, tuple[list[dict], list[str]]]:

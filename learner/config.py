@@ -15,6 +15,7 @@ from asyncrl.buffer.config import BufferConfig
 from asyncrl.learner.critic_config import CriticConfig
 from asyncrl.learner.loss_config import AdvantageConfig, ObjectiveConfig
 from asyncrl.learner.rewards import RewardConfig
+from asyncrl.learner.rewards.config import BUILTIN_REWARDS
 from asyncrl.protocol.blob import MAX_WEIGHT_CHUNK_BYTES
 from asyncrl.protocol.settings import (
     MetricsHttpSettings,
@@ -39,6 +40,14 @@ class DataConfig(StrictModel):
     prompt_field: str = Field("prompt", description="Row field holding the prompt text.")
     eval_size: int = Field(256, ge=1, description="At most this many held-out rows are scored.")
     shuffle_seed: int = Field(0, description="Seed of the per-epoch prompt order.")
+    test_time: bool = Field(
+        False,
+        description="Test-time RL (TTRL): train on the evaluation prompts themselves (the first "
+        "eval_size rows of eval_path, or the tiny task's held-out split) instead of "
+        "train_path, without their labels: the reward functions never see "
+        "reward.answer_field (only label-free rewards may train; the label feeds metrics "
+        "such as ttrl_label_accuracy). Accuracy is then reported on those same prompts.",
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -56,7 +65,8 @@ def _refuse_moved(data: Any, section: str, moved: dict[str, str]) -> Any:
 
 
 class EvalConfig(StrictModel):
-    """Held-out evaluation, scored with the training reward (`reward.functions`)."""
+    """Held-out evaluation, scored with the training reward (`reward.functions`) unless
+    `functions` says otherwise."""
 
     every: int = Field(
         20, ge=0, description="Held-out evaluation every N steps; 0 = only before and after."
@@ -70,11 +80,35 @@ class EvalConfig(StrictModel):
     temperature: float = Field(
         1.0, gt=0.0, description="Sampling temperature when eval.samples > 1."
     )
+    functions: list[str] | None = Field(
+        None,
+        description="Reward functions scoring held-out completions (weights 1), as "
+        "reward.functions. Empty: the training reward, with a label-free ttrl scored as math "
+        "(the answer against the label; a vote over one completion always agrees with itself).",
+    )
     success_threshold: float = Field(
         1.0,
         description="A completion counts as solved (accuracy, pass@k) when its reward, the "
         "weighted sum of reward.functions, reaches this.",
     )
+
+    @model_validator(mode="after")
+    def _check(self) -> EvalConfig:
+        if self.functions is not None:
+            if not self.functions:
+                raise ValueError("eval.functions is empty: name a function, or leave it unset")
+            for spec in self.functions:
+                if spec == "ttrl":
+                    raise ValueError(
+                        "eval.functions: ttrl scores agreement with a vote, not accuracy; "
+                        "use math or exact (the label)"
+                    )
+                if spec not in BUILTIN_REWARDS and ":" not in spec:
+                    raise ValueError(
+                        f"eval.functions entry {spec!r} is neither a built-in "
+                        f"({', '.join(BUILTIN_REWARDS)}) nor 'module:function'"
+                    )
+        return self
 
 
 class TrainConfig(StrictModel):

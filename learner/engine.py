@@ -19,6 +19,7 @@ from typing import NoReturn, TypeVar
 import torch
 import torch.distributed as dist
 
+from asyncrl.learner.ds_config import deepspeed_config
 from asyncrl.protocol.sockets import free_port
 
 logger = logging.getLogger(__name__)
@@ -201,34 +202,6 @@ def _grad_l2_norm(parameters) -> float:
     if not norms:
         return 0.0
     return float(torch.linalg.vector_norm(torch.stack(norms), 2))
-
-
-def deepspeed_config(train_cfg, dtype: str, world: int, micro_batches: int) -> dict:
-    """Our config mapped onto DeepSpeed's; `train.deepspeed` is merged over it."""
-    cfg: dict = {
-        "train_micro_batch_size_per_gpu": train_cfg.micro_batch_size,
-        "gradient_accumulation_steps": micro_batches,
-        "train_batch_size": train_cfg.micro_batch_size * micro_batches * world,
-        "gradient_clipping": train_cfg.grad_clip,
-        "zero_optimization": {"stage": train_cfg.zero_stage},
-        "zero_allow_untested_optimizer": True,
-        "steps_per_print": 10**9,
-        "wall_clock_breakdown": False,
-    }
-    if train_cfg.zero_stage == 3:
-        cfg["zero_optimization"]["stage3_gather_16bit_weights_on_model_save"] = True
-    if dtype == "bfloat16":
-        cfg["bf16"] = {"enabled": True}
-    elif dtype == "float16":
-        cfg["fp16"] = {"enabled": True}
-    return _merge(cfg, train_cfg.deepspeed)
-
-
-def _merge(base: dict, over: dict) -> dict:
-    out = dict(base)
-    for k, v in over.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
 
 
 def _causal_lm(path: str, dtype: torch.dtype) -> torch.nn.Module:

@@ -4,7 +4,8 @@ Each held-out row's prompt (the chat template applied to `messages` rows, as for
 gets `eval.samples` completions (one greedy completion when 1), scored by the configured
 reward functions, the same extractors and verifiers as training. Reported: mean reward,
 accuracy (the fraction of completions that reach `eval.success_threshold`) over the rows that
-carry a label in `reward.answer_field`, and pass@k with k = samples (the unbiased estimator of
+carry a label in `reward.answer_field`, maj@k there (k > 1: the majority answer is the label, as
+TTRL votes), and pass@k with k = samples (the unbiased estimator of
 Chen et al. 2021, which with n = k samples is "any of them solved"). A model whose samples
 often solve a row that its typical sample fails is one RL can sharpen. All functions work on
 whatever device and dtype the model is on.
@@ -236,7 +237,8 @@ def score_rows(
     ]
     rewards_sum, n_samples, errors = 0.0, 0, 0
     solved_labelled, n_labelled, pass_sum, n_rows = 0, 0, 0.0, 0
-    for row, res in zip(rows, _score_all(reward, inputs)):
+    maj_right, maj_rows = 0, 0
+    for row, inp, res in zip(rows, inputs, _score_all(reward, inputs)):
         if isinstance(res, str):
             errors += 1
             logger.warning("evaluation: reward failed on a held-out row: %s", res)
@@ -250,13 +252,27 @@ def score_rows(
         if row.get(answer_field) is not None:
             solved_labelled += solved
             n_labelled += len(values)
+            if len(values) > 1:
+                maj_right += majority_correct(inp.completions, row[answer_field])
+                maj_rows += 1
     out = {"eval_reward_errors": float(errors), "eval_rows": float(n_rows)}
     if n_rows:
         out["eval_reward_mean"] = rewards_sum / n_samples
         out["eval_pass_at_k"] = pass_sum / n_rows
     if n_labelled:
         out["eval_accuracy"] = solved_labelled / n_labelled
+    if maj_rows:
+        out["eval_maj_at_k"] = maj_right / maj_rows
     return out
+
+
+def majority_correct(completions: Sequence[str], label) -> bool:
+    """maj@k: whether the majority answer of a row's k completions (TTRL's vote, its answer
+    extraction and cheap equivalence) is the label."""
+    from asyncrl.learner.rewards.math import extract_answer, gold_answer
+    from asyncrl.learner.rewards.ttrl import agrees, majority
+
+    return agrees(majority([extract_answer(c) for c in completions]), gold_answer(label))
 
 
 def evaluate_rows(

@@ -20,6 +20,7 @@ from asyncrl.learner.config import RunConfig
 from asyncrl.learner.engine import Batch, Engine, broadcast_batch, broadcast_flag, broadcast_text
 from asyncrl.learner.evaluation import EnvHooks, eval_reward, evaluate_rows
 from asyncrl.learner.publishers import WeightPublisher
+from asyncrl.learner.rewards.config import eval_reward_config
 from asyncrl.learner.step import build_batch, train_step
 
 logger = logging.getLogger(__name__)
@@ -48,7 +49,8 @@ def evaluate(
     if engine.rank != 0 and cfg.train.zero_stage != 3:
         return None
     ev = cfg.eval
-    reward = eval_reward(cfg.reward) if engine.rank == 0 else None
+    scoring = eval_reward_config(cfg.reward, ev.functions)
+    reward = eval_reward(scoring) if engine.rank == 0 else None
     max_new = cfg.sampling.max_new_tokens  # live on rank 0 (asyncrl ctl): ranks use its value
     if cfg.train.zero_stage == 3 and engine.world > 1:
         max_new = int(broadcast_text(str(max_new), engine.world))
@@ -70,6 +72,7 @@ def evaluate(
             ("eval_reward_mean", hub.metrics.eval_reward_mean),
             ("eval_accuracy", hub.metrics.eval_accuracy),
             ("eval_pass_at_k", hub.metrics.eval_pass_at_k),
+            ("eval_maj_at_k", hub.metrics.eval_maj_at_k),
         ):
             if name in out:
                 gauge.set(out[name])

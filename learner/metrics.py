@@ -132,6 +132,36 @@ class LearnerMetrics:
             "Held-out pass@k (k = eval.samples) at the last evaluation.",
             registry=r,
         )
+        self.eval_maj_at_k = Gauge(
+            "asyncrl_eval_maj_at_k",
+            "Held-out maj@k (k = eval.samples > 1) at the last evaluation: fraction of labelled "
+            "rows whose majority answer is the label.",
+            registry=r,
+        )
+        # TTRL (reward ttrl): what explains whether label-free rewards work.
+        self.ttrl_majority_frac = Gauge(
+            "asyncrl_ttrl_majority_frac",
+            "TTRL majority ratio of the last step's groups: share of the voted samples that "
+            "agree with the pseudo label.",
+            registry=r,
+        )
+        self.ttrl_label_accuracy = Gauge(
+            "asyncrl_ttrl_label_accuracy",
+            "TTRL pseudo-label accuracy of the last step's groups (maj@N of the voted "
+            "samples; rows with a label, withheld at test time, only).",
+            registry=r,
+        )
+        self.ttrl_reward_accuracy = Gauge(
+            "asyncrl_ttrl_reward_accuracy",
+            "TTRL reward accuracy of the last step's groups: share of samples whose pseudo "
+            "reward equals the reward the label gives.",
+            registry=r,
+        )
+        self.samples_unkept = Counter(
+            "asyncrl_rollout_samples_unkept",
+            "Samples of scored groups voted on (reward.ttrl.vote_size) but not kept for training.",
+            registry=r,
+        )
         self.publish_seconds = Histogram(
             "asyncrl_weight_publish_seconds",
             "Time to gather, serialise and announce weights.",
@@ -307,6 +337,10 @@ class LearnerMetrics:
                 "eval_accuracy": self.eval_accuracy,
                 "eval_reward_mean": self.eval_reward_mean,
                 "eval_pass_at_k": self.eval_pass_at_k,
+                "eval_maj_at_k": self.eval_maj_at_k,
+                "ttrl_majority_frac": self.ttrl_majority_frac,
+                "ttrl_label_accuracy": self.ttrl_label_accuracy,
+                "ttrl_reward_accuracy": self.ttrl_reward_accuracy,
             },
         )
         for phase in PHASES:

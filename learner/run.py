@@ -23,6 +23,7 @@ from asyncrl.learner.dpo_step import rows_per_step
 from asyncrl.learner.engine import Engine, init_distributed, shutdown_distributed
 from asyncrl.learner.evaluation import EnvHooks
 from asyncrl.learner.loop import StepLoop, evaluate, fmt_accuracy
+from asyncrl.learner.loop_defaults import loop_warnings
 from asyncrl.learner.publishers import make_publisher
 from asyncrl.learner.step import load_reference
 from asyncrl.learner.tracking import Tracking, check_trackers, make_trackers
@@ -62,6 +63,9 @@ def run_learner(
     from transformers import AutoTokenizer
 
     rank, world = init_distributed(device)
+    if rank == 0:
+        for line in loop_warnings(cfg.objective, cfg.train):
+            logger.warning(line)
     # A configured tracker that cannot run is a config error: say so before any model loads,
     # on every rank (one rank failing alone would leave the others waiting in a collective).
     check_trackers(cfg.learner.report_to)
@@ -208,6 +212,7 @@ def _build_tracking(cfg: RunConfig, hub) -> Tracking:
 def _build_hub(cfg: RunConfig, train_path: str, tokenizer, env: EnvHooks | None):
     from asyncrl.learner.hub import Hub
     from asyncrl.learner.hub.core import RateLimitedLog
+    from asyncrl.learner.hub.keep import lease_samples
     from asyncrl.learner.metrics import LearnerMetrics
     from asyncrl.protocol.sockets import (
         learner_receive_limits,
@@ -215,15 +220,18 @@ def _build_hub(cfg: RunConfig, train_path: str, tokenizer, env: EnvHooks | None)
         setup_socket_factory,
     )
 
+    rows = load_rows(train_path)
+    if cfg.data.test_time:
+        rows = rows[: cfg.data.eval_size]  # exactly the prompts evaluation scores
     prompts = PromptSource(
-        load_rows(train_path),
+        rows,
         tokenizer,
         cfg.data.prompt_field,
         seed=cfg.data.shuffle_seed,
         tools=env.tools if env is not None else None,
     )
     # Per-frame limits from the configured maxima, not a fixed 512 MiB.
-    receive = learner_receive_limits(cfg.sampling.group_size, cfg.sampling.max_new_tokens)
+    receive = learner_receive_limits(lease_samples(cfg), cfg.sampling.max_new_tokens)
     metrics = LearnerMetrics()
     denied_log = RateLimitedLog()
 

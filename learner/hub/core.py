@@ -14,6 +14,7 @@ import time
 from asyncrl.buffer.ledger import Ledger
 from asyncrl.buffer.replay import Dropped
 from asyncrl.learner.config import RunConfig
+from asyncrl.learner.hub.keep import lease_samples
 from asyncrl.learner.metrics import LearnerMetrics
 
 logger = logging.getLogger("asyncrl.learner.hub")
@@ -53,7 +54,8 @@ class HubCore:
         self.cfg = cfg
         self.metrics = metrics
         self.lock = threading.Condition()
-        self.ledger = Ledger(cfg.buffer, cfg.train.groups_per_step, cfg.sampling.group_size)
+        # A lease asks for N samples when TTRL votes over more than it trains on.
+        self.ledger = Ledger(cfg.buffer, cfg.train.groups_per_step, lease_samples(cfg))
         self.version = 0
         self.log = RateLimitedLog()
 

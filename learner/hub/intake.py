@@ -17,6 +17,7 @@ from asyncrl.learner.data import PromptSource
 from asyncrl.learner.hub.core import HubCore
 from asyncrl.learner.hub.generators import Generators
 from asyncrl.learner.hub.groups import GroupData
+from asyncrl.learner.hub.keep import keep_indices, keep_rng
 from asyncrl.learner.rewards import RewardInput, has_variance
 from asyncrl.learner.rewards.pool import Failed, Outcome, RewardJob, RewardPool
 from asyncrl.protocol.codec import ProtocolError
@@ -48,6 +49,11 @@ class Intake:
             max_new_tokens=core.cfg.sampling.max_new_tokens,
             min_logprob=core.cfg.learner.min_logprob,
         )
+        cfg = core.cfg
+        self.keep_mode = cfg.reward.ttrl.keep
+        self.seed = cfg.train.seed
+        self.test_time = cfg.data.test_time
+        self.answer_field = cfg.reward.answer_field
         self.prompt_field = core.cfg.data.prompt_field
         self.max_failures = core.cfg.reward.max_consecutive_failures
         self.failures_in_row = 0  # groups failed in the reward since the last one scored
@@ -103,15 +109,21 @@ class Intake:
         if msg.loss_mask is not None:
             # Rewards score an episode's final answer: its last model turn.
             samples = [last_model_turn(msg.tokens[s], msg.loss_mask[s]) for s in slices]
+        row, withheld = prompt.row, None
+        if self.test_time:
+            # Test-time RL: no reward sees the label; it only feeds label metrics.
+            withheld = row.get(self.answer_field)
+            row = {k: v for k, v in row.items() if k != self.answer_field}
         inp = RewardInput(
-            prompt=prompt.row.get(self.prompt_field, prompt.text),
+            prompt=row.get(self.prompt_field, prompt.text),
             prompt_text=prompt.text,
             completions=[self._decode(ids) for ids in samples],
             completion_ids=[ids.tolist() for ids in samples],
-            row=prompt.row,
+            row=row,
             step=int(msg.version),
             finish_reasons=list(msg.finish_reasons),
             episodes=msg.loss_mask is not None,
+            withheld_label=withheld,
         )
         # Read per group: `reward.weights` may change on a live run (learner.hub.tuning).
         job = RewardJob(inp, weights=[w for _, w in self.core.cfg.reward.resolved()])
@@ -144,23 +156,35 @@ class Intake:
                     core.drop("reward_error", f"reward failed on a group from {gid}: {out.detail}")
             return
         slices = msg.sample_slices()
-        rewards = np.asarray(out.rewards, dtype=np.float32)
+        # TTRL: the reward voted over the lease's N samples; G of them are trained on (G read
+        # per group: sampling.group_size may change on a live run).
+        kept = keep_indices(
+            len(slices),
+            min(self.core.cfg.sampling.group_size, len(slices)),
+            self.keep_mode,
+            keep_rng(self.seed, msg.lease_id),
+            out.clusters,
+        )
+        rewards = np.asarray(out.rewards, dtype=np.float32)[kept]
         if msg.env_rewards is not None:
-            rewards = rewards + msg.env_rewards  # the environment's per-turn rewards
+            rewards = rewards + msg.env_rewards[kept]  # the environment's per-turn rewards
         data = GroupData(
             prompt=self.prompts.prompts[rec.prompt_index],
-            responses=[np.array(msg.tokens[s]) for s in slices],
-            logprobs=[np.array(msg.logprobs[s]) for s in slices],
-            versions=[np.array(msg.versions[s]) for s in slices],
+            responses=[np.array(msg.tokens[slices[i]]) for i in kept],
+            logprobs=[np.array(msg.logprobs[slices[i]]) for i in kept],
+            versions=[np.array(msg.versions[slices[i]]) for i in kept],
             rewards=rewards,
-            finish_reasons=list(msg.finish_reasons),
+            finish_reasons=[msg.finish_reasons[i] for i in kept],
             generator_id=gid,
             baseline_reward=out.baseline_reward,
             reward_metrics=dict(out.metrics),
-            masks=None if msg.loss_mask is None else [np.array(msg.loss_mask[s]) for s in slices],
+            masks=None
+            if msg.loss_mask is None
+            else [np.array(msg.loss_mask[slices[i]]) for i in kept],
         )
         with core.lock:
             self.failures_in_row = 0
+            core.metrics.samples_unkept.inc(len(slices) - len(kept))
             # Read under the lock: buffer.filter_zero_variance may change on a live run.
             if core.cfg.buffer.filter_zero_variance and not has_variance(rewards.tolist()):
                 core.ledger.on_group_rejected(rec, "filtered")

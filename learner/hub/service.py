@@ -358,7 +358,7 @@ class Hub:
         return Lease(
             lease_id=got.lease_id,
             prompt_ids=self.prompts.prompts[got.prompt_index].token_ids,
-            group_size=s.group_size,
+            group_size=got.group_size,  # the ledger's: N samples when TTRL votes over N
             sampling=s,  # the codec sends SamplingParams' fields of the section
             deadline=got.deadline,
             issued_version=msg.version,

@@ -10,9 +10,12 @@ to import.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from asyncrl.learner.rewards.config import OverlongConfig, RewardConfig
+
+if TYPE_CHECKING:
+    from asyncrl.learner.rewards.combine import CombinedReward
 
 __all__ = [
     "OverlongConfig",
@@ -41,6 +44,9 @@ class RewardInput:
     # Multi-turn episodes: completions are the final answers (last model turns), and plug-ins
     # get `finish_reasons` as a keyword.
     episodes: bool = False
+    # Test-time RL: the row's label, withheld from `row`; for label metrics only (TTRL's
+    # pseudo-label accuracy), never for a reward.
+    withheld_label: Any = None
 
     @property
     def chat(self) -> bool:
@@ -52,6 +58,9 @@ class RewardResult:
     # One per completion; None = this function gives this sample no reward (TRL's contract).
     rewards: list[float | None]
     metrics: dict[str, float] = field(default_factory=dict)  # averaged over groups
+    # A voting reward's answer per completion (equal ids = equivalent answers, -1 = none):
+    # lets the learner keep a subsample stratified by answer (reward.ttrl.keep).
+    clusters: list[int] | None = None
 
 
 class RewardFunction(Protocol):
@@ -67,8 +76,9 @@ def completion_text(c: Any) -> str:
     return str(c)
 
 
-def setup_reward(cfg: RewardConfig) -> RewardFunction:
-    """The configured functions, weighted and summed (see `combine.CombinedReward`)."""
+def setup_reward(cfg: RewardConfig) -> CombinedReward:
+    """The configured functions, weighted and summed (see `combine.CombinedReward`; it also
+    scores ReMax's greedy baseline, `score_baseline`)."""
     from asyncrl.learner.rewards.combine import CombinedReward
 
     return CombinedReward(cfg)

@@ -92,8 +92,11 @@ class CombinedReward:
         n = len(texts)
         totals: list[float | None] = [None] * n
         metrics: dict[str, float] = {}
+        clusters = None
         for fn, label, weight in zip(self.functions, self.labels, weights):
             res = fn(inp)
+            if clusters is None and res.clusters is not None and len(res.clusters) == n:
+                clusters = list(res.clusters)
             if len(res.rewards) != n:
                 raise ValueError(f"reward {label} returned {len(res.rewards)} rewards for {n}")
             scored = [r for r in res.rewards if r is not None]
@@ -108,7 +111,31 @@ class CombinedReward:
                 f"no reward function ({', '.join(self.labels)}) scored any of the {n} "
                 "completions (all returned None); check the dataset columns they need"
             )
-        return RewardResult([0.0 if t is None else t for t in totals], metrics)
+        return RewardResult([0.0 if t is None else t for t in totals], metrics, clusters)
+
+    def score_baseline(
+        self,
+        inp: RewardInput,
+        completion: str,
+        completion_ids: list[int],
+        weights: list[float] | None = None,
+    ) -> float:
+        """ReMax's greedy baseline: one more completion of `inp`'s prompt, weighted and summed
+        like the group's (with the same live `weights`). A function that judges a completion
+        by its group (ttrl's majority vote) scores it against the group; the others score it
+        alone."""
+        if weights is None or len(weights) != len(self.functions):
+            weights = self.weights
+        inp = replace(inp, completions=[cap_text(c, self.max_chars) for c in inp.completions])
+        text = cap_text(completion, self.max_chars)
+        one = replace(inp, completions=[text], completion_ids=[completion_ids])
+        total = 0.0
+        for fn, weight in zip(self.functions, weights):
+            against = getattr(fn, "score_against_group", None)
+            r = against(inp, text) if against is not None else fn(one).rewards[0]
+            if r is not None:
+                total += weight * r
+        return total
 
     def close(self) -> None:
         for fn in self.functions:

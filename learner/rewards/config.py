@@ -51,7 +51,29 @@ class OverlongConfig(StrictModel):
         return self
 
 
+class TTRLConfig(StrictModel):
+    """TTRL as published (arXiv 2504.16084): vote over N samples, train on G of them."""
+
+    vote_size: int | None = Field(
+        None,
+        ge=2,
+        le=1024,
+        description="N: samples generated per prompt and voted on for the pseudo label (the "
+        "paper votes over 64); the learner trains on sampling.group_size (G <= N) of them, "
+        "chosen by `keep`. A lease then asks for N samples; the group still counts as one "
+        "group for the gate and the buffer. Empty: vote over the G samples trained on.",
+    )
+    keep: Literal["random", "stratified"] = Field(
+        "random",
+        description="Which G of the N voted samples are trained on: random (uniform without "
+        "replacement, as the paper) or stratified (each answer keeps its share of the N, "
+        "largest remainders first, so the minority answers that carry the signal survive).",
+    )
+
+
 BUILTIN_REWARDS = ("exact", "math", "ttrl", "reward_model", "overlong")
+# Built-ins that compare with the row's ground truth: never shown a label at test time.
+LABELLED_REWARDS = ("exact", "math")
 
 
 class RewardConfig(StrictModel):
@@ -129,6 +151,10 @@ class RewardConfig(StrictModel):
         default_factory=OverlongConfig,
         description="DAPO soft overlong penalty added to the base reward.",
     )
+    ttrl: TTRLConfig = Field(
+        default_factory=TTRLConfig,
+        description="Majority-vote settings of the ttrl reward (vote_size N, keep).",
+    )
     workers: int = Field(
         2,
         ge=1,
@@ -190,6 +216,11 @@ class RewardConfig(StrictModel):
                 "reward function reward_model: set reward.reward_model_path to a local "
                 "Hugging Face sequence-classification model directory"
             )
+        if self.ttrl.vote_size is not None and "ttrl" not in names:
+            raise ValueError(
+                "reward.ttrl.vote_size needs the ttrl reward (reward.name: ttrl, or ttrl in "
+                "reward.functions): only a vote uses the extra samples"
+            )
         if "overlong" in names and (
             self.overlong.max_length is None or self.overlong.cache_length is None
         ):
@@ -210,3 +241,21 @@ class RewardConfig(StrictModel):
         if self.overlong.enabled and "overlong" not in [s for s, _ in out]:
             out.append(("overlong", 1.0))
         return out
+
+
+def eval_reward_config(reward: RewardConfig, functions: list[str] | None) -> RewardConfig:
+    """The reward that scores held-out completions: `functions` (weights 1) when given, else
+    the training reward with a label-free `ttrl` scored as `math`. A vote over one greedy
+    completion is always its own majority: scored by ttrl, every answer would count as
+    solved."""
+    if functions is None:
+        specs = reward.resolved()
+        if all(spec != "ttrl" for spec, _ in specs):
+            return reward
+        funcs = ["math" if spec == "ttrl" else spec for spec, _ in specs]
+        weights: list[float] | None = [w for _, w in specs]
+    else:
+        funcs, weights = list(functions), None
+    data = reward.model_dump()
+    data.update(functions=funcs, weights=weights, ttrl=TTRLConfig().model_dump())
+    return RewardConfig.model_validate(data)

@@ -29,7 +29,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 from asyncrl.learner.rewards import RewardInput
 from asyncrl.learner.rewards.config import RewardConfig
@@ -61,6 +61,7 @@ class Scored:
     rewards: list[float]
     metrics: dict[str, float] = field(default_factory=dict)
     baseline_reward: float | None = None
+    clusters: list[int] | None = None  # the voting reward's answer per sample, if any
 
 
 @dataclass
@@ -104,12 +105,11 @@ def _worker_main(cfg: RewardConfig, conn, parent: int) -> None:
                 res = fn(job.input, job.weights)
                 baseline = None
                 if job.baseline is not None:
-                    one = replace(
-                        job.input, completions=[job.baseline], completion_ids=[job.baseline_ids]
+                    baseline = float(
+                        fn.score_baseline(job.input, job.baseline, job.baseline_ids, job.weights)
                     )
-                    baseline = float(fn(one, job.weights).rewards[0] or 0.0)
                 rewards = [float(r or 0.0) for r in res.rewards]  # combined: never None
-                out: Outcome = Scored(rewards, dict(res.metrics), baseline)
+                out: Outcome = Scored(rewards, dict(res.metrics), baseline, res.clusters)
             except Exception as exc:  # the group fails; the worker and the run go on
                 out = Failed("reward_error", repr(exc))
             conn.send(out)

@@ -158,7 +158,8 @@ def test_score_rows_threshold_labels_and_errors():
     # Threshold 1. Row A (labelled): rewards 1, 0.5 -> 1 solved of 2. Row B (no label):
     # 2, None (-> 0) -> 1 of 2. Row C raises: left out, counted.
     # reward mean (1 + 0.5 + 2 + 0) / 4 = 0.875; accuracy (labelled rows only) 1/2;
-    # pass@2 per row: A 1, B 1 -> 1.
+    # pass@2 per row: A 1, B 1 -> 1. maj@2 (labelled rows): A's answers 1 and 0.5 tie, the
+    # first (1) wins and is not the label x -> 0.
     rows = [{"prompt": "a", "answer": "x"}, {"prompt": "b"}, {"prompt": "c", "answer": "y"}]
     samples = [[("1", [1]), ("0.5", [1])], [("2", [1]), ("-", [1])], [("boom", [1])] * 2]
     m = score_rows(
@@ -174,6 +175,7 @@ def test_score_rows_threshold_labels_and_errors():
         "eval_reward_mean": 0.875,
         "eval_accuracy": 0.5,
         "eval_pass_at_k": 1.0,
+        "eval_maj_at_k": 0.0,
         "eval_rows": 2.0,
         "eval_reward_errors": 1.0,
     }
@@ -193,7 +195,8 @@ def test_score_rows_threshold_labels_and_errors():
 def test_pool_scorer_survives_a_hanging_and_a_raising_reward():
     # The tests' `moody` plug-in hangs on prompt "hang" and raises on "raise": with a 2 s
     # deadline both rows are left out and counted; "ok" (answer "4": "4" -> 1, "5" -> 0) is
-    # scored: reward mean 1/2, accuracy 1/2, pass@2 1.
+    # scored: reward mean 1/2, accuracy 1/2, pass@2 1, maj@2 1 (the tie 4/5 goes to 4, seen
+    # first, the label).
     from asyncrl.learner.evaluation import PoolScorer
 
     cfg = RewardConfig(
@@ -220,6 +223,7 @@ def test_pool_scorer_survives_a_hanging_and_a_raising_reward():
         "eval_reward_mean": 0.5,
         "eval_accuracy": 0.5,
         "eval_pass_at_k": 1.0,
+        "eval_maj_at_k": 1.0,
         "eval_rows": 1.0,
         "eval_reward_errors": 2.0,
     }

@@ -236,3 +236,45 @@ def test_a_reward_failing_on_every_group_ends_the_run():
     finally:
         gen.close()
         hub.stop()
+
+
+def test_ttrl_lease_asks_for_n_votes_over_n_and_keeps_g_without_the_label():
+    # TTRL test time: N = 4 voted, G = 2 kept (stratified), labels withheld from the reward
+    # functions (sees_answer would add 10 to every reward if its rows had the answer).
+    hub = _hub(
+        "2+2=",
+        overrides=[
+            "reward.functions=[ttrl, 'tests.unit.reward_plugins:sees_answer']",
+            "reward.ttrl.vote_size=4",
+            "reward.ttrl.keep=stratified",
+            "data.test_time=true",
+        ],
+    )
+    gen = Generator(hub)
+    try:
+        gen.ask(Hello("g0", "fake", -1))
+        lease = gen.ask(LeaseRequest("g0", 0))
+        assert isinstance(lease, Lease) and lease.group_size == 4
+        # G samples for an N lease are refused (and the prompt goes out again).
+        gen.rollout(lease, ["4", "4"])
+        _wait(lambda: _dropped(hub, "group_size") == 1)
+        lease = gen.ask(LeaseRequest("g0", 0))
+        # Votes 4, 4, 5, 6 -> label 4, rewards 1 1 0 0, answers (clusters) 0 0 1 2. Keep 2:
+        # quotas 2*2/4 = 1, 0.5 -> 0, 0.5 -> 0; the last place goes to the larger remainder,
+        # a tie between "5" and "6" (one sample each) won by "5", seen first -> "4", "5".
+        gen.rollout(lease, ["4", "4", "5", "6"])
+        taken = hub.wait_for_groups(1, threading.Event())
+        data: GroupData = taken[0].payload
+        tok = CharTokenizer()
+        assert [tok.decode(r) for r in data.responses] == ["4", "5"]
+        assert data.rewards.tolist() == [1.0, 0.0] and len(data.logprobs) == 2
+        # Majority ratio 2/4; the withheld label 4 says the pseudo label is right.
+        assert data.reward_metrics["ttrl_majority_frac"] == 0.5
+        assert data.reward_metrics["ttrl_label_accuracy"] == 1.0
+        assert hub.metrics.samples_unkept._value.get() == 2
+        # One group is one group: accepted 1, consumed 1.
+        stats = hub.stats()
+        assert (stats["accepted"], stats["consumed"], stats["in_flight"]) == (1, 1, 0)
+    finally:
+        gen.close()
+        hub.stop()
