@@ -21,7 +21,9 @@ from asyncrl.learner.rewards.ttrl import vote
 
 
 def _inp(completions: list[str], row: dict, withheld=None) -> RewardInput:
-    return RewardInput("q", "q", completions, [[7]] * len(completions), row, 0, withheld)
+    return RewardInput(
+        "q", "q", completions, [[7]] * len(completions), row, 0, withheld_label=withheld
+    )
 
 
 def _ttrl(inp: RewardInput):
