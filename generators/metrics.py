@@ -8,6 +8,7 @@ from asyncrl.generators.phases import PHASES
 
 # Why a message from the learner was dropped (`generators/bounds.py`).
 REJECT_REASONS = (
+    "malformed",  # did not decode (protocol.codec.ProtocolError)
     "welcome",
     "weights_size",
     "chunks",

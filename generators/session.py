@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from urllib.parse import urlparse
 
@@ -75,8 +75,12 @@ class Session:
         factory: SocketFactory,
         reconnect_seconds: float,
         stop: threading.Event,
+        reject: Callable[[str, str], object] | None = None,
     ):
         self.backend = backend
+        # Counts and logs (rate-limited) a message from the learner we dropped: a malformed
+        # reply is dropped and the wait goes on; the learner's own deadline handles the rest.
+        self.reject = reject or (lambda reason, detail: logger.warning("%s: %s", reason, detail))
         self.generator_id = generator_id
         self.learner = learner
         self.factory = factory
@@ -201,7 +205,7 @@ class Session:
             except zmq.Again:
                 return
             except ProtocolError as exc:
-                logger.warning("malformed announcement dropped: %s", exc)
+                self.reject("malformed", f"announcement: {exc}")
                 continue
             if isinstance(msg, Finished):
                 raise RunFinished(msg.version)
@@ -247,7 +251,11 @@ class Session:
                 if stoppable and self.stop.is_set() and time.time() - start >= grace:
                     raise Stopping()
                 continue
-            _, reply = recv(self.control)
+            try:
+                _, reply = recv(self.control)
+            except ProtocolError as exc:
+                self.reject("malformed", f"control reply: {exc}")
+                continue
             if isinstance(reply, Finished):
                 raise RunFinished(reply.version)
             if isinstance(reply, Refused):

@@ -69,7 +69,13 @@ class GeneratorWorker:
         self.prefetch_lease = prefetch_lease
         self.stop = stop if stop is not None else threading.Event()
         self.session = Session(
-            backend, generator_id, learner, factory or SocketFactory(), reconnect_seconds, self.stop
+            backend,
+            generator_id,
+            learner,
+            factory or SocketFactory(),
+            reconnect_seconds,
+            self.stop,
+            reject=self.bounds.reject,
         )
         self.weights = WeightUpdates(backend, self.session, metrics, fetch_window, self.bounds)
         self._last_generate = 0.0
