@@ -283,7 +283,7 @@ def run_bench(
 def format_table(results: dict) -> str:
     lines = [f"{'figure':<34}{'value':>14}  target"]
     for key, value in results.items():
-        if isinstance(value, dict):
+        if isinstance(value, (dict, list)):
             continue
         target = TARGETS.get(key)
         mark = ""
@@ -295,6 +295,6 @@ def format_table(results: dict) -> str:
     for eta, counts in results.get("staleness", {}).items():
         lines.append(f"staleness {eta:<24}{json.dumps(counts):>14}")
     for key, value in results.items():
-        if isinstance(value, dict) and key != "staleness":
+        if isinstance(value, (dict, list)) and key != "staleness":
             lines.append(f"{key}: {json.dumps(value)}")
     return "\n".join(lines)

@@ -140,6 +140,19 @@ def figures(runs: dict[int, list[dict]]) -> dict:
     out["load_average"] = {
         f"eta={eta}": [r["load_average"] for r in rs] for eta, rs in runs.items()
     }
+    # Every run's own rates, so a reader can see the spread that `calibration_drift` sums up.
+    out["pipeline_runs"] = [
+        {
+            "eta": eta,
+            "trained": r["trained_tokens_per_second"],
+            "generation": r["generation_tokens_per_second"],
+            "training": r["training_tokens_per_second"],
+            "learner_wait": r.get("phase_seconds", {}).get("wait", 0.0),
+            "rl_seconds": r["rl_seconds"],
+        }
+        for eta, rs in runs.items()
+        for r in rs
+    ]
     out["pipeline_losses"] = losses(a)
     out["staleness"] = {f"eta={eta}": best[eta]["staleness_counts"] for eta in best}
     return out

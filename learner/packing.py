@@ -87,20 +87,64 @@ def plan_rows(lengths: list[int], width: int) -> list[list[int]]:
     return rows
 
 
-def balanced_rows(lengths: list[int], row_tokens: int) -> tuple[list[list[int]], int]:
-    """(rows, width): as few rows as `target_width` allows, and the narrowest width at which
-    first-fit still fills only that many, so the filler is spread thin over all rows instead of
-    left in a last, mostly empty one."""
-    target = target_width(lengths, row_tokens)
+def spread_rows(lengths: list[int], count: int) -> list[list[int]]:
+    """Sequences over `count` rows, longest first onto the row holding the fewest tokens
+    (longest-processing-time scheduling); empty rows are left out."""
+    load = [0] * count
+    rows: list[list[int]] = [[] for _ in range(count)]
+    for i in sorted(range(len(lengths)), key=lambda i: (-lengths[i], i)):
+        r = min(range(count), key=lambda k: (load[k], k))
+        rows[r].append(i)
+        load[r] += lengths[i]
+    return [r for r in rows if r]
+
+
+def fit_rows(lengths: list[int], count: int, limit: int) -> tuple[list[list[int]], int] | None:
+    """(rows, width) for at most `count` rows no wider than `limit`, as narrow as either
+    heuristic finds: first fit (`plan_rows`) at the narrowest width from
+    max(longest, ceil(total / count)) up that fits, or the balanced spread (`spread_rows`).
+    None when neither fits under `limit`."""
     longest, total = max(max(lengths, default=1), 1), max(sum(lengths), 1)
-    wanted = -(-total // target)
-    width = max(longest, -(-total // wanted))
-    step = max(1, longest // 16)
-    while True:
+    plans = []
+    spread = spread_rows(lengths, count)
+    width = max(longest, max(sum(lengths[i] for i in r) for r in spread))
+    if width <= limit:
+        plans.append((width, spread))
+    step = max(1, longest // 256)
+    width = max(longest, -(-total // count))
+    while width <= min(limit, plans[0][0] - 1 if plans else limit):
         rows = plan_rows(lengths, width)
-        if len(rows) <= wanted:
-            return rows, width
-        width += step  # terminates: at width >= total everything fits one row
+        if len(rows) <= count:
+            plans.append((width, rows))
+            break
+        width += step
+    if not plans:
+        return None
+    width, rows = min(plans, key=lambda p: p[0])
+    return rows, width
+
+
+def balanced_rows(
+    lengths: list[int], row_tokens: int, cost: RowCost | None = None
+) -> tuple[list[list[int]], int]:
+    """(rows, width) no wider than `target_width`: of every row count from the fewest that
+    width allows up to one sequence per row, the plan `cost` says is cheapest (without a cost:
+    the fewest computed positions, i.e. the least filler); ties go to the narrower."""
+    limit = target_width(lengths, row_tokens)
+    longest, total = max(max(lengths, default=1), 1), max(sum(lengths), 1)
+    best: tuple[float, int, list[list[int]]] | None = None
+    for count in range(-(-total // limit), max(len(lengths), 1) + 1):
+        plan = fit_rows(lengths, count, limit)
+        if plan is None:
+            continue
+        rows, width = plan
+        score = cost(len(rows), width) if cost is not None else len(rows) * width
+        if best is None or (score, width) < (best[0], best[1]):
+            best = (score, width, rows)
+        if width == longest:
+            break  # more rows cannot be narrower
+    assert best is not None  # one sequence per row always fits
+    return best[2], best[1]
 
 
 @dataclass(frozen=True)
@@ -130,15 +174,11 @@ class RowCost:
 def choose_rows(
     lengths: list[int], row_tokens: int, cost: RowCost | None = None
 ) -> tuple[list[list[int]], int]:
-    """(rows, width). `row_tokens` > 0: balanced rows at most that wide. 0: of rows at most
-    1, 2 or 4 times the longest sequence, the plan `cost` says is cheapest (wider rows compute
+    """(rows, width). `row_tokens` > 0: rows at most that wide with the least filler. 0: rows
+    at most 4 times the longest sequence, the plan `cost` says is cheapest (wider rows compute
     less filler, but where attention is a masked dense product every position pays for its
-    whole row); without a cost model, 4 times."""
-    if row_tokens or cost is None:
-        return balanced_rows(lengths, row_tokens)
-    longest = max(max(lengths, default=1), 1)
-    plans = [balanced_rows(lengths, k * longest) for k in (1, 2, 4)]
-    return min(plans, key=lambda p: cost(len(p[0]), p[1]))  # ties: the narrower
+    whole row); without a cost model, the least filler."""
+    return balanced_rows(lengths, row_tokens, None if row_tokens else cost)
 
 
 def pack(

@@ -32,24 +32,30 @@ def build_batch(
     datas = [g.payload for g in groups]
     adv, adv_metrics = _group_advantages(datas, advantage)
     rewards = torch.cat([torch.as_tensor(d.rewards, dtype=torch.float32) for d in datas])
-    seqs, behaviour, starts, masks = [], [], [], []
+    prompts, responses, behaviour, masks = [], [], [], []
     for d in datas:
         for j, (resp, lp) in enumerate(zip(d.responses, d.logprobs)):
-            seqs.append(np.concatenate([d.prompt.token_ids, resp]))
+            prompts.append(d.prompt.token_ids)
+            responses.append(resp)
             behaviour.append(lp)
-            starts.append(len(d.prompt.token_ids))
-            masks.append(None if d.masks is None else d.masks[j])
-    n, length = len(seqs), max(len(s) for s in seqs)
-    input_ids = torch.full((n, length), pad_id, dtype=torch.long)
-    attention = torch.zeros(n, length, dtype=torch.long)
-    resp_mask = torch.zeros(n, length, dtype=torch.float32)
-    mu = torch.zeros(n, length, dtype=torch.float32)
-    for i, (s, lp, st, m) in enumerate(zip(seqs, behaviour, starts, masks)):
-        input_ids[i, : len(s)] = torch.from_numpy(s.astype(np.int64))
-        attention[i, : len(s)] = 1
-        resp_mask[i, st : len(s)] = 1.0 if m is None else torch.from_numpy(m.astype(np.float32))
-        mu[i, st : len(s)] = torch.from_numpy(lp.astype(np.float32))
-    response_tokens = sum(len(s) - st for s, st in zip(seqs, starts))
+            masks.append(np.ones(len(resp), np.float32) if d.masks is None else d.masks[j])
+    # Filled through boolean masks over the padded layout (row-major order matches the
+    # concatenation order), one numpy pass per tensor instead of four tensor writes per row.
+    starts = np.array([len(p) for p in prompts], dtype=np.int64)
+    ends = starts + np.array([len(r) for r in responses], dtype=np.int64)
+    n, length = len(prompts), int(ends.max())
+    col = np.arange(length)[None, :]
+    valid = col < ends[:, None]
+    in_response = valid & (col >= starts[:, None])
+    ids = np.full((n, length), pad_id, dtype=np.int64)
+    ids[valid] = np.concatenate([x for pair in zip(prompts, responses) for x in pair])
+    resp = np.zeros((n, length), dtype=np.float32)
+    resp[in_response] = np.concatenate(masks)
+    mu_np = np.zeros((n, length), dtype=np.float32)
+    mu_np[in_response] = np.concatenate(behaviour)
+    input_ids, attention = torch.from_numpy(ids), torch.from_numpy(valid.astype(np.int64))
+    resp_mask, mu = torch.from_numpy(resp), torch.from_numpy(mu_np)
+    response_tokens = int((ends - starts).sum())
     stats = {
         "reward_mean": float(rewards.mean()),
         "response_tokens": float(resp_mask.sum()),

@@ -13,6 +13,7 @@ from asyncrl.learner.packing import (
     RowCost,
     balanced_rows,
     choose_rows,
+    fit_rows,
     pack,
     packing_works,
     padding_share,
@@ -31,33 +32,35 @@ def test_first_fit_longest_first():
     assert target_width([5, 3], 0) == 20 and target_width([5, 3], 4) == 5
 
 
-def test_balanced_rows_spread_the_filler():
-    # Lengths 7, 7, 6, 6, 5 (31 tokens), widest 14: ceil(31 / 14) = 3 rows wanted. Plain
-    # first fit at 14 gives [7, 7], [6, 6], [5]: 42 - 31 = 11 filler, 9 of it in the last row.
-    # Narrowest try ceil(31 / 3) = 11: 7 -> r0, 7 -> r1, 6 -> r2, 6 -> r3, 5 -> r2: 4 rows.
-    # 12 (step 7 // 16 -> 1): 7 -> r0 (room 5), 7 -> r1 (5), 6 -> r2 (6), 6 -> r2 (0),
-    # 5 -> r0 (0): 3 rows, filler 36 - 31 = 5.
-    assert plan_rows([7, 7, 6, 6, 5], 14) == [[0, 1], [2, 3], [4]]
-    rows, width = balanced_rows([7, 7, 6, 6, 5], 14)
-    assert width == 12 and rows == [[0, 4], [1], [2, 3]]
+def test_rows_are_balanced_at_each_row_count():
+    # Lengths 7, 7, 6, 6, 5 (31 tokens) over 3 rows. Spread (longest first onto the emptiest
+    # row): 7 -> r0, 7 -> r1, 6 -> r2, 6 -> r2 (6 < 7), 5 -> r0 (7 = 7, lower index): loads
+    # 12, 7, 12, width 12. First fit from ceil(31 / 3) = 11 (narrower than 12 only): 7, 7, 6
+    # each take a row, the second 6 needs a fourth: no fit. So the spread's 12 wins.
+    assert fit_rows([7, 7, 6, 6, 5], 3, 14) == ([[0, 4], [1], [2, 3]], 12)
+    # Two rows: spread gives 7+6+5, 7+6 = 18 wide; first fit at 16: 7, 7 | 6 (room 3)... the
+    # 6 and 5 need a third row; at 17: 7, 7 | 6, 6, 5 = 17, two rows: narrower than 18.
+    assert fit_rows([7, 7, 6, 6, 5], 2, 28) == ([[0, 1], [2, 3, 4]], 17)
+    # Under a limit of 16 neither two-row plan fits.
+    assert fit_rows([7, 7, 6, 6, 5], 2, 16) is None
+    # Least filler over every row count at most 14 wide: 3 rows of 12 (36 positions), 4 of 11
+    # (spread: 7, 7, 6+5, 6: 44), 5 of 7 (35): one sequence per row wins.
+    assert balanced_rows([7, 7, 6, 6, 5], 14) == ([[0], [1], [2], [3], [4]], 7)
 
 
 def test_row_width_follows_the_cost_of_attention():
-    # Lengths 7, 7, 6, 6, 5 (31 tokens): k = 1 (widest 7) -> 5 rows of 7 (first fit puts one
-    # sequence per row: 35 positions); k = 2 (widest 14) -> 3 rows of 12 (the test above, 36);
-    # k = 4 (widest 28) -> 2 rows: ceil(31 / 2) = 16: 7, 7 -> r0 (room 2), 6, 6 -> r1
-    # (room 4), 5 -> r1... no, room 4 < 5: 3 rows; 17: 7, 7 -> r0 (3), 6, 6, 5 -> r1 (0):
-    # 2 rows of 17 = 34 positions.
+    # Lengths 7, 7, 6, 6, 5 (31 tokens), rows at most 4 x 7 = 28 wide (the test above): 2 rows
+    # of 17 (34 positions), 3 of 12 (36), 4 of 11 (44), 5 of 7 (35).
     lengths = [7, 7, 6, 6, 5]
     # Attention free (varlen): fewest positions win, 34 at width 17.
     free = RowCost(linear=1.0, attention=1.0, varlen=True)
-    assert choose_rows(lengths, 0, free)[1] == 17
-    # Attention costly: 5 x 7 x (1 + 10 x 7) = 2485 against 3 x 12 x 121 = 4356 and
-    # 2 x 17 x 171 = 5814: one sequence per row.
+    assert choose_rows(lengths, 0, free) == ([[0, 1], [2, 3, 4]], 17)
+    # Attention costly, rows x width x (1 + 10 x width): 2 x 17 x 171 = 5814, 3 x 12 x 121 =
+    # 4356, 4 x 11 x 111 = 4884, 5 x 7 x 71 = 2485: one sequence per row.
     dense = RowCost(linear=1.0, attention=10.0, varlen=False)
     assert choose_rows(lengths, 0, dense) == ([[0], [1], [2], [3], [4]], 7)
-    # An explicit width is kept.
-    assert choose_rows(lengths, 14, dense)[1] == 12
+    # An explicit width is a limit with least filler, whatever the cost: 17 allows 2 rows.
+    assert choose_rows(lengths, 17, dense)[1] == 17
 
 
 def test_layout_and_unpack_index():
