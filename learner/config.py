@@ -153,12 +153,12 @@ class TrainConfig(StrictModel):
     pack_row_tokens: int = Field(
         0,
         ge=0,
-        description="Widest packed row in positions (never fewer than the longest sequence); "
-        "rows are then narrowed evenly while the sequences still fit as many. 0 = whichever of "
-        "1, 2 or 4 times the longest sequence of the micro-batch a FLOP estimate from the "
-        "model's size says is cheapest: wider rows leave less filler, but where attention is a "
-        "masked dense product (sdpa, eager, flex) every token pays for its whole row; "
-        "flash-attention varlen does not.",
+        description="Widest packed row in positions (never fewer than the longest sequence): "
+        "of every row count that width allows, the one with the least filler, each count's "
+        "rows balanced. 0 = rows up to 4 times the longest sequence of the micro-batch, the "
+        "row count a FLOP estimate from the model's size says is cheapest: more rows can leave "
+        "less filler, but where attention is a masked dense product (sdpa, eager, flex) every "
+        "token pays for its whole row; flash-attention varlen does not.",
     )
     mini_batches: int = Field(
         1,
