@@ -118,7 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--objectives", default="ppo,decoupled_ppo", help="learning: objectives")
     p.add_argument("--seeds", default="0,1", help="learning: seeds")
     p.add_argument("--steps", type=int, default=0, help="learning: steps per run (0: 120)")
-    p.add_argument("--eval-every", type=int, default=0, help="learning: 0 = steps / 10")
+    p.add_argument("--eval-every", type=int, default=0, help="learning: 0 = steps / 40")
     p.add_argument("--target", type=float, default=0.7, help="learning: accuracy to reach")
     p.add_argument("--out", default="bench-learning", help="learning: JSON and PNG directory")
     p.add_argument(

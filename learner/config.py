@@ -71,6 +71,15 @@ class EvalConfig(StrictModel):
     every: int = Field(
         20, ge=0, description="Held-out evaluation every N steps; 0 = only before and after."
     )
+    deferred: bool = Field(
+        False,
+        description="Take a CPU copy of the policy every `every` steps instead of evaluating "
+        "there, and evaluate the copies once the last step is done, each recorded at its step "
+        "with `rl_elapsed_seconds` (the loop's wall time when it was taken): accuracy against "
+        "wall time with the loop never paused (a pause lets generators run ahead at η > 0). "
+        "Holds one copy of the weights per evaluation in memory: meant for small models and "
+        "`asyncrl bench --only learning`. One learner rank, ZeRO stage 0-2.",
+    )
     samples: int = Field(
         1,
         ge=1,

@@ -119,10 +119,18 @@ class StepLoop:
         self.env = env
         # advantage.name=gae: the learned critic (learner.critic.Critic) on every rank.
         self.critic = critic
+        # eval.deferred: (version, loop seconds, CPU copy of the policy) per evaluation point.
+        self.snapshots: list[tuple[int, float, dict]] = []
+        self.t0 = time.time()
+        if cfg.eval.deferred and (engine.world > 1 or cfg.train.zero_stage == 3):
+            raise ValueError(
+                "eval.deferred copies the whole policy on one rank: it needs a single learner "
+                "rank and train.zero_stage 0-2"
+            )
 
     def run(self) -> None:
         train = self.cfg.train
-        t0 = time.time()
+        t0 = self.t0 = time.time()
         while self.version < train.steps:
             if broadcast_flag(self._should_stop(t0), self.engine.world):
                 break
@@ -196,7 +204,14 @@ class StepLoop:
             self.busy_seconds += time.time() - tp
             self.phase_seconds["publish"] += time.time() - tp
         every = cfg.eval.every
-        if every and version % every == 0 and version < cfg.train.steps:
+        if every and version % every == 0 and version < cfg.train.steps and cfg.eval.deferred:
+            te = time.time()
+            if self.engine.rank == 0:
+                state = self.engine.model.state_dict()
+                copy = {k: v.detach().to("cpu", copy=True) for k, v in state.items()}
+                self.snapshots.append((version, te - self.t0, copy))
+            self.phase_seconds["eval"] += time.time() - te  # on the step's path: not taken out
+        elif every and version % every == 0 and version < cfg.train.steps:
             te = time.time()
             self.accuracy = evaluate(
                 self.engine, self.tokenizer, self.eval_rows, cfg, hub, stats, self.env
@@ -212,6 +227,26 @@ class StepLoop:
         if self.reporter is not None:
             self.reporter.step(version, {**stats, **m})
         self.phase_seconds["checkpoint_report"] += time.time() - tc
+
+    def evaluate_deferred(self) -> None:
+        """eval.deferred: each policy copy evaluated and recorded at its step (with the loop's
+        seconds when it was taken), then the final weights put back."""
+        if not self.snapshots:
+            return
+        model = self.engine.model
+        final = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+        try:
+            for version, seconds, state in self.snapshots:
+                model.load_state_dict(state)
+                stats: dict = {"rl_elapsed_seconds": seconds}
+                evaluate(
+                    self.engine, self.tokenizer, self.eval_rows, self.cfg, None, stats, self.env
+                )
+                if self.reporter is not None:
+                    self.reporter.record(version, stats)
+        finally:
+            model.load_state_dict(final)
+            self.snapshots = []
 
     def summary(
         self, accuracy_before: float | None, accuracy_after: float | None, extra=None

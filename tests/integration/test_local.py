@@ -103,3 +103,34 @@ def test_a_failing_reward_drops_its_group_and_training_goes_on(small_overrides):
     assert code == 0, stderr[-4000:]
     assert events[-1]["policy_version"] == 4
     assert "reward failed" in stderr
+
+
+def test_deferred_evaluation_is_recorded_at_its_step(small_overrides):
+    import json
+    from pathlib import Path
+
+    run_dir = next(o.split("=", 1)[1] for o in small_overrides if o.startswith("learner.output"))
+    code, events, stderr = run_cli(
+        [
+            "local",
+            *small_overrides,
+            "train.steps=4",
+            "eval.every=2",
+            "eval.deferred=true",
+            "learner.report_to=[jsonl]",
+        ],
+        timeout=600,
+    )
+    assert code == 0, stderr[-4000:]
+    summary = events[-1]
+    records = [json.loads(x) for x in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
+    evals = [r for r in records if "eval_accuracy" in r]
+    # Before RL (step 0), the copy taken at step 2 (evaluated after the run, with the loop's
+    # seconds at the copy), and the final weights (step 4) last.
+    assert [r["step"] for r in evals] == [0, 2, 4], evals
+    assert 0 < evals[1]["rl_elapsed_seconds"] < summary["rl_seconds"]
+    assert "rl_elapsed_seconds" not in evals[2]
+    # The final evaluation scored the restored final weights, as the summary reports.
+    assert evals[2]["eval_accuracy"] == summary["accuracy_after"]
+    # No step record paused for an evaluation.
+    assert not any("eval_seconds" in r for r in records)

@@ -72,12 +72,37 @@ def test_learning_curve_takes_evaluation_time_out(tmp_path):
     # Step 2: 4 s after the start, 1.5 s of it evaluating -> 2.5; step 4: 8 - 3 = 5.
     assert [p["seconds"] for p in c] == [0.0, 2.5, 5.0]
     assert [p["samples"] for p in c] == [0, 128, 256]
-    assert time_to(c, 0.7) == 5.0 and time_to(c, 0.9) is None
+    # 0.7 lies 2/3 of the way from 0.5 (2.5 s) to 0.8 (5 s): 2.5 + 2/3 x 2.5 = 4.167.
+    assert time_to(c, 0.7) == 4.167 and time_to(c, 0.9) is None
+    assert time_to(c, 0.5) == 2.5 and time_to(c, 0.2) == 0.0
     # The final evaluation, written after checkpoint and export: the loop's own 9 s, less the
     # 3 s of evaluations in it.
     lines.append({"step": 5, "time": 130.0, "eval_accuracy": 0.9})
     path.write_text("\n".join(json.dumps(x) for x in lines))
     assert curve(path, 64, rl_seconds=9.0)[-1]["seconds"] == 6.0
+
+
+def test_deferred_evaluations_keep_the_seconds_they_were_taken_at(tmp_path):
+    # eval.deferred: the step records carry no evaluation; the copies' evaluations are
+    # recorded after the run, out of step order, each with the loop's seconds at its copy.
+    lines = [
+        {"step": 0, "time": 100.0, "eval_accuracy": 0.3},
+        {"step": 1, "time": 101.0},
+        {"step": 2, "time": 102.0},
+        {"step": 2, "time": 150.0, "eval_accuracy": 0.6, "rl_elapsed_seconds": 2.0},
+        {"step": 1, "time": 151.0, "eval_accuracy": 0.4, "rl_elapsed_seconds": 1.0},
+        {"step": 2, "time": 160.0, "eval_accuracy": 0.7},
+    ]
+    path = tmp_path / "metrics.jsonl"
+    path.write_text("\n".join(json.dumps(x) for x in lines))
+    c = curve(path, samples_per_step=64, rl_seconds=2.5)
+    # Sorted by step; the final evaluation (no seconds of its own) at the loop's 2.5 s.
+    assert [(p["step"], p["seconds"], p["accuracy"]) for p in c] == [
+        (0, 0.0, 0.3),
+        (1, 1.0, 0.4),
+        (2, 2.0, 0.6),
+        (2, 2.5, 0.7),
+    ]
 
 
 def test_learning_figures_relative_to_eta_zero():
@@ -91,7 +116,10 @@ def test_learning_figures_relative_to_eta_zero():
         }
     }
     f = summarise(runs, target=0.7)["ppo"]
-    # η = 0 reaches 0.7 at 10 and 12 s (mean 11); η = 4 at 5 and 7 s (mean 6): 11/6 = 1.833.
-    assert f["eta=4"]["time_to_target_speedup"] == pytest.approx(1.833, abs=1e-3)
+    # Linear between the points around 0.7: η = 0 at 0.4/0.42 x 10 = 9.524 and 0.4/0.45 x 12
+    # = 10.667 s (mean 10.10); η = 4 at 5 (exactly 0.7) and 0.4/0.41 x 7 = 6.829 s (mean
+    # 5.91): 10.10 / 5.91 = 1.709.
+    assert f["eta=0"]["time_to_target"] == 10.1 and f["eta=4"]["time_to_target"] == 5.91
+    assert f["eta=4"]["time_to_target_speedup"] == pytest.approx(1.709, abs=1e-3)
     # Final accuracies: 0.8 both for η = 0; (0.76 + 0.84)/2 = 0.8 for η = 4: ratio 1.
     assert f["eta=4"]["final_accuracy_ratio"] == 1.0 and f["eta=0"]["final_accuracy"] == 0.8
