@@ -14,8 +14,8 @@ across runs. Figures:
 - `learner_*`: training tokens/s and MFU of the learner update (see `launch.bench_learner`).
 - `pipeline_*`, `async_over_sync`, `ideal_overlap_ratio`, `pipeline_losses`, `machine_busy`,
   `staleness`: `asyncrl local` at η = 4 and η = 0 (see `launch.bench_pipeline`).
-- `learning_*` (`--only learning`, or `--with-learning` with the full bench): held-out accuracy
-  against wall time and samples by η and objective (see `launch.bench_learning`).
+- `learning` (the full bench's last section; `--without-learning` leaves it out): held-out
+  accuracy against wall time and samples by η and objective (see `launch.bench_learning`).
 """
 
 from __future__ import annotations
@@ -243,8 +243,8 @@ def _bench_learner(quick: bool) -> dict:
 def run_bench(
     quick: bool = False, only: list[str] | None = None, learning: dict | None = None
 ) -> dict:
-    """The sections named in `only` (default: all but `learning`, which runs when `learning`
-    gives its parameters, `launch.bench_learning.bench_learning`'s keywords)."""
+    """The sections named in `only` (default: all). `learning` runs when given, a dict of
+    `launch.bench_learning.bench_learning`'s keywords (empty: its defaults)."""
     sections = {
         "transport": bench_transport,
         "weights": _bench_weights,
@@ -270,7 +270,7 @@ def run_bench(
         with tempfile.TemporaryDirectory(prefix="asyncrl-bench-") as d:
             results.update(bench_pipeline(quick, Path(d)))
         logger.info("bench pipeline done in %.0fs", time.time() - t)
-    if (not only and learning) or (only and "learning" in only):
+    if learning is not None and (not only or "learning" in only):
         from asyncrl.launch.bench_learning import bench_learning
 
         t = time.time()

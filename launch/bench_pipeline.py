@@ -1,30 +1,37 @@
 """`asyncrl bench --only pipeline`: the loop's throughput at η = 4 and η = 0, side by side,
 and where the async loop's lost time goes.
 
-Each run is `asyncrl local` on the tiny task, learner and generator pinned to separate cores.
-Its summary carries the learner's time by phase (wait, batch, update, publish, ...) and the
-hub thread's CPU time; each generator leaves its own time by phase (generate, weights, lease,
-gate, push, other). From those:
+Each run is `asyncrl local` on the tiny task, learner and generator pinned to separate cores;
+runs come in adjacent pairs (η = 4, then η = 0), and every figure is the median over the
+pairs. A run's summary carries the learner's time by phase (wait, batch, update, publish,
+...) and the hub thread's CPU time; each generator leaves its own time by phase (generate,
+weights, lease, gate, push, other), clipped to the learner's RL loop. From those:
 
 - `pipeline_efficiency_async`: trained tokens/s at η = 4 over min(generation-only,
   training-only) tokens/s, the latter two being the generators' and the learner's busy-time
   rates measured inside the same loop.
-- `async_over_sync` (η = 4 over η = 0) beside `ideal_overlap_ratio`: min(gen, train) over the
-  serial rate 1 / (1/gen + 1/train), what a perfect overlap would give over a perfect
-  synchronous loop; `async_over_sync_of_ideal` is their quotient.
-- `pipeline_losses`: the async run's seconds per cause on each side, and which side binds.
-- `machine_busy`: whether the generation-only or training-only rate drifted between the
-  runs by more than `DRIFT_LIMIT` (the machine's load changed under the bench, so the ratios
-  compare unlike conditions), with the load averages seen.
+- `async_over_sync` (η = 4 over η = 0 of the same pair) beside `ideal_overlap_ratio`:
+  min(gen, train) over the serial rate 1 / (1/gen + 1/train), what a perfect overlap would
+  give over a perfect synchronous loop; `async_over_sync_of_ideal` is their quotient.
+- `pipeline_losses`: the median async run's seconds per cause on each side, and which side
+  binds.
+- `machine_busy`: whether the machine's speed (`speed_probe`, a fixed interpreter-bound
+  workload timed before every run) drifted by more than `DRIFT_LIMIT` over the bench
+  (`calibration_drift`): the pairs then ran on unlike machines. `pipeline_runs` lists every
+  run's rates and probe, `pipeline_pairs` every pair's figures.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import statistics
 import subprocess
 import sys
+import time
 from pathlib import Path
+
+from asyncrl.generators.phases import phases_within
 
 # Relative change of a calibration rate between runs past which the machine is called busy.
 DRIFT_LIMIT = 0.10
@@ -49,13 +56,20 @@ def _run(run_dir: Path, eta: int, steps: int, extra: list[str]) -> dict:
         "WARNING",
     ]
     load_before = os.getloadavg()[0]
+    probe = speed_probe()
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     if proc.returncode != 0:
         raise RuntimeError(f"bench loop at eta={eta} failed:\n{proc.stderr[-3000:]}")
     summary = json.loads((run_dir / "summary.json").read_text())
-    summary["generator_phases"] = [
-        json.loads(p.read_text()) for p in sorted(run_dir.glob("generator-*-phases.json"))
-    ]
+    summary["speed_probe"] = probe
+    summary["generator_phases"] = []
+    for path in sorted(run_dir.glob("generator-*-phases.json")):
+        phases = json.loads(path.read_text())
+        if phases.get("timeline") and "rl_started_at" in summary:
+            # Only the learner's loop counts: not the start-up before it, nor the exit after.
+            start, end = summary["rl_started_at"], summary["rl_ended_at"]
+            phases = phases_within(phases["timeline"], start, end)
+        summary["generator_phases"].append(phases)
     summary["load_average"] = [round(load_before, 2), round(os.getloadavg()[0], 2)]
     return summary
 
@@ -93,66 +107,83 @@ def losses(run: dict) -> dict:
     return out
 
 
+def speed_probe() -> float:
+    """Seconds of a fixed pure-Python workload, the best of 5 tries: the machine's speed for
+    the interpreter-bound work this loop does. Taken before every run; how far it drifts
+    says whether the machine changed under the bench."""
+    best = float("inf")
+    for _ in range(5):
+        t = time.perf_counter()
+        x = 0
+        for i in range(100_000):
+            x += i * i % 7
+        best = min(best, time.perf_counter() - t)
+    return best
+
+
 def bench_pipeline(quick: bool, workdir: Path, extra: list[str] | None = None) -> dict:
-    """`asyncrl local` at η = 4 and η = 0 with the same layout, alternating."""
+    """`asyncrl local` at η = 4 then η = 0, the same layout, in adjacent pairs (3; 1 with
+    `quick`): each pair's runs share the machine's conditions as closely as can be."""
     steps = 40 if quick else 120
-    runs: dict[int, list[dict]] = {4: [], 0: []}
-    for rep in range(1 if quick else 2):
-        for eta in (4, 0):
-            runs[eta].append(_run(workdir / f"eta{eta}-{rep}", eta, steps, extra or []))
-    return figures(runs)
+    pairs = []
+    for rep in range(1 if quick else 3):
+        a = _run(workdir / f"eta4-{rep}", 4, steps, extra or [])
+        pairs.append((a, _run(workdir / f"eta0-{rep}", 0, steps, extra or [])))
+    return figures(pairs)
 
 
-def figures(runs: dict[int, list[dict]]) -> dict:
-    best = {eta: max(r, key=lambda s: s["trained_tokens_per_second"]) for eta, r in runs.items()}
-    a, s = best[4], best[0]
+def _serial(run: dict) -> float:
+    gen, train = run["generation_tokens_per_second"], run["training_tokens_per_second"]
+    return 1.0 / (1.0 / gen + 1.0 / train)
+
+
+def pair_figures(a: dict, s: dict) -> dict:
+    """One pair's figures: the async run `a` (η = 4) against the sync run `s` (η = 0)."""
     gen, train = a["generation_tokens_per_second"], a["training_tokens_per_second"]
-    capacity = min(gen, train)
-    serial = 1.0 / (1.0 / gen + 1.0 / train)
-    ideal = capacity / serial
+    ideal = min(gen, train) / _serial(a)
     ratio = a["trained_tokens_per_second"] / s["trained_tokens_per_second"]
-    out: dict = {
-        "pipeline_efficiency_async": round(a["trained_tokens_per_second"] / capacity, 3),
-        "async_over_sync": round(ratio, 3),
-        "ideal_overlap_ratio": round(ideal, 3),
-        "async_over_sync_of_ideal": round(ratio / ideal, 3),
+    return {
+        "pipeline_efficiency_async": a["trained_tokens_per_second"] / min(gen, train),
+        "async_over_sync": ratio,
+        "ideal_overlap_ratio": ideal,
+        "async_over_sync_of_ideal": ratio / ideal,
         # The synchronous loop against its own ideal, the serial rate of its own run.
-        "pipeline_efficiency_sync": round(
-            s["trained_tokens_per_second"]
-            / (
-                1.0
-                / (1.0 / s["generation_tokens_per_second"] + 1.0 / s["training_tokens_per_second"])
-            ),
-            3,
-        ),
-        "async_trained_tokens_per_second": a["trained_tokens_per_second"],
-        "sync_trained_tokens_per_second": s["trained_tokens_per_second"],
-        "generation_only_tokens_per_second": gen,
-        "training_only_tokens_per_second": train,
+        "pipeline_efficiency_sync": s["trained_tokens_per_second"] / _serial(s),
     }
-    drift = 0.0
-    every = [r for rs in runs.values() for r in rs]
-    for key in ("generation_tokens_per_second", "training_tokens_per_second"):
-        values = [r[key] for r in every]
-        drift = max(drift, (max(values) - min(values)) / max(max(values), 1e-9))
+
+
+def figures(pairs: list[tuple[dict, dict]]) -> dict:
+    """Each figure the median over the pairs; the loss breakdown of the async run whose
+    efficiency is the median; the busy verdict from the speed probes."""
+    per = [pair_figures(a, s) for a, s in pairs]
+    out: dict = {k: round(statistics.median(p[k] for p in per), 3) for k in per[0]}
+    by_eff = sorted(range(len(pairs)), key=lambda i: per[i]["pipeline_efficiency_async"])
+    a = pairs[by_eff[(len(pairs) - 1) // 2]][0]
+    out["async_trained_tokens_per_second"] = a["trained_tokens_per_second"]
+    out["generation_only_tokens_per_second"] = a["generation_tokens_per_second"]
+    out["training_only_tokens_per_second"] = a["training_tokens_per_second"]
+    every = [r for pair in pairs for r in pair]
+    probes = [r["speed_probe"] for r in every if r.get("speed_probe")]
+    drift = (max(probes) - min(probes)) / max(probes) if probes else 0.0
     out["calibration_drift"] = round(drift, 3)
     out["machine_busy"] = drift > DRIFT_LIMIT
-    out["load_average"] = {
-        f"eta={eta}": [r["load_average"] for r in rs] for eta, rs in runs.items()
-    }
-    # Every run's own rates, so a reader can see the spread that `calibration_drift` sums up.
+    out["load_average"] = [r["load_average"] for r in every]
+    # Every run's own rates, so a reader sees the spread the medians sum up.
     out["pipeline_runs"] = [
         {
-            "eta": eta,
+            "eta": r["max_staleness"],
             "trained": r["trained_tokens_per_second"],
             "generation": r["generation_tokens_per_second"],
             "training": r["training_tokens_per_second"],
             "learner_wait": r.get("phase_seconds", {}).get("wait", 0.0),
             "rl_seconds": r["rl_seconds"],
+            "speed_probe": round(r.get("speed_probe", 0.0), 4),
         }
-        for eta, rs in runs.items()
-        for r in rs
+        for r in every
     ]
+    out["pipeline_pairs"] = [{k: round(v, 3) for k, v in p.items()} for p in per]
     out["pipeline_losses"] = losses(a)
-    out["staleness"] = {f"eta={eta}": best[eta]["staleness_counts"] for eta in best}
+    out["staleness"] = {
+        f"eta={r['max_staleness']}": r["staleness_counts"] for r in (a, pairs[by_eff[0]][1])
+    }
     return out

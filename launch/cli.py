@@ -35,6 +35,10 @@ def _setup_logging(role: str, level: str = "INFO") -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
+def _ints(text: str) -> tuple[int, ...]:
+    return tuple(int(x) for x in text.split(",") if x.strip())
+
+
 def _claim_stdout():
     """Keep stdout for the learner's JSON events: they get a private copy of the descriptor
     and descriptor 1 is pointed at stderr, so what libraries print (DeepSpeed's accelerator
@@ -111,12 +115,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--only",
         default="",
         help="comma-separated sections: transport, weights, objective, memory, learner, "
-        "pipeline, learning (the last runs only when named here or with --with-learning)",
+        "pipeline, learning",
     )
-    p.add_argument("--with-learning", action="store_true", help="add learning to the full bench")
-    p.add_argument("--etas", default="0,1,2,4,8", help="learning: staleness limits")
-    p.add_argument("--objectives", default="ppo,decoupled_ppo", help="learning: objectives")
-    p.add_argument("--seeds", default="0,1", help="learning: seeds")
+    p.add_argument(
+        "--without-learning", action="store_true", help="the full bench less its learning grid"
+    )
+    p.add_argument("--etas", default="", help="learning: staleness limits (0,1,2,4,8)")
+    p.add_argument("--objectives", default="", help="learning: objectives (ppo,decoupled_ppo)")
+    p.add_argument("--seeds", default="", help="learning: seeds (0,1)")
     p.add_argument("--steps", type=int, default=0, help="learning: steps per run (0: 120)")
     p.add_argument("--eval-every", type=int, default=0, help="learning: 0 = steps / 40")
     p.add_argument("--target", type=float, default=0.7, help="learning: accuracy to reach")
@@ -176,17 +182,18 @@ def main(argv: list[str] | None = None) -> int:
 
         only = [x.strip() for x in args.only.split(",") if x.strip()] or None
         learning = None
-        if args.with_learning or (only and "learning" in only):
+        if (not only and not args.without_learning) or (only and "learning" in only):
             learning = {
-                "etas": tuple(int(x) for x in args.etas.split(",")),
-                "objectives": tuple(x.strip() for x in args.objectives.split(",")),
-                "seeds": tuple(int(x) for x in args.seeds.split(",")),
+                "etas": _ints(args.etas),
+                "objectives": tuple(x.strip() for x in args.objectives.split(",") if x.strip()),
+                "seeds": _ints(args.seeds),
                 "steps": args.steps or None,
                 "eval_every": args.eval_every or None,
                 "target": args.target,
                 "out_dir": args.out,
                 "extra": tuple(args.set),
             }
+            learning = {k: v for k, v in learning.items() if v not in ((), None)}
         results = run_bench(quick=args.quick, only=only, learning=learning)
         print(json.dumps(results) if args.json else format_table(results), file=out)
         return 0

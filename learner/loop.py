@@ -260,6 +260,9 @@ class StepLoop:
             "accuracy_before": accuracy_before,
             "accuracy_after": accuracy_after,
             "rl_seconds": round(self.rl_seconds, 2),
+            # Epoch seconds: other processes' timelines are clipped to the loop with them.
+            "rl_started_at": round(self.t0, 3),
+            "rl_ended_at": round(self.t0 + self.rl_seconds, 3),
             "steps": self.version - self.start_version,
             "policy_version": self.version,
             "max_staleness": cfg.buffer.max_staleness,

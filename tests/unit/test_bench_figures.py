@@ -8,6 +8,7 @@ import json
 
 import pytest
 
+from asyncrl.generators.phases import phases_within
 from asyncrl.launch.bench_learning import curve, summarise, time_to
 from asyncrl.launch.bench_pipeline import figures, losses
 
@@ -47,16 +48,46 @@ def test_losses_name_the_binding_side_and_its_idle_time():
 def test_figures_ideal_overlap_and_busy_verdict():
     # Async 90 tok/s with gen 100 and train 150: serial 1/(1/100 + 1/150) = 60 tok/s;
     # ideal overlap 100 / 60 = 1.667; sync 54 -> async_over_sync 90/54 = 1.667 -> of ideal 1.0.
-    a, s = _run(90.0, 100.0, 150.0), _run(54.0, 100.0, 150.0)
-    out = figures({4: [a], 0: [s]})
+    a = _run(90.0, 100.0, 150.0, max_staleness=4, speed_probe=1.0)
+    s = _run(54.0, 100.0, 150.0, max_staleness=0, speed_probe=1.0)
+    out = figures([(a, s)])
     assert out["pipeline_efficiency_async"] == 0.9
     assert out["ideal_overlap_ratio"] == pytest.approx(1.667, abs=1e-3)
     assert out["async_over_sync_of_ideal"] == pytest.approx(1.0, abs=1e-3)
     assert out["pipeline_efficiency_sync"] == 0.9  # 54 / 60
     assert out["machine_busy"] is False and out["calibration_drift"] == 0.0
-    # The sync run's generation-only rate 20 % lower: the load changed between the sides.
-    out = figures({4: [a], 0: [_run(54.0, 80.0, 150.0)]})
+    # The speed probe took 1.25 s before one run: the machine ran 20 % slower there.
+    slow = _run(54.0, 100.0, 150.0, max_staleness=0, speed_probe=1.25)
+    out = figures([(a, slow)])
     assert out["calibration_drift"] == 0.2 and out["machine_busy"] is True
+
+
+def test_figures_are_medians_over_pairs():
+    # Three pairs, async efficiency 0.9, 0.8, 0.95 (gen 100 < train 150; trained 90, 80, 95)
+    # against sync 54 each: medians 0.9 and 90/54 = 1.667; the losses come from the 0.9 run.
+    runs = [_run(t, 100.0, 150.0, max_staleness=4, speed_probe=1.0) for t in (90.0, 80.0, 95.0)]
+    sync = _run(54.0, 100.0, 150.0, max_staleness=0, speed_probe=1.0)
+    out = figures([(r, sync) for r in runs])
+    assert out["pipeline_efficiency_async"] == 0.9
+    assert out["async_over_sync"] == pytest.approx(1.667, abs=1e-3)
+    assert out["async_trained_tokens_per_second"] == 90.0
+    assert [p["pipeline_efficiency_async"] for p in out["pipeline_pairs"]] == [0.9, 0.8, 0.95]
+    assert len(out["pipeline_runs"]) == 6
+
+
+def test_generator_phases_are_clipped_to_the_window():
+    # Running totals at t = 0, 10, 20: generate 0 -> 8 -> 18, weights 0 -> 1 -> 1.
+    timeline = [
+        [0.0, {"generate": 0.0, "weights": 0.0}],
+        [10.0, {"generate": 8.0, "weights": 1.0}],
+        [20.0, {"generate": 18.0, "weights": 1.0}],
+    ]
+    # Window 5..15: generate 4 -> 13 (linear: 9 s), weights 0.5 -> 1 (0.5 s); other 10 - 9.5.
+    out = phases_within(timeline, 5.0, 15.0)
+    assert out["generate"] == 9.0 and out["weights"] == 0.5 and out["other"] == 0.5
+    # A window past the timeline's end is cut to it: 15..20 -> generate 5, weights 0.
+    out = phases_within(timeline, 15.0, 30.0)
+    assert out["generate"] == 5.0 and out["weights"] == 0.0 and out["other"] == 0.0
 
 
 def test_learning_curve_takes_evaluation_time_out(tmp_path):
