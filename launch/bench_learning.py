@@ -5,8 +5,9 @@ budget (so the same number of samples), learner and generators pinned to separat
 held-out accuracy every `eval_every` steps. The evaluations are deferred (`eval.deferred`):
 the learner keeps a copy of the policy at each point and evaluates the copies after its last
 step, so the loop never pauses (a paused learner would let η > 0 generators fill the buffer
-for free). From each run's metrics.jsonl: accuracy against RL wall time and against samples
-trained. Figures, per objective, relative to η = 0 of the same
+for free). From each run's metrics.jsonl: accuracy against RL wall time, counted from the
+moment the first generator joined (the fleet's start-up is the same at every η and not what
+η buys), and against samples trained. Figures, per objective, relative to η = 0 of the same
 objective, over the mean of the seeds:
 
 - `time_to_target_speedup`: η = 0's wall time to first reach `target` held-out accuracy
@@ -40,12 +41,16 @@ OBJECTIVE_OVERRIDES = {"decoupled_ppo": ("train.lr=5e-5",)}
 
 
 def curve(
-    metrics_jsonl: Path, samples_per_step: int, rl_seconds: float | None = None
+    metrics_jsonl: Path,
+    samples_per_step: int,
+    rl_seconds: float | None = None,
+    fleet_wait: float = 0.0,
 ) -> list[dict]:
     """[{step, samples, seconds, accuracy}] at every evaluation, `seconds` counted from the
-    first record (RL start) with the evaluations' own time taken out. The final evaluation
-    (after the last step, no `eval_seconds` of its own) is written after the checkpoint and
-    export: its time is the loop's `rl_seconds` when given."""
+    first record (RL start) with the evaluations' own time taken out, and after the start the
+    loop's `fleet_wait` (seconds before any generator had joined: start-up, the same at every
+    η) too. The final evaluation (after the last step, no `eval_seconds` of its own) is written
+    after the checkpoint and export: its time is the loop's `rl_seconds` when given."""
     points, t0, eval_total = [], None, 0.0
     for line in metrics_jsonl.read_text().splitlines():
         rec = json.loads(line)
@@ -58,6 +63,8 @@ def curve(
                 seconds = rec["rl_elapsed_seconds"]
             elif rl_seconds is not None and rec["step"] > 0 and "eval_seconds" not in rec:
                 seconds = rl_seconds - eval_total
+            if rec["step"] > 0:
+                seconds -= fleet_wait
             points.append(
                 {
                     "step": rec["step"],
@@ -186,8 +193,9 @@ def bench_learning(
                 for eta in etas:
                     run_dir = Path(tmp) / f"{objective}-eta{eta}-seed{seed}"
                     c, per_step = _run(run_dir, eta, objective, seed, steps, eval_every, extra)
-                    rl = json.loads((run_dir / "summary.json").read_text())["rl_seconds"]
-                    runs[objective].setdefault(eta, []).append(curve(c, per_step, rl))
+                    summary = json.loads((run_dir / "summary.json").read_text())
+                    rl, fleet = summary["rl_seconds"], summary.get("fleet_wait_seconds", 0.0)
+                    runs[objective].setdefault(eta, []).append(curve(c, per_step, rl, fleet))
                     # Kept after every run: a grid cut short still leaves its curves.
                     partial = {o: {str(e): c for e, c in by.items()} for o, by in runs.items()}
                     (out / "learning.partial.json").write_text(json.dumps(partial))

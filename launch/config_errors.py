@@ -21,7 +21,11 @@ TRL_ALIASES = {
     "num_generations": "sampling.group_size",
     "per_device_train_batch_size": "train.micro_batch_size",
     "max_completion_length": "sampling.max_new_tokens",
-    "beta": "objective.kl_beta",
+    # GRPOConfig's beta weighs the KL to the reference; DPOConfig's is DPO's own β.
+    "beta": (
+        "did you mean objective.kl_beta (TRL GRPOConfig's beta), or objective.dpo_beta with "
+        "objective.name=dpo (DPOConfig's beta)?"
+    ),
     "kl_coef": "objective.kl_beta",
     "epsilon": "objective.eps_low",
     "epsilon_high": "objective.eps_high",
@@ -35,7 +39,10 @@ TRL_ALIASES = {
     "dataset_name": "data.train_path",
     "reward_funcs": "reward.plugin",
     "entropy_coeff": "objective.entropy_coef",
-    "loss_type": "objective.agg",
+    "loss_type": (
+        "did you mean objective.agg (TRL GRPOConfig's loss_type: grpo, dr_grpo, dapo, ...), or "
+        "objective.dpo_loss_type with objective.name=dpo (DPOConfig's sigmoid, ipo)?"
+    ),
     "scale_rewards": "advantage.name",
     "importance_sampling_level": "objective.is_level",
     "gradient_accumulation_steps": (

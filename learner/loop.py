@@ -263,6 +263,10 @@ class StepLoop:
             # Epoch seconds: other processes' timelines are clipped to the loop with them.
             "rl_started_at": round(self.t0, 3),
             "rl_ended_at": round(self.t0 + self.rl_seconds, 3),
+            # The loop's seconds before any generator had joined: the fleet's start-up.
+            "fleet_wait_seconds": round(
+                max(0.0, (st["first_generator_joined_at"] or self.t0) - self.t0), 3
+            ),
             "steps": self.version - self.start_version,
             "policy_version": self.version,
             "max_staleness": cfg.buffer.max_staleness,

@@ -32,6 +32,7 @@ class Generators:
         # Per generator: (response tokens, seconds spent generating) of valid groups, for the
         # generation capacity that `asyncrl bench` compares the loop's throughput with.
         self.work: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0])
+        self.first_joined: float | None = None  # epoch seconds the first generator said hello
 
     def touch(self, gid: str, backend: str | None, version: int, now: float) -> bool:
         """Record a sign of life; True when the generator was not known (joined)."""
@@ -39,6 +40,8 @@ class Generators:
         joined = info is None
         if joined:
             info = self.connected[gid] = GeneratorInfo(gid, backend or "?", version, now)
+            if self.first_joined is None:
+                self.first_joined = now
         info.last_seen = now
         info.version = version
         if backend:

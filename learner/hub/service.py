@@ -198,6 +198,7 @@ class Hub:
                 "generators_seen": sorted(self.generators.seen),
                 "generation_capacity": self.generators.capacity(),
                 "hub_cpu_seconds": self.loop.cpu_seconds,
+                "first_generator_joined_at": self.generators.first_joined,
             }
 
     def state_dict(self) -> dict:

@@ -134,6 +134,9 @@ def test_deferred_evaluations_keep_the_seconds_they_were_taken_at(tmp_path):
         (2, 2.0, 0.6),
         (2, 2.5, 0.7),
     ]
+    # The first generator joined 0.5 s into the loop: every later point moves 0.5 s earlier.
+    c = curve(path, samples_per_step=64, rl_seconds=2.5, fleet_wait=0.5)
+    assert [p["seconds"] for p in c] == [0.0, 0.5, 1.5, 2.0]
 
 
 def test_learning_figures_relative_to_eta_zero():

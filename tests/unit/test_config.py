@@ -170,7 +170,9 @@ def test_file_errors_name_the_key_line_and_column(tmp_path):
             "max_completion_length=512",
             "did you mean sampling.max_new_tokens? (TRL's max_completion_length)",
         ),
-        ("beta=0.04", "did you mean objective.kl_beta? (TRL's beta)"),
+        # TRL's beta and loss_type mean one thing in GRPOConfig and another in DPOConfig.
+        ("beta=0.04", "objective.dpo_beta with objective.name=dpo (DPOConfig's beta)?"),
+        ("loss_type=ipo", "objective.name=dpo (DPOConfig's sigmoid, ipo)?"),
         ("epsilon=0.2", "did you mean objective.eps_low? (TRL's epsilon)"),
         ("data.train_files=x.parquet", "did you mean data.train_path? (verl's train_files)"),
         (
