@@ -11,9 +11,14 @@ No torch here: `protocol/` is imported by every process, including the light one
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+# Bounds of `SamplingParams.stop`: the list rides in every lease's (and every live-tuning
+# reply's) header, which a peer refuses past 64 KiB; 32 x 256 characters stays far below.
+MAX_STOP_STRINGS = 32
+MAX_STOP_CHARS = 256
 
 
 class StrictModel(BaseModel):
@@ -54,10 +59,13 @@ class SamplingParams(StrictModel):
     top_p: float = Field(1.0, gt=0.0, le=1.0, description="Nucleus truncation; 1 = off.")
     top_k: int = Field(0, ge=0, description="Top-k truncation; 0 = off.")
     max_new_tokens: int = Field(1024, ge=1, description="Response length limit in tokens.")
-    stop: list[str] = Field(
+    stop: list[Annotated[str, StringConstraints(min_length=1, max_length=MAX_STOP_CHARS)]] = Field(
         default_factory=list,
-        description="Stop strings besides EOS: a sample ends (finish reason 'stop') with the "
-        "token that completes one; that token is kept so logprobs stay aligned.",
+        max_length=MAX_STOP_STRINGS,
+        description="Stop strings besides EOS: a sample ends (finish reason 'stop') with "
+        "the token that completes one; that token is kept so logprobs stay aligned. At "
+        f"most {MAX_STOP_STRINGS} strings of 1 to {MAX_STOP_CHARS} characters: every lease "
+        "carries them in its header.",
     )
 
 

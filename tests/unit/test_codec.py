@@ -110,6 +110,10 @@ def _set_sampling(**values):
         (_set_sampling(temperature=True), "sampling.temperature"),
         (_set_sampling(stop=[1]), "sampling.stop.0"),
         (_set_sampling(stop="\n"), "sampling.stop"),
+        # Stop strings ride in every lease header: at most 32, each 1 to 256 characters.
+        (_set_sampling(stop=["x"] * 33), "sampling.stop"),
+        (_set_sampling(stop=["x" * 257]), "sampling.stop.0"),
+        (_set_sampling(stop=[""]), "sampling.stop.0"),
         # Non-finite numbers pass `gt=0` in pydantic; the codec refuses them like any float.
         (_set_sampling(temperature=float("inf")), "sampling.temperature is not finite"),
         (_set_sampling(top_p=float("nan")), "sampling.top_p is not finite"),
