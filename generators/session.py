@@ -52,8 +52,9 @@ class LearnerGone(RuntimeError):
 
 
 class LearnerRefused(Exception):
-    """The learner refused this generator for good (`Refused`: another wire schema):
-    reconnecting cannot help, so the generator exits with the learner's reason."""
+    """The learner refused this generator for good (`Refused`: another wire schema, or an
+    operator's key): reconnecting cannot help, so the generator exits with the learner's
+    reason."""
 
 
 class RunFinished(Exception):

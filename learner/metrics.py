@@ -40,7 +40,9 @@ MALFORMED_REASONS = (*DECODE_REASONS, "unexpected_type", "internal")
 DISCONNECT_REASONS = ("disconnected", "handshake", "auth")
 AUTH_FAILURE_REASONS = ("unknown_key",)  # protocol.auth
 DENY_REASONS = ("gate", "version", "hello")
-HELLO_REFUSALS = ("schema",)  # the generator speaks another wire schema
+# schema: the generator speaks another wire schema; operator_key: an `asyncrl ctl` key may
+# tune the run, never generate for it.
+HELLO_REFUSALS = ("schema", "operator_key")
 # Lease messages refused (`asyncrl_lease_messages_refused_total{message, reason}`): a request from
 # a connection that never said hello, ids held by another connection, ids never issued.
 LEASE_MESSAGES = ("lease_request", "heartbeat", "lease_return")
@@ -291,7 +293,8 @@ class LearnerMetrics:
         )
         self.hellos_refused = Counter(
             "asyncrl_hellos_refused",
-            "Generators refused at hello, by reason (schema: another wire schema).",
+            "Generators refused at hello, by reason (schema: another wire schema; operator_key: "
+            "an operator's key, which may only tune).",
             ["reason"],
             registry=r,
         )

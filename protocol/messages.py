@@ -137,9 +137,10 @@ class Hello(Message):
 @message("refused")
 class Refused(Message):
     """The learner will not talk to this peer: `reason` `schema` (another wire schema; `detail`
-    names both sides' schema and release). Its fields never change: it is decoded whatever
-    schema its header names (`codec.FROZEN_TYPES`), so every release from schema 4 on can
-    tell why a newer or older learner refused it."""
+    names both sides' schema and release) or `operator_key` (an operator's key said hello).
+    Its fields never change: it is decoded whatever schema its header names
+    (`codec.FROZEN_TYPES`), so every release from schema 4 on can tell why a newer or older
+    learner refused it."""
 
     reason: str
     detail: str

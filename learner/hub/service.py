@@ -254,7 +254,8 @@ class Hub:
             if isinstance(msg, Heartbeat):
                 return self._on_heartbeat(msg, now, sender)
             if isinstance(msg, Hello):
-                return self._on_hello(msg, now, sender)
+                refused = self.tuning.refuse_hello(msg, sender)  # an operator's key
+                return refused or self._on_hello(msg, now, sender)
             if isinstance(msg, LeaseReturn):
                 peer = self._peer(sender, msg.generator_id, "lease_return", len(msg.lease_ids))
                 if peer is not None:

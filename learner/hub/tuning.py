@@ -31,6 +31,7 @@ from asyncrl.learner.hub.core import HubCore
 from asyncrl.learner.hub.peers import Sender
 from asyncrl.learner.rewards.combine import function_labels
 from asyncrl.learner.tunables import TUNABLES
+from asyncrl.protocol.messages import RELEASE, SCHEMA_VERSION, Hello, Refused
 from asyncrl.protocol.operator import MAX_CHANGES, MAX_HISTORY_REPLY, TUNE_OPS, Tune, TuneReply
 
 logger = logging.getLogger("asyncrl.learner.tuning")
@@ -58,6 +59,18 @@ class Tuning:
             self._show(name)
 
     # ------------------------------------------------------------ socket thread
+    def refuse_hello(self, msg: Hello, sender: Sender) -> Refused | None:
+        """A `Refused` (counted, logged) when an operator's key says hello: it may tune the
+        run, never take leases, push rollouts or fetch weights, all of which need a hello."""
+        if not (sender.key and sender.key in self.operators):
+            return None
+        self.core.metrics.hellos_refused.labels(reason="operator_key").inc()
+        self.core.log.warning(
+            "operator_key", "hello as %r refused: an operator key", msg.generator_id[:64]
+        )
+        detail = "an operator key (asyncrl keys --operators) may tune the run, not generate"
+        return Refused("operator_key", detail, SCHEMA_VERSION, RELEASE)
+
     def handle(self, msg: Tune, sender: Sender) -> TuneReply:
         core = self.core
         with core.lock:

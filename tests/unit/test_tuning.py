@@ -21,6 +21,7 @@ from asyncrl.learner.hub.tuning import TUNABLES
 from asyncrl.learner.loss_config import AdvantageConfig
 from asyncrl.learner.metrics import LearnerMetrics
 from asyncrl.learner.step import build_batch
+from asyncrl.protocol.messages import Hello, Refused, Welcome
 from asyncrl.protocol.operator import Tune, TuneReply
 from asyncrl.protocol.sockets import (
     SocketFactory,
@@ -191,6 +192,13 @@ def test_under_curve_only_operator_keys_tune(tmp_path):
         assert refused.applied == [] and "operator key" in refused.refused[0]
         assert op.ask(Tune("set", ["buffer.max_staleness=1"])).applied == ["buffer.max_staleness"]
         assert json.loads(op.ask(Tune("history")).history[0])["by"].startswith("key:")
+        # An operator key may tune, never generate: its hello is refused (and counted), so it
+        # gets no lease, no weights and no rollout of its is accepted; a generator key's is not.
+        reply = op.ask(Hello("o", "fake", -1))
+        assert isinstance(reply, Refused) and reply.reason == "operator_key"
+        refusals = hub.metrics.hellos_refused.labels(reason="operator_key")._value.get()
+        assert refusals == 1
+        assert isinstance(gen.ask(Hello("g", "fake", -1)), Welcome)
     finally:
         gen.close()
         op.close()
