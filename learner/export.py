@@ -10,6 +10,7 @@ through DeepSpeed's own consolidation, cast to the model's dtype.
 from __future__ import annotations
 
 import json
+import pickle
 import shutil
 from pathlib import Path
 
@@ -28,6 +29,24 @@ def _states_file(tag_dir: Path) -> Path | None:
 
 class ExportError(ValueError):
     """What the user asked for cannot be exported; the message is one line."""
+
+
+def load_states(path: Path) -> dict:
+    """A DeepSpeed model-states file, read by torch's restricted unpickler: tensors,
+    containers and the numpy arrays DeepSpeed keeps in it, nothing that could run code (a
+    checkpoint is a file from outside, whoever claims to have written it)."""
+    import numpy as np
+
+    multiarray = getattr(np, "_core", np).multiarray
+    allowed = [np.ndarray, np.dtype, multiarray._reconstruct]
+    allowed += [type(np.dtype(t)) for t in ("bool", "int32", "int64", "uint32", "float32")]
+    allowed += [type(np.dtype("float64"))]
+    try:
+        with torch.serialization.safe_globals(allowed):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        first = str(exc).strip().splitlines()[0][:200]
+        raise ExportError(f"{path}: refused by the safe loader ({first})") from exc
 
 
 def locate(path: Path) -> tuple[Path, str]:
@@ -83,12 +102,10 @@ def _write_model(root: Path, tag: str, meta: Path, model_cls, dest: Path) -> dic
     saved to `dest` with the files in `meta`; returns DeepSpeed's state (client state)."""
     from transformers import AutoConfig
 
-    # Our own files from our own run: DeepSpeed's state holds numpy RNG state and config
-    # objects, which only the full unpickler reads.
     states = _states_file(root / tag)
     if states is None:
         raise ExportError(f"{root / tag}: no DeepSpeed model states in the checkpoint")
-    state = torch.load(states, map_location="cpu", weights_only=False)
+    state = load_states(states)
     config = AutoConfig.from_pretrained(meta)
     stage = int((state.get("ds_config") or {}).get("zero_optimization", {}).get("stage", 0))
     if stage == 3:
