@@ -13,13 +13,14 @@ from asyncrl.learner.packing import (
     RowCost,
     balanced_rows,
     choose_rows,
-    fit_rows,
+    fit_narrower,
     pack,
     packing_works,
     padding_share,
     plan_rows,
     positions,
     score_tokens,
+    spread_rows,
     target_width,
 )
 
@@ -35,22 +36,25 @@ def test_first_fit_longest_first():
 def test_rows_are_balanced_at_each_row_count():
     # Lengths 7, 7, 6, 6, 5 (31 tokens) over 3 rows. Spread (longest first onto the emptiest
     # row): 7 -> r0, 7 -> r1, 6 -> r2, 6 -> r2 (6 < 7), 5 -> r0 (7 = 7, lower index): loads
-    # 12, 7, 12, width 12. First fit from ceil(31 / 3) = 11 (narrower than 12 only): 7, 7, 6
-    # each take a row, the second 6 needs a fourth: no fit. So the spread's 12 wins.
-    assert fit_rows([7, 7, 6, 6, 5], 3, 14) == ([[0, 4], [1], [2, 3]], 12)
-    # Two rows: spread gives 7+6+5, 7+6 = 18 wide; first fit at 16: 7, 7 | 6 (room 3)... the
-    # 6 and 5 need a third row; at 17: 7, 7 | 6, 6, 5 = 17, two rows: narrower than 18.
-    assert fit_rows([7, 7, 6, 6, 5], 2, 28) == ([[0, 1], [2, 3, 4]], 17)
-    # Under a limit of 16 neither two-row plan fits.
-    assert fit_rows([7, 7, 6, 6, 5], 2, 16) is None
-    # Least filler over every row count at most 14 wide: 3 rows of 12 (36 positions), 4 of 11
-    # (spread: 7, 7, 6+5, 6: 44), 5 of 7 (35): one sequence per row wins.
+    # 12, 7, 12, width 12.
+    assert spread_rows([7, 7, 6, 6, 5], 3) == ([[0, 4], [1], [2, 3]], 12)
+    # First fit narrower than 12 in 3 rows, from ceil(31 / 3) = 11: 7, 7, 6 take a row each,
+    # the second 6 needs a fourth: none.
+    assert fit_narrower([7, 7, 6, 6, 5], 3, 12) is None
+    # Two rows: the spread is 7+6+5 | 7+6 = 18 wide; first fit from 16: at 16 the 6 and 5
+    # need a third row; at 17, 7 7 | 6 6 5: two rows, narrower than 18.
+    assert spread_rows([7, 7, 6, 6, 5], 2) == ([[0, 2, 4], [1, 3]], 18)
+    assert fit_narrower([7, 7, 6, 6, 5], 2, 18) == ([[0, 1], [2, 3, 4]], 17)
+    # Least filler at most 14 wide. Row counts from widths 7, 10, 14 (1, 1.5, 2 x 7; 3 and 4 x
+    # are cut to 14): 5 (and 6, more rows than sequences), 4, 3. Spread: 3 rows of 12 (36
+    # positions), 4 of 11 (7, 7, 6+5, 6: 44), 5 of 7 (35); first fit narrows none of them.
     assert balanced_rows([7, 7, 6, 6, 5], 14) == ([[0], [1], [2], [3], [4]], 7)
 
 
 def test_row_width_follows_the_cost_of_attention():
-    # Lengths 7, 7, 6, 6, 5 (31 tokens), rows at most 4 x 7 = 28 wide (the test above): 2 rows
-    # of 17 (34 positions), 3 of 12 (36), 4 of 11 (44), 5 of 7 (35).
+    # Lengths 7, 7, 6, 6, 5 (31 tokens), rows at most 4 x 7 = 28 wide: counts 2 to 5 (the test
+    # above); the spread's 2 rows of 18 narrowed by first fit to 17 (34 positions), 3 of 12
+    # (36), 4 of 11 (44), 5 of 7 (35).
     lengths = [7, 7, 6, 6, 5]
     # Attention free (varlen): fewest positions win, 34 at width 17.
     free = RowCost(linear=1.0, attention=1.0, varlen=True)
@@ -59,7 +63,8 @@ def test_row_width_follows_the_cost_of_attention():
     # 4356, 4 x 11 x 111 = 4884, 5 x 7 x 71 = 2485: one sequence per row.
     dense = RowCost(linear=1.0, attention=10.0, varlen=False)
     assert choose_rows(lengths, 0, dense) == ([[0], [1], [2], [3], [4]], 7)
-    # An explicit width is a limit with least filler, whatever the cost: 17 allows 2 rows.
+    # An explicit width is a limit with least filler, whatever the cost: at 17 the spread's two
+    # rows (18) do not fit, first fit's (17) do.
     assert choose_rows(lengths, 17, dense)[1] == 17
 
 
