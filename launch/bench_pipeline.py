@@ -108,11 +108,12 @@ def losses(run: dict) -> dict:
 
 
 def speed_probe() -> float:
-    """Seconds of a fixed pure-Python workload, the best of 5 tries: the machine's speed for
-    the interpreter-bound work this loop does. Taken before every run; how far it drifts
-    says whether the machine changed under the bench."""
+    """Seconds of a fixed pure-Python workload, the best of 5 tries over a second: the
+    machine's speed for the interpreter-bound work this loop does. Taken before every run;
+    how far it drifts says whether the machine changed under the bench."""
     best = float("inf")
-    for _ in range(5):
+    for k in range(5):
+        time.sleep(0.25 if k else 0.0)  # a moment's disturbance (a run's exit) misses a try
         t = time.perf_counter()
         x = 0
         for i in range(100_000):
