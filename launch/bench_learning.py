@@ -152,7 +152,8 @@ def plot(runs: dict, path: Path, target: float) -> bool:
                         label=label,
                         linestyle="-" if k == 0 else "--",
                     )
-        for col, xlabel in ((0, "RL wall seconds (evaluation excluded)"), (1, "samples trained")):
+        wall = "RL wall seconds from the first generator's hello"
+        for col, xlabel in ((0, wall), (1, "samples trained")):
             ax = axes[r][col]
             ax.axhline(target, color="grey", linewidth=0.6)
             ax.set_xlabel(xlabel)

@@ -13,6 +13,9 @@ weights, lease, gate, push, other), clipped to the learner's RL loop. From those
 - `async_over_sync` (η = 4 over η = 0 of the same pair) beside `ideal_overlap_ratio`:
   min(gen, train) over the serial rate 1 / (1/gen + 1/train), what a perfect overlap would
   give over a perfect synchronous loop; `async_over_sync_of_ideal` is their quotient.
+- `overlap_slowdown_training` / `_generation`: how much slower each side works beside the
+  other (η = 4) than in turns (η = 0), the shared machine's cost of overlapping, which
+  `async_over_sync` pays and `ideal_overlap_ratio` does not see.
 - `pipeline_losses`: the median async run's seconds per cause on each side, and which side
   binds.
 - `machine_busy`: whether the machine's speed (`speed_probe`, a fixed interpreter-bound
@@ -150,6 +153,11 @@ def pair_figures(a: dict, s: dict) -> dict:
         "async_over_sync_of_ideal": ratio / ideal,
         # The synchronous loop against its own ideal, the serial rate of its own run.
         "pipeline_efficiency_sync": s["trained_tokens_per_second"] / _serial(s),
+        # How much slower each side works while the other works beside it (at η = 0 they
+        # take turns): the shared machine's cost of overlap, which `ideal_overlap_ratio`
+        # (taken at the overlapped rates) does not see and `async_over_sync` pays.
+        "overlap_slowdown_training": 1.0 - train / s["training_tokens_per_second"],
+        "overlap_slowdown_generation": 1.0 - gen / s["generation_tokens_per_second"],
     }
 
 

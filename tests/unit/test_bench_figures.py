@@ -56,6 +56,11 @@ def test_figures_ideal_overlap_and_busy_verdict():
     assert out["async_over_sync_of_ideal"] == pytest.approx(1.0, abs=1e-3)
     assert out["pipeline_efficiency_sync"] == 0.9  # 54 / 60
     assert out["machine_busy"] is False and out["calibration_drift"] == 0.0
+    # Same rates in both runs: overlapping cost neither side anything.
+    assert out["overlap_slowdown_training"] == out["overlap_slowdown_generation"] == 0.0
+    # The learner 20 % faster when it trains alone (η = 0): 1 - 150 / 187.5 = 0.2.
+    alone = _run(54.0, 100.0, 187.5, max_staleness=0, speed_probe=1.0)
+    assert figures([(a, alone)])["overlap_slowdown_training"] == 0.2
     # The speed probe took 1.25 s before one run: the machine ran 20 % slower there.
     slow = _run(54.0, 100.0, 150.0, max_staleness=0, speed_probe=1.25)
     out = figures([(a, slow)])
