@@ -77,7 +77,8 @@ messages = st.one_of(
             top_p=st.floats(0, 1, exclude_min=True),
             top_k=small,
             max_new_tokens=st.integers(1, 10_000),
-            stop=st.lists(names, max_size=4),
+            # Stop strings: 1 to 256 characters each (SamplingParams.stop).
+            stop=st.lists(st.text(min_size=1, max_size=64), max_size=4),
         ),
         deadline=floats,
         issued_version=ints,
@@ -176,6 +177,7 @@ def test_hostile_lease_sampling_only_raises_protocol_error(sampling):
     s = out.sampling
     assert 0 < s.temperature < float("inf") and 0 < s.top_p <= 1
     assert s.top_k >= 0 and s.max_new_tokens >= 1 and all(isinstance(x, str) for x in s.stop)
+    assert len(s.stop) <= 32 and all(1 <= len(x) <= 256 for x in s.stop)
 
 
 @SETTINGS

@@ -20,4 +20,9 @@ def test_other_is_the_wall_time_no_phase_claimed(tmp_path, monkeypatch):
     assert snap["wall"] == 10.0 and snap["weights"] == 1.5 and snap["other"] == 2.5
     assert set(PHASES) <= set(snap)
     p.write(str(tmp_path / "g.json"))
-    assert json.loads((tmp_path / "g.json").read_text()) == snap
+    written = json.loads((tmp_path / "g.json").read_text())
+    timeline = written.pop("timeline")
+    assert written == snap
+    # The timeline's running totals (epoch seconds; the clock above is monotonic only): its
+    # last point holds every phase's total so far.
+    assert timeline[-1][1] == {k: snap[k] for k in PHASES if k != "other"} | {"other": 0.0}
