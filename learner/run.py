@@ -170,7 +170,8 @@ def run_learner(
             # The run reached its end (not a stop signal, whose learner is to be resumed):
             # generators are told while the checkpoint and export are written.
             hub.loop.finish(loop.version)
-        loop.evaluate_deferred()
+        if not stop.is_set():  # a stop signal wants a prompt exit, not evaluations
+            loop.evaluate_deferred()
         checkpointer.save(hub, loop.version)
         if hub is not None:
             hub.close_audit(finished=True)
