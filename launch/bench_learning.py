@@ -34,10 +34,6 @@ logger = logging.getLogger(__name__)
 ETAS = (0, 1, 2, 4, 8)
 OBJECTIVES = ("ppo", "decoupled_ppo")
 SEEDS = (0, 1)
-# Per objective, on top of the tiny-cpu preset: decoupled_ppo takes 4 optimizer steps per
-# batch (its loop default), so its learning rate is the preset's divided by them and each
-# sample moves the policy about as far as under ppo (docs/objectives.md).
-OBJECTIVE_OVERRIDES = {"decoupled_ppo": ("train.lr=5e-5",)}
 
 
 def curve(
@@ -230,6 +226,7 @@ def bench_learning(
 
 def _run(run_dir, eta, objective, seed, steps, eval_every, extra) -> tuple[Path, int]:
     from asyncrl.launch.config import load_config
+    from asyncrl.learner.loop_defaults import optimizer_steps_per_batch
 
     overrides = [
         f"train.steps={steps}",
@@ -238,7 +235,6 @@ def _run(run_dir, eta, objective, seed, steps, eval_every, extra) -> tuple[Path,
         "local.pin_cores=true",
         f"buffer.max_staleness={eta}",
         f"objective.name={objective}",
-        *OBJECTIVE_OVERRIDES.get(objective, ()),
         f"train.seed={seed}",
         f"generator.seed={seed}",
         f"data.shuffle_seed={seed}",
@@ -247,6 +243,12 @@ def _run(run_dir, eta, objective, seed, steps, eval_every, extra) -> tuple[Path,
         *extra,
     ]
     cfg = load_config("tiny-cpu", list(overrides))
+    steps_per_batch = optimizer_steps_per_batch(cfg.train)
+    if steps_per_batch > 1 and not any(x.startswith("train.lr=") for x in extra):
+        # An objective whose loop defaults take several optimizer steps per batch (decoupled_ppo:
+        # 4 mini-batches) gets the preset's learning rate divided by them, so each sample moves
+        # the policy about as far as under ppo (docs/objectives.md).
+        overrides.append(f"train.lr={cfg.train.lr / steps_per_batch:g}")
     cmd = [sys.executable, "-m", "asyncrl.launch.cli", "local", *overrides]
     env = dict(os.environ)
     proc = subprocess.run(

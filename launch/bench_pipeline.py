@@ -167,7 +167,7 @@ def figures(pairs: list[tuple[dict, dict]]) -> dict:
     per = [pair_figures(a, s) for a, s in pairs]
     out: dict = {k: round(statistics.median(p[k] for p in per), 3) for k in per[0]}
     by_eff = sorted(range(len(pairs)), key=lambda i: per[i]["pipeline_efficiency_async"])
-    a = pairs[by_eff[(len(pairs) - 1) // 2]][0]
+    a, s = pairs[by_eff[(len(pairs) - 1) // 2]]  # the pair of the median efficiency
     out["async_trained_tokens_per_second"] = a["trained_tokens_per_second"]
     out["generation_only_tokens_per_second"] = a["generation_tokens_per_second"]
     out["training_only_tokens_per_second"] = a["training_tokens_per_second"]
@@ -192,7 +192,5 @@ def figures(pairs: list[tuple[dict, dict]]) -> dict:
     ]
     out["pipeline_pairs"] = [{k: round(v, 3) for k, v in p.items()} for p in per]
     out["pipeline_losses"] = losses(a)
-    out["staleness"] = {
-        f"eta={r['max_staleness']}": r["staleness_counts"] for r in (a, pairs[by_eff[0]][1])
-    }
+    out["staleness"] = {f"eta={r['max_staleness']}": r["staleness_counts"] for r in (a, s)}
     return out
