@@ -127,6 +127,15 @@ class StepLoop:
                 "eval.deferred copies the whole policy on one rank: it needs a single learner "
                 "rank and train.zero_stage 0-2"
             )
+        if cfg.eval.deferred and cfg.eval.every:
+            copy_bytes = sum(
+                t.numel() * t.element_size() for t in engine.model.state_dict().values()
+            )
+            # One per multiple of `every` after `version` and before the last step.
+            copies = max(0, (cfg.train.steps - 1) // cfg.eval.every - version // cfg.eval.every)
+            why = deferred_copies_too_big(copy_bytes, copies, available_memory())
+            if why:
+                raise ValueError(why)
 
     def run(self) -> None:
         train = self.cfg.train
@@ -293,6 +302,31 @@ class StepLoop:
             self.version,
         )
         return summary
+
+
+def available_memory() -> int | None:
+    """Bytes of memory this host can still give (Linux's MemAvailable); None elsewhere."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def deferred_copies_too_big(copy_bytes: int, copies: int, available: int | None) -> str | None:
+    """Why eval.deferred's policy copies would not fit (more than half of the memory
+    available at the start), or None."""
+    need = copy_bytes * copies
+    if available is None or need <= available // 2:
+        return None
+    return (
+        f"eval.deferred would hold {copies} copies of the policy ({copy_bytes / 1e9:.2f} GB "
+        f"each, {need / 1e9:.1f} GB) against {available / 1e9:.1f} GB of memory available: "
+        "evaluate less often (eval.every) or inline (eval.deferred=false)"
+    )
 
 
 def fmt_accuracy(x: float | None) -> str:
