@@ -77,7 +77,8 @@ class EvalConfig(StrictModel):
         "there, and evaluate the copies once the last step is done, each recorded at its step "
         "with `rl_elapsed_seconds` (the loop's wall time when it was taken): accuracy against "
         "wall time with the loop never paused (a pause lets generators run ahead at η > 0). "
-        "Holds one copy of the weights per evaluation in memory: meant for small models and "
+        "Holds one copy of the weights per evaluation in memory (refused at start past half "
+        "the memory available): meant for small models and "
         "`asyncrl bench --only learning`. One learner rank, ZeRO stage 0-2; a run stopped "
         "by a signal skips them.",
     )
