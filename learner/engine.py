@@ -8,6 +8,7 @@ ZeRO-3 parameters for publishing, and checkpoints. Objectives stay pure function
 
 from __future__ import annotations
 
+import heapq
 import importlib
 import logging
 import os
@@ -174,15 +175,25 @@ def balance_rows(
     pass carries about the same number of tokens instead of the same number of rows. Every
     rank gets exactly `micro_batches` index tensors (possibly empty), as DeepSpeed's
     accumulation counter requires. Deterministic: every rank computes the same plan."""
-    bins = world * micro_batches
-    load = [0] * bins
-    members: list[list[int]] = [[] for _ in range(bins)]
-    for i in sorted(range(len(lengths)), key=lambda i: (-lengths[i], i)):
-        b = min(range(bins), key=lambda k: (load[k], k))
-        members[b].append(i)
-        load[b] += lengths[i]
+    members, _ = lpt_bins(lengths, world * micro_batches)
     mine = members[rank * micro_batches : (rank + 1) * micro_batches]
     return [torch.tensor(sorted(m), dtype=torch.long) for m in mine]
+
+
+def lpt_bins(lengths: list[int], bins: int) -> tuple[list[list[int]], list[int]]:
+    """(members, loads): indices into `lengths` over `bins` bins, longest first into the bin
+    holding the fewest tokens (ties to the lower bin), with each bin's total; bins may be
+    empty. Longest-processing-time scheduling: micro-batches (`balance_rows`) and packed
+    rows (`learner.packing.spread_rows`) both balance tokens with it."""
+    heap = [(0, b) for b in range(bins)]
+    members: list[list[int]] = [[] for _ in range(bins)]
+    loads = [0] * bins
+    for i in sorted(range(len(lengths)), key=lambda i: (-lengths[i], i)):
+        load, b = heapq.heappop(heap)
+        members[b].append(i)
+        loads[b] = load + lengths[i]
+        heapq.heappush(heap, (loads[b], b))
+    return members, loads
 
 
 def shard_rows(n: int, rank: int, world: int, micro_batches: int) -> list[slice]:

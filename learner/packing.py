@@ -18,13 +18,12 @@ then micro-batches are trimmed to their longest row as before.
 
 from __future__ import annotations
 
-import heapq
 import logging
 from dataclasses import dataclass
 
 import torch
 
-from asyncrl.learner.engine import Batch
+from asyncrl.learner.engine import Batch, lpt_bins
 from asyncrl.learner.logprobs import token_entropy, token_logprobs
 
 logger = logging.getLogger(__name__)
@@ -98,17 +97,9 @@ FIT_TRIES = 4
 
 def spread_rows(lengths: list[int], count: int) -> tuple[list[list[int]], int]:
     """(rows, width): sequences over `count` rows, longest first onto the row holding the
-    fewest tokens (longest-processing-time scheduling; ties to the lower row); empty rows are
-    left out, the width is the fullest row."""
-    heap = [(0, r) for r in range(count)]
-    rows: list[list[int]] = [[] for _ in range(count)]
-    widest = 0
-    for i in sorted(range(len(lengths)), key=lambda i: (-lengths[i], i)):
-        load, r = heapq.heappop(heap)
-        rows[r].append(i)
-        widest = max(widest, load + lengths[i])
-        heapq.heappush(heap, (load + lengths[i], r))
-    return [r for r in rows if r], widest
+    fewest tokens (`lpt_bins`); empty rows are left out, the width is the fullest row."""
+    members, loads = lpt_bins(lengths, count)
+    return [r for r in members if r], max(loads, default=0)
 
 
 def fit_narrower(lengths: list[int], count: int, width: int) -> tuple[list[list[int]], int] | None:
