@@ -216,9 +216,7 @@ class StepLoop:
         if every and version % every == 0 and version < cfg.train.steps and cfg.eval.deferred:
             te = time.time()
             if self.engine.rank == 0:
-                state = self.engine.model.state_dict()
-                copy = {k: v.detach().to("cpu", copy=True) for k, v in state.items()}
-                self.snapshots.append((version, te - self.t0, copy))
+                self.snapshots.append((version, te - self.t0, self._policy_copy()))
             self.phase_seconds["eval"] += time.time() - te  # on the step's path: not taken out
         elif every and version % every == 0 and version < cfg.train.steps:
             te = time.time()
@@ -237,13 +235,18 @@ class StepLoop:
             self.reporter.step(version, {**stats, **m})
         self.phase_seconds["checkpoint_report"] += time.time() - tc
 
+    def _policy_copy(self) -> dict:
+        """The policy's weights, copied to CPU memory (eval.deferred)."""
+        state = self.engine.model.state_dict()
+        return {k: v.detach().to("cpu", copy=True) for k, v in state.items()}
+
     def evaluate_deferred(self) -> None:
         """eval.deferred: each policy copy evaluated and recorded at its step (with the loop's
         seconds when it was taken), then the final weights put back."""
         if not self.snapshots:
             return
         model = self.engine.model
-        final = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+        final = self._policy_copy()
         try:
             for version, seconds, state in self.snapshots:
                 model.load_state_dict(state)
