@@ -17,6 +17,7 @@ import numpy as np
 
 from asyncrl.learner.checkpoint import Checkpointer
 from asyncrl.learner.config import RunConfig
+from asyncrl.learner.cpu_usage import CpuSnapshot
 from asyncrl.learner.engine import Batch, Engine, broadcast_batch, broadcast_flag, broadcast_text
 from asyncrl.learner.evaluation import EnvHooks, eval_reward, evaluate_rows
 from asyncrl.learner.publishers import WeightPublisher
@@ -122,6 +123,8 @@ class StepLoop:
         # eval.deferred: (version, loop seconds, CPU copy of the policy) per evaluation point.
         self.snapshots: list[tuple[int, float, dict]] = []
         self.t0 = time.time()
+        # CPU seconds of the RL loop by spender (learner.cpu_usage), set when `run` ends.
+        self.cpu_seconds: dict[str, float] = {}
         if cfg.eval.deferred and (engine.world > 1 or cfg.train.zero_stage == 3):
             raise ValueError(
                 "eval.deferred copies the whole policy on one rank: it needs a single learner "
@@ -140,6 +143,7 @@ class StepLoop:
     def run(self) -> None:
         train = self.cfg.train
         t0 = self.t0 = time.time()
+        cpu0 = CpuSnapshot.take()
         while self.version < train.steps:
             if broadcast_flag(self._should_stop(t0), self.engine.world):
                 break
@@ -149,6 +153,7 @@ class StepLoop:
             settings = self._settings()
             self._step(broadcast_batch(batch, self.engine.rank, self.engine.world), stats, settings)
         self.rl_seconds = time.time() - t0
+        self.cpu_seconds = CpuSnapshot.take().since(cpu0)
 
     def _should_stop(self, t0: float) -> bool:
         if self.stop.is_set():
@@ -292,6 +297,9 @@ class StepLoop:
             "staleness_counts": {str(k): v for k, v in sorted(st["staleness_counts"].items())},
             "phase_seconds": {k: round(v, 4) for k, v in self.phase_seconds.items()},
             "hub_cpu_seconds": round(st.get("hub_cpu_seconds", 0.0), 4),
+            # This process's CPU during the loop: training thread, its other threads (the
+            # hub's among them), its child processes (reward workers).
+            "learner_cpu_seconds": self.cpu_seconds,
             **(extra or {}),
         }
         out = Path(cfg.learner.output_dir)

@@ -72,6 +72,9 @@ class TTRLConfig(StrictModel):
 
 
 BUILTIN_REWARDS = ("exact", "math", "ttrl", "reward_model", "overlong")
+# Built-ins that run none of the user's code and whose cost is linear in a completion that
+# max_completion_chars bounds: a worker process would buy them nothing but a pipe round trip.
+IN_THREAD_SAFE = ("exact", "overlong")
 # Built-ins that compare with the row's ground truth: never shown a label at test time.
 LABELLED_REWARDS = ("exact", "math")
 
@@ -159,13 +162,24 @@ class RewardConfig(StrictModel):
         2,
         ge=1,
         description="Worker processes scoring groups (each builds the reward once: a reward "
-        "model is loaded once per worker). Rewards never run on the learner's socket loop or "
+        "model is loaded once per worker); pool threads when groups are scored in threads "
+        "(isolation). Rewards never run on the learner's socket loop or "
         "training thread; past 4 queued groups per worker, intake waits for a free worker.",
+    )
+    isolation: Literal["auto", "process", "thread"] = Field(
+        "auto",
+        description="Where groups are scored. process: in the worker processes, under the "
+        "hard deadline. thread: on the pool's threads in the learner process, with no "
+        "deadline (nothing can stop a thread), allowed only when every function is one of "
+        f"{', '.join(IN_THREAD_SAFE)} (built-ins of bounded cost that run no user code); it "
+        "saves each group a round trip to another process, CPU the training thread gets "
+        "back when they share cores. auto: thread when that is allowed, process otherwise.",
     )
     timeout_seconds: float = Field(
         30.0,
         gt=0.0,
-        description="Hard deadline on scoring one group (and its greedy baseline). A worker "
+        description="Hard deadline on scoring one group (and its greedy baseline) in a worker "
+        "process. A worker "
         "still running then is killed and replaced, and the group is dropped with reason "
         "reward_timeout (its prompt is not re-issued). Must cover a reward's first call "
         "(math starts its math-verify workers then).",
@@ -221,6 +235,12 @@ class RewardConfig(StrictModel):
                 "reward.ttrl.vote_size needs the ttrl reward (reward.name: ttrl, or ttrl in "
                 "reward.functions): only a vote uses the extra samples"
             )
+        if self.isolation == "thread" and not self.in_thread_safe():
+            raise ValueError(
+                f"reward.isolation 'thread' is for {', '.join(IN_THREAD_SAFE)} only; "
+                f"{', '.join(n for n in names if n not in IN_THREAD_SAFE)} must run in worker "
+                "processes (reward.isolation: process or auto)"
+            )
         if "overlong" in names and (
             self.overlong.max_length is None or self.overlong.cache_length is None
         ):
@@ -229,6 +249,14 @@ class RewardConfig(StrictModel):
                 "reward.overlong.cache_length"
             )
         return self
+
+    def in_thread_safe(self) -> bool:
+        """Whether every function may score on a pool thread (`IN_THREAD_SAFE`)."""
+        return all(spec in IN_THREAD_SAFE for spec, _ in self.resolved())
+
+    def scores_in_thread(self) -> bool:
+        """Whether groups are scored on the pool's threads rather than in worker processes."""
+        return self.isolation == "thread" or (self.isolation == "auto" and self.in_thread_safe())
 
     def resolved(self) -> list[tuple[str, float]]:
         """(function spec, weight) for every function that scores, in order."""

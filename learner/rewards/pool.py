@@ -12,6 +12,11 @@ hang (a plug-in bug); none of that may stop the hub's socket loop or the trainin
   a worker that died under it (replaced too);
 - the worker calls the reward on its main thread, where `signal.alarm` (math-verify) works.
 
+Rewards that run no user code and cost time linear in a bounded completion (exact match,
+the overlong penalty) are scored on the pool threads themselves when `reward.isolation`
+allows (`_ThreadWorker`): a process round trip per group would be most of their cost, paid on
+the learner's cores.
+
 The pool knows nothing of leases: `submit(make_job, done)` runs `done(outcome)` on the pool
 thread once the job is scored or has failed. Results and jobs cross the pipe pickled: both
 ends are this program's own processes, never the network.
@@ -101,20 +106,25 @@ def _worker_main(cfg: RewardConfig, conn, parent: int) -> None:
                 return
             if job is None:
                 return
-            try:
-                res = fn(job.input, job.weights)
-                baseline = None
-                if job.baseline is not None:
-                    baseline = float(
-                        fn.score_baseline(job.input, job.baseline, job.baseline_ids, job.weights)
-                    )
-                rewards = [float(r or 0.0) for r in res.rewards]  # combined: never None
-                out: Outcome = Scored(rewards, dict(res.metrics), baseline, res.clusters)
-            except Exception as exc:  # the group fails; the worker and the run go on
-                out = Failed("reward_error", repr(exc))
-            conn.send(out)
+            conn.send(score_job(fn, job))
     finally:
         fn.close()
+
+
+def score_job(fn, job: RewardJob) -> Outcome:
+    """One group scored by the built reward `fn`: what it raises fails the group, never the
+    worker or the run."""
+    try:
+        res = fn(job.input, job.weights)
+        baseline = None
+        if job.baseline is not None:
+            baseline = float(
+                fn.score_baseline(job.input, job.baseline, job.baseline_ids, job.weights)
+            )
+        rewards = [float(r or 0.0) for r in res.rewards]  # combined: never None
+        return Scored(rewards, dict(res.metrics), baseline, res.clusters)
+    except Exception as exc:  # the group fails; the worker and the run go on
+        return Failed("reward_error", repr(exc))
 
 
 class _Worker:
@@ -185,13 +195,43 @@ class _Worker:
             conn.close()
 
 
+class _ThreadWorker:
+    """`_Worker`'s part played on the pool thread itself: the reward is built once and called
+    here, with no deadline (only `IN_THREAD_SAFE` rewards, whose cost is bounded, get here)."""
+
+    def __init__(self, cfg: RewardConfig, index: int, closed: threading.Event):
+        self.cfg = cfg
+        self.index = index
+        self.closed = closed
+        self.fn = None
+
+    def ensure(self) -> None:
+        if self.closed.is_set():
+            raise RuntimeError("reward pool is closed")
+        if self.fn is None:
+            from asyncrl.learner.rewards import setup_reward
+
+            self.fn = setup_reward(self.cfg)
+
+    def score(self, job: RewardJob, timeout: float) -> Outcome:
+        return score_job(self.fn, job)
+
+    def kill(self) -> None:
+        fn, self.fn = self.fn, None
+        if fn is not None:
+            fn.close()
+
+
 class RewardPool:
-    """`cfg.workers` reward processes fed from a bounded queue by one thread each."""
+    """`cfg.workers` reward processes (or, `cfg.scores_in_thread()`, in-thread scorers) fed
+    from a bounded queue by one thread each."""
 
     def __init__(self, cfg: RewardConfig):
         self.timeout = cfg.timeout_seconds
         self._closed = threading.Event()
-        self._workers = [_Worker(cfg, i, self._closed) for i in range(cfg.workers)]
+        self.in_thread = cfg.scores_in_thread()
+        kind = _ThreadWorker if self.in_thread else _Worker
+        self._workers = [kind(cfg, i, self._closed) for i in range(cfg.workers)]
         self._queue: queue.Queue = queue.Queue(QUEUE_PER_WORKER * cfg.workers)
         self._threads: list[threading.Thread] = []
 

@@ -135,8 +135,48 @@ def test_a_process_that_dies_with_the_pool_open_exits(tmp_path):
         "from asyncrl.learner.rewards import RewardConfig\n"
         "from asyncrl.learner.rewards.pool import RewardPool\n"
         "if __name__ == '__main__':\n"
-        "    RewardPool(RewardConfig(workers=2)).start()\n"
+        "    RewardPool(RewardConfig(workers=2, isolation='process')).start()\n"
         "    raise RuntimeError('learner crashed')\n"
     )
     proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 1 and "learner crashed" in proc.stderr
+
+
+@pytest.mark.parametrize(
+    "settings, in_thread",
+    [
+        ({}, True),  # the default single reward, exact: built-in, bounded, no user code
+        (
+            {"functions": ["exact", "overlong"], "overlong": {"max_length": 8, "cache_length": 2}},
+            True,
+        ),
+        ({"name": "math"}, False),  # math-verify needs signal.alarm and can hang in sympy
+        ({"name": "plugin", "plugin": f"{PLUGINS}:exact"}, False),  # user code: always a process
+        ({"isolation": "process"}, False),  # asked for, even where a thread would do
+    ],
+)
+def test_auto_isolation_scores_in_threads_only_what_cannot_hang(settings, in_thread):
+    assert RewardConfig(**settings).scores_in_thread() is in_thread
+
+
+def test_thread_isolation_is_refused_for_a_reward_that_needs_a_process():
+    with pytest.raises(ValueError, match="'thread' is for exact, overlong only; math must"):
+        RewardConfig(name="math", isolation="thread")
+
+
+def test_in_thread_pool_scores_and_survives_a_raising_reward():
+    import multiprocessing
+
+    pool = RewardPool(RewardConfig(workers=1))
+    pool.start()
+    try:
+        assert pool.in_thread and not multiprocessing.active_children()  # no worker process
+        # Answer "4": "4" -> 1, " 4 " -> 1 (stripped), "5" -> 0; the greedy baseline "4" -> 1.
+        job = _job("2+2=", ["4", " 4 ", "5"], {"answer": "4"}, "4")
+        assert _score(pool, job) == Scored([1.0, 1.0, 0.0], {"reward_exact_mean": 2 / 3}, 1.0)
+        # A row without the answer column makes exact raise: that group fails, the pool goes on.
+        out = _score(pool, _job("p", ["4"], {"label": "4"}))
+        assert isinstance(out, Failed) and out.cause == "reward_error" and "answer" in out.detail
+        assert _rewards(_score(pool, _job("p", ["4"], {"answer": "4"}))) == [1.0]
+    finally:
+        pool.close()
