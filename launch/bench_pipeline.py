@@ -16,6 +16,10 @@ weights, lease, gate, push, other), clipped to the learner's RL loop. From those
 - `overlap_slowdown_training` / `_generation`: how much slower each side works beside the
   other (η = 4) than in turns (η = 0), the shared machine's cost of overlapping, which
   `async_over_sync` pays and `ideal_overlap_ratio` does not see.
+- The two factors of `async_over_sync_of_ideal` (their product, exactly):
+  `efficiency_async_over_sync`, each loop's efficiency against its own ideal (the pipeline's
+  doing), and `serial_rate_async_over_sync`, the serial rate of the η = 4 run's two sides over
+  the η = 0 run's (the machine's: below 1 when the sides slow each other).
 - `pipeline_losses`: the median async run's seconds per cause on each side, and which side
   binds.
 - `machine_busy`: whether the machine's speed (`speed_probe`, a fixed interpreter-bound
@@ -99,6 +103,14 @@ def losses(run: dict) -> dict:
         # The hub thread's CPU on the learner's core(s): taken from training when they share.
         "hub_thread_cpu": run.get("hub_cpu_seconds", 0.0),
     }
+    cpu = run.get("learner_cpu_seconds") or {}
+    if cpu:
+        # All the learner process's CPU besides the training thread during the loop (the hub's,
+        # reward scoring, ZeroMQ's I/O, the metrics server, reward workers): pinned to the
+        # learner's cores, at η > 0 it runs while training does and slows it.
+        out["learner_cpu_beside_training"] = round(
+            cpu.get("other_threads", 0.0) + cpu.get("child_processes", 0.0), 3
+        )
     gens = run.get("generator_phases", [])
     if gens:
         for key in ("weights", "lease", "gate", "push", "other"):
@@ -158,6 +170,10 @@ def pair_figures(a: dict, s: dict) -> dict:
         # (taken at the overlapped rates) does not see and `async_over_sync` pays.
         "overlap_slowdown_training": 1.0 - train / s["training_tokens_per_second"],
         "overlap_slowdown_generation": 1.0 - gen / s["generation_tokens_per_second"],
+        # async_over_sync_of_ideal = this * the next (see the module's docstring).
+        "efficiency_async_over_sync": (a["trained_tokens_per_second"] / min(gen, train))
+        / (s["trained_tokens_per_second"] / _serial(s)),
+        "serial_rate_async_over_sync": _serial(a) / _serial(s),
     }
 
 

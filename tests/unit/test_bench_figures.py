@@ -67,6 +67,29 @@ def test_figures_ideal_overlap_and_busy_verdict():
     assert out["calibration_drift"] == 0.2 and out["machine_busy"] is True
 
 
+def test_of_ideal_splits_into_the_pipeline_and_the_machine():
+    # Async: trained 80, gen 100, train 120 -> efficiency 80/100 = 0.8, serial 1/(1/100 +
+    # 1/120) = 54.545. Sync: trained 60, gen 100, train 150 -> serial 60, efficiency 1.0.
+    # Efficiency factor 0.8 / 1.0 = 0.8; serial factor 54.545 / 60 = 0.909 (training ran 20 %
+    # slower beside generation). async_over_sync 80/60 = 1.333; ideal 100/54.545 = 1.833;
+    # of ideal 1.333/1.833 = 0.727 = 0.8 * 0.909.
+    a = _run(80.0, 100.0, 120.0, max_staleness=4, speed_probe=1.0)
+    s = _run(60.0, 100.0, 150.0, max_staleness=0, speed_probe=1.0)
+    out = figures([(a, s)])
+    assert out["efficiency_async_over_sync"] == 0.8
+    assert out["serial_rate_async_over_sync"] == pytest.approx(0.909, abs=1e-3)
+    assert out["async_over_sync_of_ideal"] == pytest.approx(0.727, abs=1e-3)
+
+
+def test_losses_count_the_learner_cpu_beside_training():
+    # Hub and reward threads 1.2 s, reward workers 0.3 s: 1.5 s beside the training thread.
+    cpu = {"training_thread": 6.0, "other_threads": 1.2, "child_processes": 0.3}
+    out = losses(_run(90.0, 100.0, 200.0, learner_cpu_seconds=cpu))
+    assert out["learner_cpu_beside_training"] == 1.5
+    # Summaries from before the split have no such line.
+    assert "learner_cpu_beside_training" not in losses(_run(90.0, 100.0, 200.0))
+
+
 def test_figures_are_medians_over_pairs():
     # Three pairs, async efficiency 0.9, 0.8, 0.95 (gen 100 < train 150; trained 90, 80, 95)
     # against sync 54 each: medians 0.9 and 90/54 = 1.667; the losses come from the 0.9 run.
