@@ -145,7 +145,7 @@ def run_learner(
         )
         logger.info("held-out accuracy before RL: %s", fmt_accuracy(acc_before))
 
-    tracking = _build_tracking(cfg, hub) if hub is not None else None
+    tracking = _build_tracking(cfg, hub, version if resume else None) if hub is not None else None
     try:
         if tracking is not None:
             tracking.start(version, before)
@@ -202,11 +202,11 @@ def run_learner(
     return summary
 
 
-def _build_tracking(cfg: RunConfig, hub) -> Tracking:
+def _build_tracking(cfg: RunConfig, hub, resumed_from: int | None) -> Tracking:
     lc = cfg.learner
     dump = getattr(cfg, "model_dump", None)
     config = dump(mode="json") if dump is not None else {}
-    trackers = make_trackers(lc.report_to, lc.output_dir, lc.wandb_project, config)
+    trackers = make_trackers(lc.report_to, lc.output_dir, lc.wandb_project, config, resumed_from)
     train = cfg.train
     return Tracking(trackers, hub.metrics, train.steps, train.log_every, train.max_seconds, hub)
 

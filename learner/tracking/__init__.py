@@ -35,20 +35,25 @@ def check_trackers(report_to: Iterable[str]) -> None:
 
 
 def make_trackers(
-    report_to: Iterable[str], output_dir: str, wandb_project: str, config: dict
+    report_to: Iterable[str],
+    output_dir: str,
+    wandb_project: str,
+    config: dict,
+    resumed_from: int | None = None,
 ) -> list[Tracker]:
-    """The configured trackers writing under `output_dir` (each named once)."""
+    """The configured trackers writing under `output_dir` (each named once). `resumed_from`:
+    the version a resumed run restarts at; what the killed run logged after it is undone."""
     out = Path(output_dir)
     trackers: list[Tracker] = []
     for name in dict.fromkeys(report_to):
         if name == "jsonl":
             from asyncrl.learner.tracking.jsonl import JsonlTracker
 
-            trackers.append(JsonlTracker(out / "metrics.jsonl"))
+            trackers.append(JsonlTracker(out / "metrics.jsonl", resumed_from))
         elif name == "tensorboard":
             from asyncrl.learner.tracking.tensorboard import TensorBoardTracker
 
-            trackers.append(TensorBoardTracker(out / "tensorboard"))
+            trackers.append(TensorBoardTracker(out / "tensorboard", resumed_from))
         elif name == "wandb":
             from asyncrl.learner.tracking.wandb import WandbTracker
 

@@ -17,14 +17,17 @@ def check_available() -> None:
 
 
 class TensorBoardTracker:
-    """One scalar per statistic, tagged by name, at the policy version."""
+    """One scalar per statistic, tagged by name, at the policy version. A run resumed at
+    version v has TensorBoard hide what the killed run wrote for later steps (`purge_step`):
+    they are trained again."""
 
-    def __init__(self, log_dir: Path):
+    def __init__(self, log_dir: Path, resumed_from: int | None = None):
         check_available()
         from torch.utils.tensorboard import SummaryWriter
 
         self.log_dir = log_dir
-        self._writer = SummaryWriter(log_dir=str(log_dir))
+        purge = resumed_from + 1 if resumed_from is not None else None
+        self._writer = SummaryWriter(log_dir=str(log_dir), purge_step=purge)
 
     def log(self, step: int, stats: dict[str, float]) -> None:
         for name, value in stats.items():

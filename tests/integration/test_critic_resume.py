@@ -122,4 +122,7 @@ def test_sigkill_then_resume_with_critic(small_overrides, tmp_path):
     assert rebuilt.keys() == after.keys() and all(rebuilt[k].equal(after[k]) for k in after)
     trained = [r for r in rows if "value_loss" in r]
     assert [r["step"] for r in trained[-2:]] == [saved + 1, saved + 2]
+    # Each trained step once: what the killed run logged past the checkpoint was rolled back.
+    steps_logged = [r["step"] for r in trained]
+    assert steps_logged == sorted(set(steps_logged))
     assert all("value_explained_variance" in r and "loss" in r for r in trained[-2:])

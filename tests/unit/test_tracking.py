@@ -194,3 +194,25 @@ def test_missing_tracker_library_is_one_line(monkeypatch):
     with pytest.raises(TrackerUnavailable) as exc:
         check_trackers(["jsonl", "wandb"])
     assert "\n" not in str(exc.value) and "asyncrl[wandb]" in str(exc.value)
+
+
+def test_a_resumed_run_rolls_back_the_steps_it_trains_again(tmp_path):
+    # The killed run logged steps 0-5 (two lines at step 2: its step and an evaluation) and
+    # died writing step 6: a torn line. Resumed from the checkpoint at version 3, steps 4-6
+    # are trained again, so their old lines (and the torn one) leave metrics.jsonl.
+    path = tmp_path / "metrics.jsonl"
+    old = [{"step": s, "loss": float(s)} for s in (0, 1, 2, 2, 3, 4, 5)]
+    path.write_text("".join(json.dumps(x) + "\n" for x in old) + '{"step": 6, "lo')
+    (tracker,) = make_trackers(["jsonl"], str(tmp_path), "p", {}, resumed_from=3)
+    tracker.log(4, {"loss": 40.0})
+    tracker.close()
+
+    lines = [json.loads(x) for x in path.read_text().splitlines()]
+    # 0, 1, 2, 2, 3 kept; then the resumed run's own step 4.
+    assert [x["step"] for x in lines] == [0, 1, 2, 2, 3, 4] and lines[-1]["loss"] == 40.0
+    moved = (tmp_path / "metrics.rolled_back.jsonl").read_text().splitlines()
+    assert [json.loads(x)["step"] for x in moved[:2]] == [4, 5] and moved[2] == '{"step": 6, "lo'
+    # A fresh run (no resume) appends and moves nothing.
+    (tracker,) = make_trackers(["jsonl"], str(tmp_path), "p", {})
+    tracker.close()
+    assert len(path.read_text().splitlines()) == 6
