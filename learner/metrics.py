@@ -43,6 +43,9 @@ DENY_REASONS = ("gate", "version", "hello")
 # schema: the generator speaks another wire schema; operator_key: an `asyncrl ctl` key may
 # tune the run, never generate for it.
 HELLO_REFUSALS = ("schema", "operator_key")
+# Sessions forgotten to make room for a hello (`asyncrl_sessions_evicted_total{bound}`): past the
+# sessions one IP address may hold, or past the hub's total.
+EVICTION_BOUNDS = ("source_limit", "limit")
 # Lease messages refused (`asyncrl_lease_messages_refused_total{message, reason}`): a request from
 # a connection that never said hello, ids held by another connection, ids never issued.
 LEASE_MESSAGES = ("lease_request", "heartbeat", "lease_return")
@@ -298,6 +301,16 @@ class LearnerMetrics:
             ["reason"],
             registry=r,
         )
+        self.sessions_evicted = Counter(
+            "asyncrl_sessions_evicted",
+            "Generator sessions forgotten to make room for a hello, by bound (source_limit: "
+            "the most one IP address may hold; limit: the hub's total); their leases expire "
+            "and are re-issued.",
+            ["bound"],
+            registry=r,
+        )
+        for bound in EVICTION_BOUNDS:
+            self.sessions_evicted.labels(bound=bound)
         # Every label of every labelled counter exists from the start, so dashboards and rate()
         # show 0 instead of no data.
         for counter, reasons in (

@@ -68,3 +68,15 @@ class HubCore:
     def drop_all(self, dropped: list[Dropped]) -> None:
         for d in dropped:
             self.drop(d.reason)
+
+    def evicted(self, generator_id: str, address: str, bound: str) -> None:
+        """A session was forgotten to make room for a hello (`Peers`' bounds): count it, and
+        say whose (rate-limited: a flood would otherwise fill the log)."""
+        self.metrics.sessions_evicted.labels(bound=bound).inc()
+        self.log.warning(
+            "evicted",
+            "session of generator %r (%s) forgotten: past the %s bound on sessions",
+            generator_id[:64],
+            address or "address unknown",
+            bound,
+        )

@@ -302,7 +302,7 @@ class SocketLoop:
         elif isinstance(msg, (NcclJoin, NcclPull)):
             reply = self.serving.on_nccl(msg, prefix[0])
         else:
-            reply = self.on_control(msg, time.time(), Sender(prefix[0], key))
+            reply = self.on_control(msg, time.time(), Sender(prefix[0], key, address))
         if reply is not None:
             send(self.control, reply, prefix=prefix)
         return True

@@ -8,19 +8,26 @@ A generator that reconnects (a new routing identity) presents its previous token
 `Hello`: when the generator id and the key match too, the session and its leases move to the new
 connection. Without CURVE a token is as secret as the plaintext TCP stream it travelled on.
 
-Used on the hub's socket thread only. Bounded: past `limit` sessions the least recently seen
-is forgotten (its leases then expire and are re-issued).
+Used on the hub's socket thread only. Bounded twice: past `per_source` sessions from one IP
+address, that address's least recently seen session is forgotten, so one host opening
+connection after connection (a flood, or a crash loop) pushes out only its own; past `limit`
+sessions in all, the least recently seen anywhere is. A forgotten session's leases expire and
+are re-issued.
 """
 
 from __future__ import annotations
 
 import secrets
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from asyncrl.buffer.leases import Holder
 
 MAX_PEERS = 4096
+# Sessions one IP address may hold: a host with a generator per GPU and its reconnects stays
+# far below it.
+MAX_PEERS_PER_SOURCE = 64
 
 
 @dataclass(frozen=True)
@@ -37,6 +44,7 @@ class Sender:
 class Peer:
     holder: Holder
     token: str
+    address: str = ""  # the IP address it said hello from ("" when unknown)
 
     @property
     def generator_id(self) -> str:
@@ -44,8 +52,17 @@ class Peer:
 
 
 class Peers:
-    def __init__(self, limit: int = MAX_PEERS):
+    def __init__(
+        self,
+        limit: int = MAX_PEERS,
+        per_source: int = MAX_PEERS_PER_SOURCE,
+        on_evict: Callable[[str, str, str], None] | None = None,
+    ):
+        """`on_evict(generator_id, address, bound)` hears of each session forgotten to make
+        room, `bound` being "source_limit" or "limit"."""
         self.limit = limit
+        self.per_source = per_source
+        self.on_evict = on_evict
         self._by_conn: OrderedDict[bytes, Peer] = OrderedDict()
         self._by_token: dict[str, Peer] = {}
 
@@ -68,12 +85,22 @@ class Peers:
                 self._drop(resumed)
         if current is not None:
             self._drop(current)
-        peer = Peer(holder, token if moved_from is not None else secrets.token_hex(16))
+        token = token if moved_from is not None else secrets.token_hex(16)
+        peer = Peer(holder, token, sender.address)
         self._by_conn[sender.connection] = peer
         self._by_token[peer.token] = peer
+        if sender.address:
+            same = [p for p in self._by_conn.values() if p.address == sender.address]
+            for old in same[: max(0, len(same) - self.per_source)]:  # least recently seen first
+                self._evict(old, "source_limit")
         while len(self._by_conn) > self.limit:
-            self._drop(next(iter(self._by_conn.values())))
+            self._evict(next(iter(self._by_conn.values())), "limit")
         return peer, moved_from
+
+    def _evict(self, peer: Peer, bound: str) -> None:
+        self._drop(peer)
+        if self.on_evict is not None:
+            self.on_evict(peer.generator_id, peer.address, bound)
 
     def get(self, sender: Sender) -> Peer | None:
         """The session of the connection `sender`, if it said hello (with the same key)."""

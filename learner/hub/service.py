@@ -70,7 +70,7 @@ class Hub:
         self.core = core = HubCore(cfg, metrics)
         self.pool = RewardPool(cfg.reward)
         # Who said hello: leases are bound to those connections, only they get weights.
-        self.peers = Peers()
+        self.peers = Peers(on_evict=core.evicted)
         self.serving = WeightServing(
             cfg.learner.weight_chunk_bytes, metrics, self._wake, self.peers.admitted
         )
