@@ -86,6 +86,15 @@ class GeneratorConfig(MetricsHttpSettings):
         "trip to the learner is hidden. Skipped while a group takes more than a quarter of the "
         "lease duration (a prefetched lease is not heartbeated until it is read).",
     )
+    groups_per_batch: int = Field(
+        4,
+        ge=1,
+        le=256,
+        description="Leases a generator takes and generates at once (requested together, one "
+        "round trip). Backends that batch groups (hf) sample them in one batch: on a small or "
+        "CPU model the per-pass overhead, not the arithmetic, is what a group costs. Each "
+        "lease still carries one group; the staleness gate counts every one in flight.",
+    )
     phases_path: str = Field(
         "",
         description="Write this generator's wall time by phase (generate, weights, lease, "

@@ -74,6 +74,7 @@ def run_generator(
         inflight_updates=config.inflight_updates,
         inflight_check_tokens=config.inflight_check_tokens,
         prefetch_lease=config.prefetch_lease,
+        groups_per_batch=config.groups_per_batch,
         stop=stop,
         limits=config.limits,
         weights_dir=config.limits.weights_dir or weights_dir,

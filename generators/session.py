@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from urllib.parse import urlparse
@@ -97,10 +98,10 @@ class Session:
         self.session_token = ""
         self._held: set[str] = set()
         self._held_lock = threading.Lock()
-        # Lease prefetch: a LeaseRequest is out whose reply has not been taken; `_early` keeps
-        # that reply when it arrives while we wait for another (a weight chunk, an ack).
-        self._prefetching = False
-        self._early: Message | None = None
+        # Lease prefetch: LeaseRequests out whose replies have not been taken; `_early` keeps
+        # those replies that arrive while we wait for another (a weight chunk, an ack).
+        self._outstanding = 0
+        self._early: deque[Message] = deque()
         self._socks: list[zmq.Socket] = []
         self._hb: threading.Thread | None = None
         self._hb_stop = threading.Event()
@@ -122,7 +123,7 @@ class Session:
         self._socks += [self.push, self.sub]
         self.heartbeat_seconds = welcome.heartbeat_seconds
         self.lease_seconds = welcome.lease_seconds
-        self._prefetching, self._early = False, None  # a new socket: nothing is outstanding
+        self._outstanding, self._early = 0, deque()  # a new socket: nothing is outstanding
         self.connected = True
         self.last_error = ""
         logger.info("connected to %s (learner version %d)", self.learner, welcome.learner_version)
@@ -151,46 +152,76 @@ class Session:
         return reply
 
     # ---------------------------------------------------------------- leases
-    def next_lease(self) -> Message:
-        """The prefetched lease if one is out, else the reply to a fresh request. A prefetched
-        denial is stale by the time it is read (our last group has landed since): ask again."""
-        if self._prefetching:
+    def next_leases(self, k: int = 1) -> list[Lease] | LeaseDenied:
+        """Up to `k` leases: the prefetched ones if any came, else the replies to `k` fresh
+        requests (sent together: one round trip). A prefetched denial is stale by the time it
+        is read (our last groups have landed since), so it asks again; the denial is returned
+        only when no request got a lease."""
+        leases: list[Lease] = []
+        while self._outstanding and len(leases) < k:
             reply = self.reply(lease=True)
             if isinstance(reply, Lease):
-                return reply
-        return self.request(LeaseRequest(self.generator_id, self.backend.version))
+                leases.append(reply)
+        if leases:
+            return leases
+        self.prefetch_leases(k)
+        denied = None
+        try:
+            for _ in range(k):
+                # Shutting down: no new work is wanted, so do not wait out a silent learner.
+                reply = self.reply(lease=True, stoppable=True)
+                if isinstance(reply, Lease):
+                    leases.append(reply)
+                else:
+                    denied = reply
+        except Stopping:
+            # Granted but never to be generated: back at once rather than at their deadline
+            # (the replies still out are taken by `return_prefetched`).
+            self._hand_back([lease.lease_id for lease in leases])
+            raise
+        return leases or denied
 
-    def prefetch_lease(self) -> None:
-        """Ask for the next lease now; its reply waits in the socket until `next_lease`."""
-        self.send(LeaseRequest(self.generator_id, self.backend.version))
-        self._prefetching = True
+    def prefetch_leases(self, k: int = 1) -> None:
+        """Ask for `k` leases now; the replies wait in the socket until `next_leases`."""
+        for _ in range(k):
+            self.send(LeaseRequest(self.generator_id, self.backend.version))
+            self._outstanding += 1
 
     def return_prefetched(self) -> None:
-        """Shutting down: hand a prefetched lease back so the learner re-issues it at once
-        instead of after its deadline."""
-        if not self._prefetching:
+        """Shutting down: hand prefetched leases back so the learner re-issues them at once
+        instead of after their deadline."""
+        ids = []
+        try:
+            while self._outstanding:
+                reply = self.reply(lease=True, stoppable=True, grace=SHUTDOWN_GRACE_SECONDS)
+                if isinstance(reply, Lease):
+                    ids.append(reply.lease_id)
+        except (LearnerGone, Stopping):
+            pass  # what did not come expires on the learner and is re-issued then
+        self._hand_back(ids)
+
+    def _hand_back(self, lease_ids: list[str]) -> None:
+        if not lease_ids:
             return
         try:
-            grace = SHUTDOWN_GRACE_SECONDS
-            reply = self.reply(lease=True, stoppable=True, grace=grace)
-            if isinstance(reply, Lease):
-                self.send(LeaseReturn(self.generator_id, [reply.lease_id]))
-                # The ack: the return landed before sockets close.
-                self.reply(stoppable=True, grace=grace)
-                logger.info("returned prefetched lease %s", reply.lease_id)
+            self.send(LeaseReturn(self.generator_id, lease_ids))
+            # The ack: the return landed before sockets close.
+            self.reply(stoppable=True, grace=SHUTDOWN_GRACE_SECONDS)
+            logger.info("returned %d unstarted leases", len(lease_ids))
         except (LearnerGone, Stopping):
-            pass  # the lease expires on the learner and is re-issued then
+            pass  # they expire on the learner and are re-issued then
 
     @contextmanager
-    def holding(self, lease: Lease) -> Iterator[None]:
-        """Heartbeats name `lease` as worked on while the block runs."""
+    def holding(self, *leases: Lease) -> Iterator[None]:
+        """Heartbeats name `leases` as worked on while the block runs."""
+        ids = {lease.lease_id for lease in leases}
         with self._held_lock:
-            self._held.add(lease.lease_id)
+            self._held |= ids
         try:
             yield
         finally:
             with self._held_lock:
-                self._held.discard(lease.lease_id)
+                self._held -= ids
 
     def push_group(self, group: RolloutGroup) -> None:
         # The PUSH socket blocks at its high-water mark rather than dropping: bounded here
@@ -219,33 +250,26 @@ class Session:
 
     # ---------------------------------------------------------------- requests
     def request(self, msg: Message) -> Message:
+        """Send `msg` and wait for its reply (not for lease requests: `next_leases`)."""
         self.send(msg)
-        lease = isinstance(msg, LeaseRequest)
-        try:
-            # Shutting down: no new work is wanted, so do not wait out a silent learner.
-            return self.reply(lease=lease, stoppable=True)
-        except Stopping:
-            if lease:
-                # The learner may still grant it: `return_prefetched` takes the reply and
-                # hands the lease back, instead of leaving it to expire.
-                self._prefetching = True
-            raise
+        # Shutting down: no new work is wanted, so do not wait out a silent learner.
+        return self.reply(stoppable=True)
 
     def send(self, msg: Message) -> None:
         self._send_on(self.control, msg, f"could not send {msg.TYPE}")
 
     def reply(self, lease: bool = False, stoppable: bool = False, grace: float = 0.0) -> Message:
-        """The next reply on the control socket. The reply to a prefetched lease request may
-        arrive while we wait for another: it is kept aside and returned only to a caller that
-        asks for a lease reply (`lease`), which skips anything else. `stoppable`: give up with
+        """The next reply on the control socket. Replies to prefetched lease requests may
+        arrive while we wait for another: they are kept aside and returned only to a caller
+        that asks for a lease reply (`lease`), which skips anything else. `stoppable`: give up with
         Stopping once shutdown begins and `grace` seconds of waiting have passed.
         LearnerGone after `reconnect_seconds` of silence."""
         start = time.time()
         deadline = start + self.reconnect_seconds
         while True:
-            if lease and self._early is not None:
-                reply, self._early, self._prefetching = self._early, None, False
-                return reply
+            if lease and self._early:
+                self._outstanding -= 1
+                return self._early.popleft()
             if not self.control.poll(200):
                 if time.time() >= deadline:
                     raise LearnerGone(f"no reply within {self.reconnect_seconds}s")
@@ -263,11 +287,13 @@ class Session:
                 raise LearnerRefused(f"the learner refused this generator: {reply.detail}")
             deadline = time.time() + self.reconnect_seconds
             is_lease = isinstance(reply, (Lease, LeaseDenied))
-            if is_lease and self._prefetching and self._early is None:
-                self._early = reply
+            if is_lease and not lease and self._outstanding > len(self._early):
+                self._early.append(reply)  # an outstanding lease request's: kept for later
             elif lease and not is_lease:
                 logger.debug("stray %s reply dropped while waiting for a lease", reply.TYPE)
             else:
+                if is_lease and self._outstanding:
+                    self._outstanding -= 1
                 return reply
 
     def drain_replies(self, n: int) -> None:

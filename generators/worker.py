@@ -54,6 +54,7 @@ class GeneratorWorker:
         inflight_updates: InflightMode | Literal["off"] = "off",
         inflight_check_tokens: int = 8,
         prefetch_lease: bool = True,
+        groups_per_batch: int = 1,
         stop: threading.Event | None = None,
         limits: LearnerLimits | None = None,
         weights_dir: str = "",
@@ -67,6 +68,9 @@ class GeneratorWorker:
         self.finished: int | None = None  # the version the learner finished at, once told
         self.metrics = metrics
         self.prefetch_lease = prefetch_lease
+        # Leases generated together (in one batch where the backend can): the engine's batch
+        # holds that many groups instead of one.
+        self.groups_per_batch = groups_per_batch
         self.stop = stop if stop is not None else threading.Event()
         self.session = Session(
             backend,
@@ -164,15 +168,17 @@ class GeneratorWorker:
                 self.weights.drain()
                 self.weights.update()
             with self.phases.timed("lease"):
-                reply = self.session.next_lease()
-            if isinstance(reply, Lease):
-                if not self.bounds.lease_ok(reply):
-                    # Not generated: the learner re-issues it once it expires.
+                reply = self.session.next_leases(self.groups_per_batch)
+            if isinstance(reply, list):
+                # One outside our limits is not generated: the learner re-issues it once it
+                # expires.
+                leases = [lease for lease in reply if self.bounds.lease_ok(lease)]
+                if not leases:
                     self.stop.wait(1.0)
                     continue
                 with self.phases.timed("lease"):
                     self._prefetch()
-                self._work(reply)
+                self._work(leases)
             elif isinstance(reply, LeaseDenied):
                 with self.phases.timed("gate"):
                     self._wait_denied(reply)
@@ -181,57 +187,81 @@ class GeneratorWorker:
         self.session.return_prefetched()
 
     def _prefetch(self) -> None:
-        """Ask for the next lease before generating this one: the learner's reply waits in the
+        """Ask for the next leases before generating these: the learner's replies wait in the
         socket, so the round trip is off the critical path. The gate sees the version we hold
-        now, which is at most the one the next group is generated with (the bound holds)."""
+        now, which is at most the one the next groups are generated with (the bound holds)."""
         if not self.prefetch_lease or self.stop.is_set():
             return
         lease_seconds = self.session.lease_seconds
         if not lease_seconds or self._last_generate > lease_seconds / 4:
             # Not heartbeated until read: it must not expire while the current group runs.
             return
-        self.session.prefetch_lease()
+        self.session.prefetch_leases(self.groups_per_batch)
 
-    def _work(self, lease: Lease) -> None:
-        with self.session.holding(lease):
+    def _work(self, leases: list[Lease]) -> None:
+        with self.session.holding(*leases):
             t = time.time()
             self.weights.inflight_load_seconds = 0.0
-            if self.episodes is not None:
-                samples = self.episodes.run(lease.prompt_ids, lease.group_size, lease.sampling)
-            else:
-                samples = self.backend.generate(lease.prompt_ids, lease.group_size, lease.sampling)
-            baseline = None
-            if lease.greedy_baseline:
-                baseline = self.backend.generate_greedy(
-                    lease.prompt_ids, lease.sampling.max_new_tokens
-                )
+            groups = self._generate(leases)
             # Generation work only: weight loads in the middle of it are not generating, and
             # the learner reports generate_seconds as the generators' busy time.
             dt = time.time() - t - self.weights.inflight_load_seconds
             self._last_generate = dt
             self.phases.add("generate", dt)
             self.phases.add("weights", self.weights.inflight_load_seconds)
-            group = RolloutGroup(
-                lease_id=lease.lease_id,
-                generator_id=self.session.generator_id,
-                tokens=_cat([s.tokens for s in samples], np.int32),
-                logprobs=_cat([s.logprobs for s in samples], np.float32),
-                versions=_cat([s.versions for s in samples], np.int32),
-                lengths=np.array([len(s.tokens) for s in samples], dtype=np.int32),
-                finish_reasons=[s.finish_reason for s in samples],
-                generate_seconds=dt,
-                baseline_tokens=baseline,
-            )
-            if self.episodes is not None:
-                group.loss_mask = _cat([s.mask for s in samples], np.uint8)
-                group.env_rewards = np.array([s.env_reward for s in samples], np.float32)
-            with self.phases.timed("push"):
-                self.session.push_group(group)
-            self.metrics.groups.inc()
-            self.metrics.tokens.inc(int(group.lengths.sum()))
-            self.metrics.generate_seconds.inc(dt)
-            self._activity.groups += 1
-            self._activity.tokens += int(group.lengths.sum())
+            tokens = [sum(len(s.tokens) for s in samples) for samples, _ in groups]
+            for lease, (samples, baseline), n in zip(leases, groups, tokens):
+                # A batch's seconds are shared by its groups in proportion to their tokens.
+                share = n / sum(tokens) if sum(tokens) else 1.0 / len(leases)
+                self._push(lease, samples, baseline, dt * share)
+
+    def _generate(self, leases: list[Lease]) -> list[tuple[list, np.ndarray | None]]:
+        """Each lease's samples and greedy baseline (ReMax; None without). Several leases of
+        the same sampling settings go to the backend as one batch when it can take them."""
+        if self.episodes is not None:
+            runs = [self.episodes.run(x.prompt_ids, x.group_size, x.sampling) for x in leases]
+        elif (
+            len(leases) > 1
+            and self.backend.capabilities.batched_groups
+            and all(x.sampling == leases[0].sampling for x in leases)
+        ):
+            prompts = [x.prompt_ids for x in leases]
+            sizes = [x.group_size for x in leases]
+            runs = self.backend.generate_groups(prompts, sizes, leases[0].sampling)
+        else:
+            runs = [self.backend.generate(x.prompt_ids, x.group_size, x.sampling) for x in leases]
+        out = []
+        for lease, samples in zip(leases, runs):
+            baseline = None
+            if lease.greedy_baseline:
+                baseline = self.backend.generate_greedy(
+                    lease.prompt_ids, lease.sampling.max_new_tokens
+                )
+            out.append((samples, baseline))
+        return out
+
+    def _push(self, lease: Lease, samples: list, baseline, seconds: float) -> None:
+        group = RolloutGroup(
+            lease_id=lease.lease_id,
+            generator_id=self.session.generator_id,
+            tokens=_cat([s.tokens for s in samples], np.int32),
+            logprobs=_cat([s.logprobs for s in samples], np.float32),
+            versions=_cat([s.versions for s in samples], np.int32),
+            lengths=np.array([len(s.tokens) for s in samples], dtype=np.int32),
+            finish_reasons=[s.finish_reason for s in samples],
+            generate_seconds=seconds,
+            baseline_tokens=baseline,
+        )
+        if self.episodes is not None:
+            group.loss_mask = _cat([s.mask for s in samples], np.uint8)
+            group.env_rewards = np.array([s.env_reward for s in samples], np.float32)
+        with self.phases.timed("push"):
+            self.session.push_group(group)
+        self.metrics.groups.inc()
+        self.metrics.tokens.inc(int(group.lengths.sum()))
+        self.metrics.generate_seconds.inc(seconds)
+        self._activity.groups += 1
+        self._activity.tokens += int(group.lengths.sum())
 
     def _wait_denied(self, denied: LeaseDenied) -> None:
         """Sleep on the weights socket (a new version is what usually unblocks the gate)."""

@@ -41,6 +41,8 @@ class Capabilities:
     distributed_groups: bool = False  # `DistributedGroups`: receives nccl broadcasts
     # `TokenContinuation`: continues several token sequences (multi-turn episodes).
     token_continuation: bool = False
+    # `BatchedGroups`: samples the groups of several leases in one batch.
+    batched_groups: bool = False
 
 
 class Backend(Protocol):
@@ -96,6 +98,18 @@ class TokenContinuation(Backend, Protocol):
         self, contexts: list[np.ndarray], params: SamplingParams, greedy: bool = False
     ) -> list[Sample]:
         """One sample per context (in order), `params.max_new_tokens` at most each."""
+        ...
+
+
+class BatchedGroups(Backend, Protocol):
+    """`capabilities.batched_groups`: the groups of several prompts sampled together, each
+    completion as it would be sampled alone (same positions, same distribution), so a
+    generator holding several leases fills the engine's batch instead of one group at a time."""
+
+    def generate_groups(
+        self, prompts: list[np.ndarray], ns: list[int], params: SamplingParams
+    ) -> list[list[Sample]]:
+        """`ns[i]` completions of `prompts[i]`, for each i, in order."""
         ...
 
 

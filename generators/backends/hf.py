@@ -42,7 +42,7 @@ class HFBackend:
     """Samples groups with a Hugging Face causal LM on CPU or CUDA."""
 
     name = "hf"
-    capabilities = Capabilities(inflight_loads=True, token_continuation=True)
+    capabilities = Capabilities(inflight_loads=True, token_continuation=True, batched_groups=True)
 
     def __init__(
         self,
@@ -131,6 +131,31 @@ class HFBackend:
                 out[i] = s
         return out  # type: ignore[return-value]
 
+    @torch.no_grad()
+    def generate_groups(
+        self, prompts: list[np.ndarray], ns: list[int], params: SamplingParams
+    ) -> list[list[Sample]]:
+        """All groups in one batch. Prompts of unequal length are padded on the left and
+        masked, with each row's positions counted from its own first token, so every row
+        samples as it would alone; one forward pass per token serves every group (on a small
+        model the per-pass overhead, not the arithmetic, is what a group costs)."""
+        rows = [np.asarray(p, dtype=np.int64) for p, n in zip(prompts, ns) for _ in range(n)]
+        longest = max(len(r) for r in rows)
+        ids = torch.full((len(rows), longest), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), longest), dtype=torch.long)
+        for i, r in enumerate(rows):
+            ids[i, longest - len(r) :] = torch.as_tensor(r)
+            mask[i, longest - len(r) :] = 1
+        padded = bool((mask == 0).any())
+        samples = self._sample_rows(
+            ids.to(self.device), params, False, mask.to(self.device) if padded else None
+        )
+        out, k = [], 0
+        for n in ns:
+            out.append(samples[k : k + n])
+            k += n
+        return out
+
     def _sample(
         self, prompt_ids: np.ndarray, n: int, params: SamplingParams, greedy: bool
     ) -> list[Sample]:
@@ -138,11 +163,29 @@ class HFBackend:
         ids = ids.unsqueeze(0).expand(n, -1).contiguous()
         return self._sample_rows(ids, params, greedy)
 
-    def _sample_rows(self, ids: torch.Tensor, params: SamplingParams, greedy: bool) -> list[Sample]:
-        # Every row has the same length, so no padding and no attention mask are needed; rows
-        # that finished keep decoding padding that is cut off afterwards.
+    def _forward(self, ids: torch.Tensor, mask: torch.Tensor | None, past=None):
+        """One model call; with `mask` (left padding: 0 on pads) the attention mask covers
+        every position so far and each new token's position is its row's own count."""
+        kw = {} if past is None else {self._cache_arg: past}
+        if mask is None:
+            return self.model(input_ids=ids, use_cache=True, **kw)
+        pos = (mask.cumsum(-1) - 1).clamp(min=0)[:, -ids.shape[1] :]
+        return self.model(
+            input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, **kw
+        )
+
+    def _sample_rows(
+        self,
+        ids: torch.Tensor,
+        params: SamplingParams,
+        greedy: bool,
+        mask: torch.Tensor | None = None,
+    ) -> list[Sample]:
+        # Without `mask` every row has the same length: no padding, no attention mask. With it,
+        # prompts are left-padded (mask 0). Rows that finished keep decoding padding that is
+        # cut off afterwards.
         n = ids.shape[0]
-        out = self.model(input_ids=ids, use_cache=True)
+        out = self._forward(ids, mask)
         past, logits = self._cache_of(out), out.logits[:, -1]
         tokens = torch.full(
             (n, params.max_new_tokens), self.pad_id, dtype=torch.long, device=self.device
@@ -178,10 +221,14 @@ class HFBackend:
                     # Re-prefill: the next token is drawn from the new weights over the whole
                     # prefix, with no KV state left from the old weights.
                     prefix = torch.cat([ids, tokens[:, : t + 1]], dim=1)
-                    out = self.model(input_ids=prefix, use_cache=True)
+                    if mask is not None:
+                        mask = torch.cat([mask, mask.new_ones((n, 1))], dim=1)
+                    out = self._forward(prefix, mask)
                     past, logits = self._cache_of(out), out.logits[:, -1]
                     continue
-            out = self.model(input_ids=nxt.unsqueeze(-1), use_cache=True, **{self._cache_arg: past})
+            if mask is not None:
+                mask = torch.cat([mask, mask.new_ones((n, 1))], dim=1)
+            out = self._forward(nxt.unsqueeze(-1), mask, past)
             past, logits = self._cache_of(out), out.logits[:, -1]
         samples = []
         tokens_np, lp_np = tokens.cpu().numpy(), logprobs.cpu().numpy()

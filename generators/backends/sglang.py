@@ -93,7 +93,10 @@ class SGLangBackend:
 
     name = "sglang"
     capabilities = Capabilities(
-        weight_directories=True, distributed_groups=True, token_continuation=True
+        weight_directories=True,
+        distributed_groups=True,
+        token_continuation=True,
+        batched_groups=True,
     )
 
     def __init__(self, model_path: str, cfg: SGLangConfig):
@@ -209,6 +212,18 @@ class SGLangBackend:
         if len(samples) != n:
             raise SGLangError(f"/generate returned {len(samples)} results for {n} prompts")
         return samples
+
+    def generate_groups(
+        self, prompts: list[np.ndarray], ns: list[int], params: SamplingParams
+    ) -> list[list[Sample]]:
+        """Every group's copies in one request: the server batches them (and shares each
+        prompt's prefix in its radix cache)."""
+        samples = self.continue_batch([p for p, n in zip(prompts, ns) for _ in range(n)], params)
+        out, k = [], 0
+        for n in ns:
+            out.append(samples[k : k + n])
+            k += n
+        return out
 
     def continue_batch(
         self, contexts: list[np.ndarray], params: SamplingParams, greedy: bool = False

@@ -56,6 +56,7 @@ class ScriptedLearner:
         self.issued = 0
         self.requests: list[float] = []  # arrival time of each LeaseRequest
         self.pushed: list[int] = []  # lease ids of received groups, in order
+        self.groups: list = []  # the received groups themselves
         self.returned: list[int] = []
         self.chunk_requests = 0
         self.hellos: list[Hello] = []
@@ -91,6 +92,7 @@ class ScriptedLearner:
             events = dict(poller.poll(20))
             if self.rollouts in events:
                 _, group = recv(self.rollouts)
+                self.groups.append(group)
                 self.pushed.append(int(group.lease_id, 16))
             if self.control in events:
                 prefix, msg = recv(self.control, routed=True)

@@ -197,6 +197,14 @@ def test_backend_against_fake_server(server):
     assert len(samples) == 3 and samples[0].tokens.tolist() == [5, 6]
     # Before any update the server's label is "default": tokens carry our version (-1).
     assert samples[0].versions.tolist() == [-1, -1]
+    # Two groups (3 of prompt [1, 2], 2 of prompt [7]) in one request of 5 prompts, split back
+    # in order.
+    groups = backend.generate_groups(
+        [np.array([1, 2], np.int32), np.array([7], np.int32)], [3, 2], SamplingParams()
+    )
+    assert [len(g) for g in groups] == [3, 2]
+    path, body = FakeSGLang.calls[-1]
+    assert path == "/generate" and body["input_ids"] == [[1, 2]] * 3 + [[7]] * 2
 
     blob = serialize_named_tensors({"w": torch.ones(3)})
     backend.load_weights(blob, digest_of(blob), 4)
