@@ -211,8 +211,13 @@ def run_local(cfg: AsyncRLConfig, log_level: str = "INFO") -> int:
                 logger.error("learner exited with %s before it was ready", learner.returncode)
                 return 1
         deadline = time.time() + 300
-        while not all(_healthy(u, gc.metrics_auth_file) for u in gen_urls.values()):
-            dead = [p for p in procs[1:] if p.poll() is not None]
+        # Up: answering its health check, or already exited 0 (it finished with the run; a
+        # short run can end before the first health check).
+        while not all(
+            _healthy(u, gc.metrics_auth_file) or p.poll() == 0
+            for u, p in zip(gen_urls.values(), procs[1:])
+        ):
+            dead = [p for p in procs[1:] if p.poll() not in (None, 0)]
             if dead or time.time() > deadline:
                 logger.error("a generator did not come up")
                 return 1
