@@ -125,6 +125,7 @@ class StepLoop:
         self.t0 = time.time()
         # CPU seconds of the RL loop by spender (learner.cpu_usage), set when `run` ends.
         self.cpu_seconds: dict[str, float] = {}
+        self.first_wait_seconds = 0.0  # of phase_seconds["wait"], the first step's
         if cfg.eval.deferred and (engine.world > 1 or cfg.train.zero_stage == 3):
             raise ValueError(
                 "eval.deferred copies the whole policy on one rank: it needs a single learner "
@@ -169,6 +170,8 @@ class StepLoop:
         groups = self.hub.wait_for_groups(self.cfg.train.groups_per_step, self.stop)
         tb = time.time()
         self.phase_seconds["wait"] += tb - tw
+        if self.version == self.start_version:
+            self.first_wait_seconds = tb - tw  # the pipeline filling: once per run
         self.hub.metrics.step_seconds.labels(phase="wait").observe(tb - tw)
         if groups is None:
             return None, {}
@@ -296,6 +299,8 @@ class StepLoop:
             "generation_tokens_per_second": round(st["generation_capacity"], 1),
             "staleness_counts": {str(k): v for k, v in sorted(st["staleness_counts"].items())},
             "phase_seconds": {k: round(v, 4) for k, v in self.phase_seconds.items()},
+            # The first step's wait: the pipeline filling, which a longer run amortises.
+            "first_wait_seconds": round(self.first_wait_seconds, 4),
             "hub_cpu_seconds": round(st.get("hub_cpu_seconds", 0.0), 4),
             # This process's CPU during the loop: training thread, its other threads (the
             # hub's among them), its child processes (reward workers).

@@ -34,9 +34,13 @@ def test_losses_name_the_binding_side_and_its_idle_time():
         hub_cpu_seconds=0.3,
         generator_phases=[{"generate": 9.5, "weights": 0.2, "lease": 0.1, "push": 0.1}],
     )
+    run["first_wait_seconds"] = 1.5
     out = losses(run)
     # Generation binds (100 < 200). 900 tokens trained need 9 s of generation: 1 s lost of 10.
     assert out["bottleneck"] == "generation" and out["lost_seconds"] == pytest.approx(1.0)
+    # Of the 4 s waited, 1.5 s filled the pipeline at the first step; 2.5 s came later.
+    assert out["learner_waiting_for_first_groups"] == 1.5
+    assert out["learner_waiting_for_groups"] == pytest.approx(2.5)
     # Learner: 10 - (4 + 0.5 + 4 + 0.5) = 1 s in its loop outside the phases.
     assert out["learner_loop_other"] == pytest.approx(1.0)
     assert out["publish_on_step_path"] == 0.5 and out["hub_thread_cpu"] == 0.3
