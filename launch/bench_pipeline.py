@@ -128,12 +128,14 @@ def losses(run: dict) -> dict:
 
 
 def speed_probe() -> float:
-    """Seconds of a fixed pure-Python workload, the best of 5 tries over a second: the
+    """Seconds of a fixed pure-Python workload, the best of 10 tries over 2.5 s: the
     machine's speed for the interpreter-bound work this loop does. Taken before every run;
-    how far it drifts says whether the machine changed under the bench."""
+    how far it drifts says whether the machine changed under the bench. The window is long
+    enough that a second's disturbance (a run's exit, the kernel's housekeeping) leaves some
+    tries clean, so only a machine that stays slower reads as changed."""
     best = float("inf")
-    for k in range(5):
-        time.sleep(0.25 if k else 0.0)  # a moment's disturbance (a run's exit) misses a try
+    for k in range(10):
+        time.sleep(0.25 if k else 0.0)
         t = time.perf_counter()
         x = 0
         for i in range(100_000):
