@@ -152,25 +152,18 @@ class Session:
         return reply
 
     # ---------------------------------------------------------------- leases
-    def next_leases(
-        self, k: int = 1, still_holds: Callable[[LeaseDenied], bool] | None = None
-    ) -> list[Lease] | LeaseDenied:
+    def next_leases(self, k: int = 1) -> list[Lease] | LeaseDenied:
         """Up to `k` leases: the prefetched ones if any came, else the replies to `k` fresh
-        requests (sent together: one round trip). A prefetched denial may be stale by the time
-        it is read, so it asks again, unless `still_holds(denial)` says nothing it depended on
-        has changed; a denial is returned only when no request got a lease."""
+        requests (sent together: one round trip). A prefetched denial is stale by the time it
+        is read (our last groups have landed since), so it asks again; the denial is returned
+        only when no request got a lease."""
         leases: list[Lease] = []
-        prefetched_denial = None
         while self._outstanding and len(leases) < k:
             reply = self.reply(lease=True)
             if isinstance(reply, Lease):
                 leases.append(reply)
-            else:
-                prefetched_denial = reply
         if leases:
             return leases
-        if prefetched_denial is not None and still_holds and still_holds(prefetched_denial):
-            return prefetched_denial
         self.prefetch_leases(k)
         denied = None
         try:

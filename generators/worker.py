@@ -83,7 +83,6 @@ class GeneratorWorker:
         )
         self.weights = WeightUpdates(backend, self.session, metrics, fetch_window, self.bounds)
         self._last_generate = 0.0
-        self._prefetched_at = -2  # the weights version the last prefetch asked with
         self._activity = Activity()
         self.phases = PhaseTimes(metrics.phase_seconds)
         if inflight_updates != "off" and backend.capabilities.inflight_loads:
@@ -169,7 +168,7 @@ class GeneratorWorker:
                 self.weights.drain()
                 self.weights.update()
             with self.phases.timed("lease"):
-                reply = self.session.next_leases(self.groups_per_batch, self._gate_still_closed)
+                reply = self.session.next_leases(self.groups_per_batch)
             if isinstance(reply, list):
                 # One outside our limits is not generated: the learner re-issues it once it
                 # expires.
@@ -198,14 +197,6 @@ class GeneratorWorker:
             # Not heartbeated until read: it must not expire while the current group runs.
             return
         self.session.prefetch_leases(self.groups_per_batch)
-        self._prefetched_at = self.backend.version
-
-    def _gate_still_closed(self, denied: LeaseDenied) -> bool:
-        """A prefetched gate denial still holds while we hold the version it was asked with:
-        the gate's limit grows with that version, and our own pushed groups free no capacity
-        (they move from in flight to accepted). Capacity the learner frees otherwise (groups
-        dropped at intake) is found when the denial's retry_after has passed."""
-        return denied.reason == "gate" and self.backend.version == self._prefetched_at
 
     def _work(self, leases: list[Lease]) -> None:
         with self.session.holding(*leases):

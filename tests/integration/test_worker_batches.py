@@ -94,21 +94,3 @@ def test_stop_hands_every_prefetched_lease_back():
     finally:
         learner.close()
     assert learner.pushed == [1, 2, 3]  # the round in generation finished and pushed
-
-
-def test_a_prefetched_gate_denial_at_the_same_version_is_not_asked_again_at_once():
-    # 3 leases, then the gate: the round's prefetched requests (4-6) are denied. The worker
-    # still holds the version it asked with, so the gate's answer still holds (our pushed
-    # groups free no capacity): it waits the denial's retry_after (50 ms) before asking again,
-    # instead of sending three fresh requests that the hub would deny at once.
-    learner, backend = ScriptedLearner(leases=3), BatchingBackend()
-    worker = _worker(backend, learner, 3)
-    th = _run(worker)
-    try:
-        _until(lambda: len(learner.requests) >= 9)
-        worker.stop.set()
-        th.join(10)
-    finally:
-        learner.close()
-    assert learner.pushed == [1, 2, 3]
-    assert learner.requests[6] - backend.finished[0] >= 0.04
