@@ -24,6 +24,9 @@ from asyncrl.protocol.codec import ProtocolError
 from asyncrl.protocol.messages import RolloutGroup
 from asyncrl.protocol.validate import RolloutLimits, validate_rollout
 
+# retry_after of a gate denial while groups are being scored (`Intake.gate_retry_after`).
+GATE_RETRY_SCORING = 0.05
+
 
 class Intake:
     def __init__(
@@ -58,6 +61,9 @@ class Intake:
         self.max_failures = core.cfg.reward.max_consecutive_failures
         self.failures_in_row = 0  # groups failed in the reward since the last one scored
         self.last_failure = ""
+        # Groups handed to the reward pool and not yet scored (under the lock): their leases
+        # hold gate capacity that a drop may free at any moment.
+        self.scoring = 0
 
     def failing(self) -> str | None:
         """Under the lock: why the run should end, once `reward.max_consecutive_failures`
@@ -70,6 +76,12 @@ class Intake:
                 f"(reward.max_consecutive_failures); last: {last}"
             )
         return None
+
+    def gate_retry_after(self) -> float:
+        """retry_after of a gate denial. While groups are being scored one may be dropped and
+        free its capacity with no new version (whose announcement would wake the generator):
+        ask again soon. Otherwise only a new version opens the gate."""
+        return GATE_RETRY_SCORING if self.scoring > 0 else 0.5
 
     # ------------------------------------------------------------ socket thread
     def on_rollout(self, msg: RolloutGroup, key: str, now: float) -> None:
@@ -94,6 +106,7 @@ class Intake:
                 return
             self.generators.touch(gid, None, int(msg.versions.max(initial=0)), now)
             self.generators.record_work(gid, float(msg.lengths.sum()), msg.generate_seconds)
+            self.scoring += 1
         # The loop reads a rollout only while the pool has room, and only it submits.
         submitted = self.pool.submit(
             lambda: self._job(msg, rec), lambda out: self._scored(msg, rec, out)
@@ -140,6 +153,8 @@ class Intake:
 
     def _scored(self, msg: RolloutGroup, rec: LeaseRecord, out: Outcome) -> None:
         core, gid = self.core, msg.generator_id
+        with core.lock:
+            self.scoring -= 1
         if isinstance(out, Failed):
             with core.lock:
                 self.failures_in_row += 1

@@ -353,7 +353,8 @@ class Hub:
         )
         if isinstance(got, Denied):
             self.metrics.leases_denied.labels(reason=got.reason).inc()
-            return LeaseDenied(got.reason, 0.5, self.core.version)
+            retry = self.intake.gate_retry_after() if got.reason == "gate" else 0.5
+            return LeaseDenied(got.reason, retry, self.core.version)
         self.metrics.leases_issued.inc()
         self.metrics.leases_in_flight.set(self.core.ledger.in_flight)
         s = self.cfg.sampling

@@ -137,7 +137,9 @@ def test_lease_rollout_accepted_and_taken():
         lease = gen.ask(LeaseRequest("g0", 0))
         assert isinstance(lease, Lease) and lease.group_size == 2
         assert CharTokenizer().decode(lease.prompt_ids) == "2+2="
-        # Gate: limit (0+0+1)*1 = 1, one in flight -> the next request is refused.
+        # Gate: limit (0+0+1)*1 = 1, one in flight -> the next request is refused. No group
+        # is being scored, so only a new version opens the gate: retry after 0.5 s (the
+        # version's announcement wakes the generator sooner).
         assert gen.ask(LeaseRequest("g0", 0)) == LeaseDenied("gate", 0.5, 0)
         # Answer "4": rewards [1, 0] (variance, so not filtered) -> accepted.
         gen.rollout(lease, ["4", "5"])
@@ -173,9 +175,11 @@ def test_a_hanging_reward_neither_stops_the_loop_nor_keeps_capacity():
         gen.ask(Hello("g0", "fake", 0))
         lease = gen.ask(LeaseRequest("g0", 0))
         gen.rollout(lease, ["4", "5"])
-        # While the reward hangs the group is still in flight: capacity 1 - 0 - 1 = 0.
+        # While the reward hangs the group is still in flight: capacity 1 - 0 - 1 = 0. It is
+        # being scored and may yet be dropped, freeing capacity without a new version: the
+        # denial says to ask again soon (0.05 s), not to wait for the next announcement.
         _wait(lambda: hub.stats()["in_flight"] == 1 and not hub.core.ledger.leases.open)
-        assert gen.ask(LeaseRequest("g0", 0)) == LeaseDenied("gate", 0.5, 0)
+        assert gen.ask(LeaseRequest("g0", 0)) == LeaseDenied("gate", 0.05, 0)
         # ...and the socket loop answers at once (well inside the 3 s deadline).
         t0 = time.monotonic()
         assert isinstance(gen.ask(Heartbeat("g0", 0, [])), Ack)
