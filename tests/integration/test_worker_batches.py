@@ -14,7 +14,13 @@ import pytest
 from asyncrl.generators.backends.base import Capabilities, Sample
 from asyncrl.generators.metrics import GeneratorMetrics
 from asyncrl.generators.worker import GeneratorWorker
-from tests.integration.test_worker import ScriptedLearner, StubBackend, _run, _until
+from tests.integration.test_worker import (
+    ScriptedLearner,
+    StubBackend,
+    _run,
+    _serve_groups,
+    _until,
+)
 
 
 class BatchingBackend(StubBackend):
@@ -47,19 +53,9 @@ def _worker(backend, learner, k: int) -> GeneratorWorker:
     )
 
 
-def _serve(worker, learner, n: int) -> None:
-    th = _run(worker)
-    try:
-        _until(lambda: len(learner.pushed) == n)
-        worker.stop.set()
-        th.join(10)
-    finally:
-        learner.close()
-
-
 def test_leases_are_taken_batched_and_pushed_one_group_each():
     learner, backend = ScriptedLearner(leases=6), BatchingBackend(seconds=0.05)
-    _serve(_worker(backend, learner, 3), learner, 6)
+    _serve_groups(_worker(backend, learner, 3), learner, 6)
     # Two rounds of three leases, each generated in one call; every group pushed alone.
     assert backend.batches == [[2, 2, 2], [2, 2, 2]] and learner.pushed == [1, 2, 3, 4, 5, 6]
     # The second round's three requests went out while the first was generating.
@@ -75,7 +71,7 @@ def test_a_partial_round_is_generated_with_what_was_granted():
     # 4 leases for rounds of 3: the second round gets one lease and two gate denials, and
     # generates that one alone (a lone group goes through `generate`).
     learner, backend = ScriptedLearner(leases=4), BatchingBackend()
-    _serve(_worker(backend, learner, 3), learner, 4)
+    _serve_groups(_worker(backend, learner, 3), learner, 4)
     assert backend.batches == [[2, 2, 2]] and learner.pushed == [1, 2, 3, 4]
 
 
