@@ -9,7 +9,8 @@ memory over the last 10 minutes (least-squares slope under 1 MB/min for the lear
 tree and for each generator). The figures are printed for the closing note.
 
 `ASYNCRL_SOAK_SECONDS` (default 1800), `ASYNCRL_SOAK_GENERATOR_KILL` (120) and
-`ASYNCRL_SOAK_LEARNER_KILL` (600) shorten it for a trial run. Left out: killing the learner
+`ASYNCRL_SOAK_LEARNER_KILL` (600) shorten it for a trial run; `ASYNCRL_SOAK_SET` adds
+overrides (space-separated) to every process. Left out: killing the learner
 at chosen moments of a save (tests/integration/test_checkpoint_kill.py does that).
 """
 
@@ -97,6 +98,8 @@ def test_soak_kills_and_resumes(small_overrides, tmp_path):
         "train.keep_checkpoints=2",
         "buffer.max_staleness=2",
         "buffer.filter_zero_variance=false",  # every group is one the audit must follow
+        # Extra overrides for a diagnostic soak, e.g. "reward.isolation=process".
+        *os.environ.get("ASYNCRL_SOAK_SET", "").split(),
     ]
     out = Path(next(a.split("=", 1)[1] for a in common if a.startswith("learner.output")))
     url = f"http://127.0.0.1:{metrics}/metrics"
