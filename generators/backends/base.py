@@ -101,6 +101,15 @@ class TokenContinuation(Backend, Protocol):
         ...
 
 
+def split_groups(samples: list[Sample], ns: list[int]) -> list[list[Sample]]:
+    """A batch's samples (group after group, `ns[i]` each) back into their groups."""
+    out, k = [], 0
+    for n in ns:
+        out.append(samples[k : k + n])
+        k += n
+    return out
+
+
 class BatchedGroups(Backend, Protocol):
     """`capabilities.batched_groups`: the groups of several prompts sampled together, each
     completion as it would be sampled alone (same positions, same distribution), so a

@@ -15,7 +15,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from asyncrl.generators.backends.base import Capabilities, InflightMode, Sample
+from asyncrl.generators.backends.base import Capabilities, InflightMode, Sample, split_groups
 from asyncrl.generators.weights import load_into_model, verify_and_decode
 from asyncrl.protocol.settings import SamplingParams
 
@@ -150,11 +150,7 @@ class HFBackend:
         samples = self._sample_rows(
             ids.to(self.device), params, False, mask.to(self.device) if padded else None
         )
-        out, k = [], 0
-        for n in ns:
-            out.append(samples[k : k + n])
-            k += n
-        return out
+        return split_groups(samples, ns)
 
     def _sample(
         self, prompt_ids: np.ndarray, n: int, params: SamplingParams, greedy: bool

@@ -34,7 +34,7 @@ from typing import Literal
 import numpy as np
 from pydantic import Field
 
-from asyncrl.generators.backends.base import Capabilities, Sample
+from asyncrl.generators.backends.base import Capabilities, Sample, split_groups
 from asyncrl.generators.backends.sglang_api import (
     build_continue_request,
     build_generate_request,
@@ -219,11 +219,7 @@ class SGLangBackend:
         """Every group's copies in one request: the server batches them (and shares each
         prompt's prefix in its radix cache)."""
         samples = self.continue_batch([p for p, n in zip(prompts, ns) for _ in range(n)], params)
-        out, k = [], 0
-        for n in ns:
-            out.append(samples[k : k + n])
-            k += n
-        return out
+        return split_groups(samples, ns)
 
     def continue_batch(
         self, contexts: list[np.ndarray], params: SamplingParams, greedy: bool = False
