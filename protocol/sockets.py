@@ -281,25 +281,58 @@ def _frame_property(frame, name: str) -> str:
         return ""
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port free on `host` right now (the OS picks it; a race with other binders is
-    possible, so callers bind it promptly)."""
-    import socket
+# Picked ports stay unbound until the child that owns them binds; a port from the kernel's
+# ephemeral range can meanwhile become the source port of any outgoing connection on the host
+# (a generator dialling the learner, a scrape, gloo), which then fails the bind.
+PICK_RANGE_FLOOR = 20000  # below: well-known services (8080, Prometheus's 9090, ...)
 
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
+
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999  # Linux's default
+
+
+def _pick_candidates(n: int) -> list[int]:
+    """Ports outside the ephemeral range, in random order (two callers rarely collide)."""
+    import random
+
+    low, high = _ephemeral_range()
+    outside = [*range(PICK_RANGE_FLOOR, low), *range(high + 1, 65536)]
+    return random.sample(outside, min(len(outside), max(4 * n, 64)))
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port free on `host` right now; see `free_ports`."""
+    return free_ports(1, host)[0]
 
 
 def free_ports(n: int, host: str = "127.0.0.1") -> list[int]:
-    """`n` distinct TCP ports free on `host` right now: all are held open until every one is
-    chosen (consecutive `free_port` calls may return the same port twice)."""
+    """`n` distinct TCP ports free on `host` right now, for children to bind.
+
+    Taken outside the kernel's ephemeral range where it leaves room, so no outgoing
+    connection can take one before its owner binds it; a race with another process picking
+    ports the same way remains possible. All are held open until every one is chosen."""
     import socket
 
-    socks = [socket.socket() for _ in range(n)]
+    socks: list[socket.socket] = []
     try:
-        for s in socks:
+        for port in _pick_candidates(n):
+            if len(socks) == n:
+                break
+            s = socket.socket()
+            try:
+                s.bind((host, port))
+            except OSError:
+                s.close()
+                continue
+            socks.append(s)
+        while len(socks) < n:  # no room outside the ephemeral range: let the kernel pick
+            s = socket.socket()
             s.bind((host, 0))
+            socks.append(s)
         return [s.getsockname()[1] for s in socks]
     finally:
         for s in socks:
