@@ -14,6 +14,13 @@ objective, over the mean of the seeds:
   (linear between the evaluations around the crossing) over η's (> 1: η gets there sooner);
   None where a run never reaches it.
 - `final_accuracy_ratio`: final accuracy at the same sample budget over η = 0's.
+- `rl_seconds_speedup`: η = 0's RL wall time for the whole budget over η's.
+- `overlap_bound_speedup` (per objective, from η = 0's own phases): the most any η could buy
+  over η = 0 if generation hid entirely behind training. At η = 0 the learner waits while the
+  generators work (`wait`) and they idle while it trains (the rest): overlapped, a loop takes
+  the first step's wait (the pipeline filling, paid at every η) plus the larger of the two.
+  A speedup well below it is lost to the overlap itself; a bound near 1 means training binds
+  and η has little to hide.
 
 Written as `learning.json` and `learning.png` (matplotlib, the `bench` extra) in `out_dir`.
 """
@@ -84,11 +91,26 @@ def time_to(points: list[dict], target: float) -> float | None:
     return None
 
 
-def summarise(runs: dict, target: float) -> dict:
+def overlap_bound(loops: list[dict]) -> float | None:
+    """The most overlap could buy over η = 0 runs (`loops`: each run's `rl`, `wait`,
+    `first_wait` and `fleet_wait` seconds, from its summary), mean over runs."""
+    bounds = []
+    for lp in loops:
+        rl, wait, first = (lp[k] - lp["fleet_wait"] for k in ("rl", "wait", "first_wait"))
+        overlapped = first + max(rl - wait, wait - first)
+        if overlapped > 0:
+            bounds.append(rl / overlapped)
+    return round(statistics.mean(bounds), 3) if bounds else None
+
+
+def summarise(runs: dict, target: float, loops: dict | None = None) -> dict:
     """Per objective and η: mean final accuracy and time to target over seeds, and both
-    relative to η = 0 (`runs[objective][eta]` is a list of curves, one per seed)."""
+    relative to η = 0 (`runs[objective][eta]` is a list of curves, one per seed;
+    `loops[objective][eta]` the runs' loop seconds, for `overlap_bound`)."""
     out: dict = {}
     for objective, by_eta in runs.items():
+        eta0_loops = (loops or {}).get(objective, {}).get(0, [])
+        bound = overlap_bound(eta0_loops) if eta0_loops else None
         rows = {}
         for eta, curves in by_eta.items():
             finals = [c[-1]["accuracy"] for c in curves if c]
@@ -110,6 +132,12 @@ def summarise(runs: dict, target: float) -> dict:
                 if base and base["time_to_target"] and row["time_to_target"]
                 else None
             )
+            row["rl_seconds_speedup"] = (
+                round(statistics.mean(base["rl_seconds"]) / statistics.mean(row["rl_seconds"]), 3)
+                if base and base["rl_seconds"] and row["rl_seconds"]
+                else None
+            )
+            row["overlap_bound_speedup"] = bound
             row["final_accuracy_ratio"] = (
                 round(row["final_accuracy"] / base["final_accuracy"], 3)
                 if base and base["final_accuracy"] and row["final_accuracy"] is not None
@@ -184,6 +212,7 @@ def bench_learning(
     out = Path(out_dir or "bench-learning")
     out.mkdir(parents=True, exist_ok=True)
     runs: dict = {o: {} for o in objectives}
+    loops: dict = {o: {} for o in objectives}
     with tempfile.TemporaryDirectory(prefix="asyncrl-learning-") as tmp:
         for seed in seeds:
             for objective in objectives:
@@ -193,6 +222,14 @@ def bench_learning(
                     summary = json.loads((run_dir / "summary.json").read_text())
                     rl, fleet = summary["rl_seconds"], summary.get("fleet_wait_seconds", 0.0)
                     runs[objective].setdefault(eta, []).append(curve(c, per_step, rl, fleet))
+                    loops[objective].setdefault(eta, []).append(
+                        {
+                            "rl": rl,
+                            "wait": summary["phase_seconds"].get("wait", 0.0),
+                            "first_wait": summary.get("first_wait_seconds", 0.0),
+                            "fleet_wait": fleet,
+                        }
+                    )
                     # Kept after every run: a grid cut short still leaves its curves.
                     partial = {o: {str(e): c for e, c in by.items()} for o, by in runs.items()}
                     (out / "learning.partial.json").write_text(json.dumps(partial))
@@ -212,7 +249,7 @@ def bench_learning(
             "eval_every": eval_every,
             "target": target,
         },
-        "figures": summarise(runs, target),
+        "figures": summarise(runs, target, loops),
         "curves": {o: {str(e): c for e, c in by.items()} for o, by in runs.items()},
     }
     (out / "learning.json").write_text(json.dumps(result, indent=1))

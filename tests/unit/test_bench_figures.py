@@ -189,3 +189,27 @@ def test_learning_figures_relative_to_eta_zero():
     assert f["eta=4"]["time_to_target_speedup"] == pytest.approx(1.709, abs=1e-3)
     # Final accuracies: 0.8 both for η = 0; (0.76 + 0.84)/2 = 0.8 for η = 4: ratio 1.
     assert f["eta=4"]["final_accuracy_ratio"] == 1.0 and f["eta=0"]["final_accuracy"] == 0.8
+
+
+def test_learning_overlap_bound_from_eta_zero_phases():
+    def pts(*acc_at):
+        return [{"seconds": t, "accuracy": a, "samples": 0, "step": 0} for t, a in acc_at]
+
+    runs = {"ppo": {0: [pts((0, 0.3), (20, 0.8))] * 2, 4: [pts((0, 0.3), (10, 0.8))] * 2}}
+    loops = {
+        "ppo": {
+            0: [
+                {"rl": 20.0, "wait": 8.0, "first_wait": 1.0, "fleet_wait": 0.5},
+                {"rl": 10.0, "wait": 6.0, "first_wait": 1.0, "fleet_wait": 0.0},
+            ]
+        }
+    }
+    f = summarise(runs, target=0.7, loops=loops)["ppo"]
+    # Run 1, the fleet's 0.5 s taken out: RL 19.5, wait 7.5, first wait 0.5; overlapped
+    # 0.5 + max(19.5 - 7.5, 7.5 - 0.5) = 12.5, bound 19.5 / 12.5 = 1.56. Run 2: 1 + max(10 - 6,
+    # 6 - 1) = 6, bound 10 / 6 = 1.667 (generation binds). Mean: 1.613, the same on every row.
+    assert f["eta=4"]["overlap_bound_speedup"] == f["eta=0"]["overlap_bound_speedup"] == 1.613
+    # Whole-budget RL seconds: 20 at η = 0 over 10 at η = 4.
+    assert f["eta=4"]["rl_seconds_speedup"] == 2.0 and f["eta=0"]["rl_seconds_speedup"] == 1.0
+    # Without the loops' phases there is no bound.
+    assert summarise(runs, target=0.7)["ppo"]["eta=4"]["overlap_bound_speedup"] is None
