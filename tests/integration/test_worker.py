@@ -1,9 +1,7 @@
 """The generator loop against a scripted learner on loopback: lease prefetch, its interplay
 with weight fetches, and handing a prefetched lease back on shutdown.
 
-The learner here is a thread speaking the real wire protocol over real sockets, so each test
-controls exactly when replies and announcements arrive; the backend is a stub whose
-`generate` blocks on the test's events (the hf backend is tested elsewhere).
+The scripted learner and stub backend are in worker_harness.py.
 """
 
 from __future__ import annotations
@@ -12,211 +10,20 @@ import threading
 import time
 
 import numpy as np
-import torch
-import zmq
 
 from asyncrl.generators.backends.base import Capabilities, Sample
 from asyncrl.generators.config import LearnerLimits
 from asyncrl.generators.metrics import GeneratorMetrics
-from asyncrl.generators.weights import verify_and_decode
 from asyncrl.generators.worker import GeneratorWorker
-from asyncrl.learner.weights import WeightsStore, serialize_named_tensors
-from asyncrl.protocol.messages import (
-    Ack,
-    Finished,
-    Heartbeat,
-    Hello,
-    Lease,
-    LeaseDenied,
-    LeaseRequest,
-    LeaseReturn,
-    WeightsAnnouncement,
-    WeightsChunk,
-    WeightsRequest,
-    Welcome,
+from asyncrl.protocol.messages import Finished
+from tests.integration.worker_harness import (
+    ScriptedLearner,
+    StubBackend,
+    make_worker,
+    run_worker,
+    serve_groups,
+    until,
 )
-from asyncrl.protocol.settings import SamplingParams
-from asyncrl.protocol.sockets import SocketFactory, recv, send
-
-
-class ScriptedLearner:
-    """Issues `leases` leases, then denies. Records when each lease request arrived, so a test
-    can tell a prefetched request from a fresh one."""
-
-    def __init__(self, leases: int, lease_seconds: float = 60.0):
-        self.leases, self.lease_seconds = leases, lease_seconds
-        self.factory = SocketFactory()
-        self.control = self.factory.socket(zmq.ROUTER, server=True)
-        self.rollouts = self.factory.socket(zmq.PULL, server=True)
-        self.pub = self.factory.socket(zmq.PUB, server=True)
-        self.ports = [
-            s.bind_to_random_port("tcp://127.0.0.1")
-            for s in (self.control, self.rollouts, self.pub)
-        ]
-        self.issued = 0
-        self.requests: list[float] = []  # arrival time of each LeaseRequest
-        self.pushed: list[int] = []  # lease ids of received groups, in order
-        self.groups: list = []  # the received groups themselves
-        self.returned: list[int] = []
-        self.chunk_requests = 0
-        self.hellos: list[Hello] = []
-        self.heartbeats: list[Heartbeat] = []
-        self.deny_hello = 0  # lease requests to deny with "hello" (a learner that restarted)
-        self.on_request = None  # called with the request number, in the learner thread
-        self.store = WeightsStore(chunk_bytes=64)
-        self._announce: list[WeightsAnnouncement] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._serve, daemon=True)
-        self._thread.start()
-
-    @property
-    def address(self) -> str:
-        return f"tcp://127.0.0.1:{self.ports[0]}"
-
-    def publish(self, version: int, digest: bool = True) -> bytes:
-        """Publish a small state as `version` and announce it (from the learner thread);
-        `digest=False` announces it the way a streamed version starts."""
-        blob = serialize_named_tensors({"w": torch.full((40,), float(version))})
-        pub = self.store.put(version, blob)
-        ann = WeightsAnnouncement(version, pub.digest if digest else "", len(blob), pub.chunks)
-        self._announce.append(ann)
-        return blob
-
-    def _serve(self) -> None:
-        poller = zmq.Poller()
-        poller.register(self.control, zmq.POLLIN)
-        poller.register(self.rollouts, zmq.POLLIN)
-        while not self._stop.is_set():
-            while self._announce:
-                send(self.pub, self._announce.pop(0))
-            events = dict(poller.poll(20))
-            if self.rollouts in events:
-                _, group = recv(self.rollouts)
-                self.groups.append(group)
-                self.pushed.append(int(group.lease_id, 16))
-            if self.control in events:
-                prefix, msg = recv(self.control, routed=True)
-                send(self.control, self._reply(msg), prefix=prefix)
-
-    def _reply(self, msg):
-        if isinstance(msg, Hello):
-            self.hellos.append(msg)
-            return Welcome(
-                learner_version=0,
-                weights_version=-1,
-                weights_digest="",
-                weights_size=0,
-                weights_chunks=0,
-                heartbeat_seconds=0.2,
-                vocab_size=100,
-                rollouts_port=self.ports[1],
-                weights_port=self.ports[2],
-                lease_seconds=self.lease_seconds,
-                session="token-1",
-            )
-        if isinstance(msg, LeaseRequest):
-            self.requests.append(time.perf_counter())
-            if self.on_request is not None:
-                self.on_request(len(self.requests))
-            if self.deny_hello:
-                self.deny_hello -= 1
-                return LeaseDenied("hello", 0.05, 0)
-            if self.issued >= self.leases:
-                return LeaseDenied("gate", 0.05, 0)
-            self.issued += 1
-            params = SamplingParams(temperature=1.0, top_p=1.0, top_k=0, max_new_tokens=4)
-            lease_id = f"{self.issued:032x}"  # lease n is n in hex: tests read it back
-            return Lease(lease_id, np.array([1, 2], np.int32), 2, params, 0.0, 0)
-        if isinstance(msg, WeightsRequest):
-            self.chunk_requests += 1
-            pub = self.store.get(msg.version)
-            return WeightsChunk(
-                msg.version, msg.index, np.frombuffer(pub.chunk(msg.index), np.uint8)
-            )
-        if isinstance(msg, Heartbeat):
-            self.heartbeats.append(msg)
-        if isinstance(msg, LeaseReturn):
-            self.returned += [int(x, 16) for x in msg.lease_ids]
-        assert isinstance(msg, (LeaseReturn, Heartbeat)), msg
-        return Ack(0)
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join()
-        for s in (self.control, self.rollouts, self.pub):
-            s.close(0)
-
-
-class StubBackend:
-    """Generates `n` two-token samples; `gate[k]` (if set) must be released before the k-th
-    group completes, so a test decides what happens while a group is being generated."""
-
-    name = "stub"
-    vocab_size = 100
-    capabilities = Capabilities()
-
-    def __init__(self, seconds: float = 0.0):
-        self.version = 0
-        self.seconds = seconds
-        self.calls = 0
-        self.gates: dict[int, threading.Event] = {}
-        self.loaded: list[tuple[int, float]] = []
-        self.finished: list[float] = []  # when each generate call returned
-
-    def generate(self, prompt_ids, n, params):
-        self.calls += 1
-        if self.calls in self.gates:
-            assert self.gates[self.calls].wait(10)
-        time.sleep(self.seconds)
-        self.finished.append(time.perf_counter())
-        tok = np.array([5, 6], np.int32)
-        return [Sample(tok, np.zeros(2, np.float32), np.full(2, self.version), "length")] * n
-
-    def load_weights(self, blob, digest, version):
-        tensors = verify_and_decode(blob, digest)
-        self.loaded.append((version, float(tensors["w"][0])))
-        self.version = version
-
-    def health(self) -> tuple[bool, str]:
-        return True, "stub"
-
-    def close(self) -> None:
-        pass
-
-
-def _run(worker: GeneratorWorker) -> threading.Thread:
-    th = threading.Thread(target=worker.run, daemon=True)
-    th.start()
-    return th
-
-
-def _until(cond, timeout: float = 10.0) -> None:
-    deadline = time.time() + timeout
-    while not cond():
-        assert time.time() < deadline, "timed out"
-        time.sleep(0.01)
-
-
-def _worker(backend, learner: ScriptedLearner, prefetch: bool = True) -> GeneratorWorker:
-    return GeneratorWorker(
-        backend,
-        "g0",
-        learner.address,
-        GeneratorMetrics(),
-        reconnect_seconds=5,
-        prefetch_lease=prefetch,
-    )
-
-
-def _serve_groups(worker: GeneratorWorker, learner: ScriptedLearner, n: int) -> None:
-    """Run the worker until the learner has received `n` groups, then stop both."""
-    th = _run(worker)
-    try:
-        _until(lambda: len(learner.pushed) == n)
-        worker.stop.set()
-        th.join(10)
-    finally:
-        learner.close()
 
 
 def _prefetched(learner: ScriptedLearner, backend: StubBackend, k: int) -> bool:
@@ -227,8 +34,8 @@ def _prefetched(learner: ScriptedLearner, backend: StubBackend, k: int) -> bool:
 
 def test_next_lease_is_requested_before_the_current_group_is_pushed():
     learner, backend = ScriptedLearner(leases=3), StubBackend(seconds=0.05)
-    worker = _worker(backend, learner)
-    _serve_groups(worker, learner, 3)
+    worker = make_worker(backend, learner)
+    serve_groups(worker, learner, 3)
     assert learner.pushed == [1, 2, 3]
     # Each group takes 50 ms and the next request goes out as the group starts.
     assert [_prefetched(learner, backend, k) for k in (1, 2, 3)] == [True, True, True]
@@ -237,8 +44,8 @@ def test_next_lease_is_requested_before_the_current_group_is_pushed():
 
 def test_without_prefetch_each_request_follows_the_previous_group():
     learner, backend = ScriptedLearner(leases=3), StubBackend(seconds=0.01)
-    worker = _worker(backend, learner, prefetch=False)
-    _serve_groups(worker, learner, 3)
+    worker = make_worker(backend, learner, prefetch=False)
+    serve_groups(worker, learner, 3)
     assert [_prefetched(learner, backend, k) for k in (1, 2)] == [False, False]
 
 
@@ -246,23 +53,23 @@ def test_no_prefetch_while_a_group_takes_over_a_quarter_of_the_lease():
     # lease_seconds 0.2: a 0.08 s group exceeds 0.05 s, so after the first group (the only
     # one prefetched for, when nothing had been timed yet) every request waits for the group.
     learner, backend = ScriptedLearner(leases=3, lease_seconds=0.2), StubBackend(seconds=0.08)
-    worker = _worker(backend, learner)
-    _serve_groups(worker, learner, 3)
+    worker = make_worker(backend, learner)
+    serve_groups(worker, learner, 3)
     assert [_prefetched(learner, backend, k) for k in (1, 2, 3)] == [True, False, False]
 
 
 def test_stop_hands_the_prefetched_lease_back():
     learner, backend = ScriptedLearner(leases=5), StubBackend()
     backend.gates[1] = threading.Event()
-    worker = _worker(backend, learner)
-    th = _run(worker)
+    worker = make_worker(backend, learner)
+    th = run_worker(worker)
     try:
-        _until(lambda: learner.issued == 2)  # lease 1 in generation, lease 2 prefetched
+        until(lambda: learner.issued == 2)  # lease 1 in generation, lease 2 prefetched
         worker.stop.set()
         backend.gates[1].set()
         th.join(10)
         assert not th.is_alive()
-        _until(lambda: learner.returned == [2])
+        until(lambda: learner.returned == [2])
     finally:
         learner.close()
     assert learner.pushed == [1]  # the current group is finished, the prefetched one returned
@@ -274,13 +81,13 @@ def test_weights_fetched_while_the_prefetched_lease_waits_lose_nothing():
     learner, backend = ScriptedLearner(leases=2), StubBackend()
     backend.gates[1] = threading.Event()
     learner.on_request = lambda k: learner.publish(1) if k == 2 else None
-    worker = _worker(backend, learner)
-    th = _run(worker)
+    worker = make_worker(backend, learner)
+    th = run_worker(worker)
     try:
-        _until(lambda: learner.issued == 2)
+        until(lambda: learner.issued == 2)
         time.sleep(0.3)  # the announcement reaches the subscriber before group 1 ends
         backend.gates[1].set()
-        _until(lambda: len(learner.pushed) == 2)
+        until(lambda: len(learner.pushed) == 2)
         worker.stop.set()
         th.join(10)
     finally:
@@ -331,17 +138,17 @@ def test_inflight_loads_wait_for_a_streamed_version_to_be_complete():
         reconnect_seconds=5,
         inflight_updates="continue",
     )
-    th = _run(worker)
+    th = run_worker(worker)
     try:
-        _until(lambda: len(backend.steps) > 0)
+        until(lambda: len(backend.steps) > 0)
         learner.publish(1, digest=False)
         time.sleep(0.3)  # 30 decode steps with the announcement received
         assert learner.chunk_requests == 0 and backend.version == 0
         learner.publish(1)
-        _until(lambda: backend.loaded == [(1, 1.0)])
+        until(lambda: backend.loaded == [(1, 1.0)])
         assert not backend.gates[1].is_set()  # loaded in flight, inside group 1
         backend.gates[1].set()
-        _until(lambda: learner.pushed == [1])
+        until(lambda: learner.pushed == [1])
         worker.stop.set()
         th.join(10)
     finally:
@@ -358,8 +165,8 @@ def test_stop_is_prompt_when_the_learner_already_exited():
     worker = GeneratorWorker(
         backend, "g0", learner.address, GeneratorMetrics(), reconnect_seconds=30
     )
-    th = _run(worker)
-    _until(lambda: learner.issued == 2)  # lease 1 in generation, lease 2 prefetched
+    th = run_worker(worker)
+    until(lambda: learner.issued == 2)  # lease 1 in generation, lease 2 prefetched
     learner.close()
     worker.stop.set()
     t = time.monotonic()
@@ -372,8 +179,8 @@ def test_stop_is_prompt_when_the_learner_already_exited():
 def test_a_hello_denial_says_hello_again_and_heartbeats_name_the_session():
     learner, backend = ScriptedLearner(leases=1), StubBackend(seconds=0.6)
     learner.deny_hello = 1
-    worker = _worker(backend, learner, prefetch=False)
-    _serve_groups(worker, learner, 1)
+    worker = make_worker(backend, learner, prefetch=False)
+    serve_groups(worker, learner, 1)
     # Hello on connecting (no session yet), hello again on the denial presenting the token
     # the first welcome gave; then the lease, generated and pushed.
     assert [h.session for h in learner.hellos] == ["", "token-1"]
@@ -388,9 +195,9 @@ def test_a_published_finish_ends_the_loop_without_reconnecting():
     learner, backend = ScriptedLearner(leases=1), StubBackend()
     metrics = GeneratorMetrics()
     worker = GeneratorWorker(backend, "g0", learner.address, metrics, reconnect_seconds=5)
-    th = _run(worker)
+    th = run_worker(worker)
     try:
-        _until(lambda: learner.pushed == [1])  # then denied: the worker waits on announcements
+        until(lambda: learner.pushed == [1])  # then denied: the worker waits on announcements
         assert worker.healthy() == (True, "ok version=0")
         learner._announce.append(Finished(1))
         th.join(10)
@@ -411,9 +218,9 @@ def test_a_finish_read_only_after_the_learner_went_silent_still_ends_the_loop():
     worker = GeneratorWorker(
         backend, "g0", learner.address, metrics, reconnect_seconds=2, prefetch_lease=False
     )
-    th = _run(worker)
+    th = run_worker(worker)
     try:
-        _until(lambda: learner.issued == 1)
+        until(lambda: learner.issued == 1)
         learner._announce.append(Finished(4))
         time.sleep(0.5)  # published and received into the generator's subscription
     finally:
@@ -434,9 +241,9 @@ def test_a_lease_past_the_generators_limits_is_not_generated():
         metrics,
         limits=LearnerLimits(max_group_size=1),  # the scripted leases ask for 2 samples
     )
-    th = _run(worker)
+    th = run_worker(worker)
     try:
-        _until(lambda: metrics.rejected.labels(reason="group_size")._value.get() >= 1)
+        until(lambda: metrics.rejected.labels(reason="group_size")._value.get() >= 1)
         worker.stop.set()
         th.join(10)
     finally:

@@ -14,12 +14,12 @@ import pytest
 from asyncrl.generators.backends.base import Capabilities, Sample
 from asyncrl.generators.metrics import GeneratorMetrics
 from asyncrl.generators.worker import GeneratorWorker
-from tests.integration.test_worker import (
+from tests.integration.worker_harness import (
     ScriptedLearner,
     StubBackend,
-    _run,
-    _serve_groups,
-    _until,
+    run_worker,
+    serve_groups,
+    until,
 )
 
 
@@ -47,7 +47,7 @@ class BatchingBackend(StubBackend):
         return out
 
 
-def _worker(backend, learner, k: int) -> GeneratorWorker:
+def make_worker(backend, learner, k: int) -> GeneratorWorker:
     return GeneratorWorker(
         backend, "g0", learner.address, GeneratorMetrics(), reconnect_seconds=5, groups_per_batch=k
     )
@@ -55,7 +55,7 @@ def _worker(backend, learner, k: int) -> GeneratorWorker:
 
 def test_leases_are_taken_batched_and_pushed_one_group_each():
     learner, backend = ScriptedLearner(leases=6), BatchingBackend(seconds=0.05)
-    _serve_groups(_worker(backend, learner, 3), learner, 6)
+    serve_groups(make_worker(backend, learner, 3), learner, 6)
     # Two rounds of three leases, each generated in one call; every group pushed alone.
     assert backend.batches == [[2, 2, 2], [2, 2, 2]] and learner.pushed == [1, 2, 3, 4, 5, 6]
     # The second round's three requests went out while the first was generating.
@@ -71,22 +71,22 @@ def test_a_partial_round_is_generated_with_what_was_granted():
     # 4 leases for rounds of 3: the second round gets one lease and two gate denials, and
     # generates that one alone (a lone group goes through `generate`).
     learner, backend = ScriptedLearner(leases=4), BatchingBackend()
-    _serve_groups(_worker(backend, learner, 3), learner, 4)
+    serve_groups(make_worker(backend, learner, 3), learner, 4)
     assert backend.batches == [[2, 2, 2]] and learner.pushed == [1, 2, 3, 4]
 
 
 def test_stop_hands_every_prefetched_lease_back():
     learner, backend = ScriptedLearner(leases=10), BatchingBackend()
     backend.gates[1] = threading.Event()
-    worker = _worker(backend, learner, 3)
-    th = _run(worker)
+    worker = make_worker(backend, learner, 3)
+    th = run_worker(worker)
     try:
-        _until(lambda: learner.issued == 6)  # 1-3 generating, 4-6 prefetched
+        until(lambda: learner.issued == 6)  # 1-3 generating, 4-6 prefetched
         worker.stop.set()
         backend.gates[1].set()
         th.join(10)
         assert not th.is_alive()
-        _until(lambda: sorted(learner.returned) == [4, 5, 6])
+        until(lambda: sorted(learner.returned) == [4, 5, 6])
     finally:
         learner.close()
     assert learner.pushed == [1, 2, 3]  # the round in generation finished and pushed
