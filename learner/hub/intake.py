@@ -24,8 +24,10 @@ from asyncrl.protocol.codec import ProtocolError
 from asyncrl.protocol.messages import RolloutGroup
 from asyncrl.protocol.validate import RolloutLimits, validate_rollout
 
-# retry_after of a gate denial while groups are being scored (`Intake.gate_retry_after`).
-GATE_RETRY_SCORING = 0.05
+# retry_after of a gate denial when capacity may free without a new version
+# (`Intake.gate_retry_after`), and otherwise (a new version's announcement wakes it sooner).
+GATE_RETRY_SOON = 0.05
+GATE_RETRY_VERSION = 0.5
 
 
 class Intake:
@@ -78,10 +80,13 @@ class Intake:
         return None
 
     def gate_retry_after(self) -> float:
-        """retry_after of a gate denial. While groups are being scored one may be dropped and
-        free its capacity with no new version (whose announcement would wake the generator):
-        ask again soon. Otherwise only a new version opens the gate."""
-        return GATE_RETRY_SCORING if self.scoring > 0 else 0.5
+        """retry_after of a gate denial. A group being scored may be dropped, and one in
+        flight may be dropped or expire, freeing its capacity with no new version (whose
+        announcement would wake the generator): while the learner is short of a step's groups,
+        ask again soon. Otherwise only a new version opens the gate, or nobody is waiting."""
+        led = self.core.ledger
+        starved = led.in_flight > 0 and led.waiting < self.core.cfg.train.groups_per_step
+        return GATE_RETRY_SOON if self.scoring > 0 or starved else GATE_RETRY_VERSION
 
     # ------------------------------------------------------------ socket thread
     def on_rollout(self, msg: RolloutGroup, key: str, now: float) -> None:

@@ -13,7 +13,7 @@ import time
 
 from asyncrl.generators.metrics import GeneratorMetrics
 from asyncrl.generators.worker import GeneratorWorker
-from tests.integration.test_worker import ScriptedLearner, StubBackend, _run, _until
+from tests.integration.worker_harness import ScriptedLearner, StubBackend, run_worker, until
 
 
 def test_a_lease_granted_after_the_stop_is_handed_back():
@@ -31,11 +31,11 @@ def test_a_lease_granted_after_the_stop_is_handed_back():
 
     learner.on_request = stop_then_grant
     t = time.monotonic()
-    th = _run(worker)
+    th = run_worker(worker)
     try:
         th.join(10)
         assert not th.is_alive()
-        _until(lambda: learner.returned == [1])
+        until(lambda: learner.returned == [1])
     finally:
         learner.close()
     assert learner.issued == 1 and learner.pushed == []  # granted, never generated, returned

@@ -137,12 +137,16 @@ def test_lease_rollout_accepted_and_taken():
         lease = gen.ask(LeaseRequest("g0", 0))
         assert isinstance(lease, Lease) and lease.group_size == 2
         assert CharTokenizer().decode(lease.prompt_ids) == "2+2="
-        # Gate: limit (0+0+1)*1 = 1, one in flight -> the next request is refused. No group
-        # is being scored, so only a new version opens the gate: retry after 0.5 s (the
-        # version's announcement wakes the generator sooner).
-        assert gen.ask(LeaseRequest("g0", 0)) == LeaseDenied("gate", 0.5, 0)
+        # Gate: limit (0+0+1)*1 = 1, one in flight -> the next request is refused. The
+        # learner has 0 of its 1 group and the one in flight may yet be dropped (or expire),
+        # freeing capacity with no new version: retry after 0.05 s.
+        assert gen.ask(LeaseRequest("g0", 0)) == LeaseDenied("gate", 0.05, 0)
         # Answer "4": rewards [1, 0] (variance, so not filtered) -> accepted.
         gen.rollout(lease, ["4", "5"])
+        _wait(lambda: hub.stats()["waiting"] == 1)
+        # Accepted and waiting, 1 of limit 1, nothing in flight or being scored: only a new
+        # version opens the gate, retry after 0.5 s (its announcement wakes the generator).
+        assert gen.ask(LeaseRequest("g0", 0)) == LeaseDenied("gate", 0.5, 0)
         taken = hub.wait_for_groups(1, threading.Event())
         assert [g.lease_id for g in taken] == [lease.lease_id]
         data: GroupData = taken[0].payload
