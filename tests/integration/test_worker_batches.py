@@ -6,17 +6,15 @@ Against the scripted learner of test_worker.py (real sockets, real wire protocol
 from __future__ import annotations
 
 import threading
-import time
 
 import numpy as np
 import pytest
 
 from asyncrl.generators.backends.base import Capabilities, Sample
-from asyncrl.generators.metrics import GeneratorMetrics
-from asyncrl.generators.worker import GeneratorWorker
 from tests.integration.worker_harness import (
     ScriptedLearner,
     StubBackend,
+    make_worker,
     run_worker,
     serve_groups,
     until,
@@ -34,11 +32,7 @@ class BatchingBackend(StubBackend):
         self.batches: list[list[int]] = []
 
     def generate_groups(self, prompts, ns, params):
-        self.calls += 1
-        if self.calls in self.gates:
-            assert self.gates[self.calls].wait(10)
-        time.sleep(self.seconds)
-        self.finished.append(time.perf_counter())
+        self._call()
         self.batches.append(list(ns))
         out = []
         for i, n in enumerate(ns):
@@ -47,15 +41,9 @@ class BatchingBackend(StubBackend):
         return out
 
 
-def make_worker(backend, learner, k: int) -> GeneratorWorker:
-    return GeneratorWorker(
-        backend, "g0", learner.address, GeneratorMetrics(), reconnect_seconds=5, groups_per_batch=k
-    )
-
-
 def test_leases_are_taken_batched_and_pushed_one_group_each():
     learner, backend = ScriptedLearner(leases=6), BatchingBackend(seconds=0.05)
-    serve_groups(make_worker(backend, learner, 3), learner, 6)
+    serve_groups(make_worker(backend, learner, groups_per_batch=3), learner, 6)
     # Two rounds of three leases, each generated in one call; every group pushed alone.
     assert backend.batches == [[2, 2, 2], [2, 2, 2]] and learner.pushed == [1, 2, 3, 4, 5, 6]
     # The second round's three requests went out while the first was generating.
@@ -71,14 +59,14 @@ def test_a_partial_round_is_generated_with_what_was_granted():
     # 4 leases for rounds of 3: the second round gets one lease and two gate denials, and
     # generates that one alone (a lone group goes through `generate`).
     learner, backend = ScriptedLearner(leases=4), BatchingBackend()
-    serve_groups(make_worker(backend, learner, 3), learner, 4)
+    serve_groups(make_worker(backend, learner, groups_per_batch=3), learner, 4)
     assert backend.batches == [[2, 2, 2]] and learner.pushed == [1, 2, 3, 4]
 
 
 def test_stop_hands_every_prefetched_lease_back():
     learner, backend = ScriptedLearner(leases=10), BatchingBackend()
     backend.gates[1] = threading.Event()
-    worker = make_worker(backend, learner, 3)
+    worker = make_worker(backend, learner, groups_per_batch=3)
     th = run_worker(worker)
     try:
         until(lambda: learner.issued == 6)  # 1-3 generating, 4-6 prefetched

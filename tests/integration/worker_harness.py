@@ -161,12 +161,16 @@ class StubBackend:
         self.loaded: list[tuple[int, float]] = []
         self.finished: list[float] = []  # when each generate call returned
 
-    def generate(self, prompt_ids, n, params):
+    def _call(self) -> None:
+        """One generate call: held at its gate if the test set one, then `seconds` long."""
         self.calls += 1
         if self.calls in self.gates:
             assert self.gates[self.calls].wait(10)
         time.sleep(self.seconds)
         self.finished.append(time.perf_counter())
+
+    def generate(self, prompt_ids, n, params):
+        self._call()
         tok = np.array([5, 6], np.int32)
         return [Sample(tok, np.zeros(2, np.float32), np.full(2, self.version), "length")] * n
 
@@ -195,7 +199,9 @@ def until(cond, timeout: float = 10.0) -> None:
         time.sleep(0.01)
 
 
-def make_worker(backend, learner: ScriptedLearner, prefetch: bool = True) -> GeneratorWorker:
+def make_worker(
+    backend, learner: ScriptedLearner, prefetch: bool = True, groups_per_batch: int = 1
+) -> GeneratorWorker:
     return GeneratorWorker(
         backend,
         "g0",
@@ -203,6 +209,7 @@ def make_worker(backend, learner: ScriptedLearner, prefetch: bool = True) -> Gen
         GeneratorMetrics(),
         reconnect_seconds=5,
         prefetch_lease=prefetch,
+        groups_per_batch=groups_per_batch,
     )
 
 
