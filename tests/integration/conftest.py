@@ -101,6 +101,32 @@ def scrape(url: str, timeout: float = 5.0) -> dict[str, float]:
     return out
 
 
+def hold_metrics() -> list[str]:
+    """Overrides for an `asyncrl local` run that a test scrapes after probing it: the run may
+    finish while the probes go on, so the learner keeps /metrics up after its last step. Only
+    a learner on a configured port lingers (`launch.local.plan_metrics`): it gets one."""
+    from asyncrl.protocol.sockets import free_port
+
+    return [f"learner.metrics_port={free_port()}", "learner.metrics_linger_seconds=600"]
+
+
+def end_held_run(proc: subprocess.Popen, metrics_url: str, timeout: float = 600) -> str:
+    """For an `asyncrl local` run started with `hold_metrics()`: wait until the learner says its
+    run finished (`asyncrl_run_finished` 1), end the linger with SIGTERM, and return the
+    rest of stdout (its last line is the summary)."""
+    import signal
+    import time
+
+    deadline = time.time() + timeout
+    while scrape(metrics_url).get("asyncrl_run_finished", 0.0) != 1.0:
+        assert proc.poll() is None, "asyncrl local exited while its metrics were held"
+        assert time.time() < deadline, "the run did not finish"
+        time.sleep(0.5)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
+    return out
+
+
 def stranger_rollout(lease_id: str) -> list[bytes]:
     """The frames of a well-formed rollout group from a generator the learner never leased
     to (`intruder`)."""

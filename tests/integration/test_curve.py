@@ -15,7 +15,14 @@ import zmq
 from asyncrl.protocol.codec import decode, encode
 from asyncrl.protocol.messages import Hello
 from asyncrl.protocol.sockets import SocketFactory, create_curve_keys, load_curve_keys
-from tests.integration.conftest import next_event, scrape, start_cli, stranger_rollout
+from tests.integration.conftest import (
+    end_held_run,
+    hold_metrics,
+    next_event,
+    scrape,
+    start_cli,
+    stranger_rollout,
+)
 
 
 def _received(metrics_url: str) -> float:
@@ -76,6 +83,7 @@ def test_authorised_generator_trains_and_intruders_get_nothing(small_overrides, 
             "local.generators=1",
             f"security.curve_dir={keys}",
             "security.client_name=gen",
+            *hold_metrics(),  # 12 steps can be over before the probes are
         ],
         tmp_path / "local.log",
     )
@@ -99,7 +107,7 @@ def test_authorised_generator_trains_and_intruders_get_nothing(small_overrides, 
         assert 'asyncrl_auth_failures_total{reason="unknown_key"} 0.0' not in text
         assert 'asyncrl_auth_failures_total{reason="unknown_key"}' in text
         ctx.term()
-        out, _ = proc.communicate(timeout=600)
+        out = end_held_run(proc, started["metrics"]["learner"])
     finally:
         if proc.poll() is None:
             proc.kill()
