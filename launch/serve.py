@@ -27,6 +27,8 @@ from pathlib import Path
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Gauge, generate_latest
 
+from asyncrl.launch.memory import MemoryMetrics
+
 logger = logging.getLogger(__name__)
 
 HealthFn = Callable[[], tuple[bool, str]]
@@ -56,8 +58,8 @@ def http_options(section) -> HttpOptions:
 
 class ProcessMetrics:
     """Series every role exposes about the process itself: whether its health check passes
-    (sampled at each scrape) and whether its run finished normally (so alerting tells a
-    finish from a crash once the process is gone)."""
+    (sampled at each scrape), whether its run finished normally (so alerting tells a
+    finish from a crash once the process is gone), and its memory (`launch.memory`)."""
 
     def __init__(self, registry: CollectorRegistry):
         self.healthy = Gauge(
@@ -71,6 +73,7 @@ class ProcessMetrics:
             "the learner), else 0.",
             registry=registry,
         )
+        self.memory = MemoryMetrics(registry)
 
 
 def start_metrics_server(

@@ -225,11 +225,17 @@ def test_dashboard_covers_the_operator_questions():
         "publish",
         "dropped",
         "generators",
+        "memory",
     ):
         assert topic in titles, topic
     assert "heatmap" in {p["type"] for p in dash["panels"]}
     exprs = " ".join(dashboard_exprs())
-    for name in ("asyncrl_generators_connected", "asyncrl_generators_up_to_date"):
+    for name in (
+        "asyncrl_generators_connected",
+        "asyncrl_generators_up_to_date",
+        "process_resident_memory_bytes",
+        "asyncrl_process_heap_bytes",
+    ):
         assert name in exprs
     # Live changes (asyncrl ctl set) are marked on every panel.
     notes = [a for a in dash["annotations"]["list"] if a.get("enable")]
@@ -253,8 +259,13 @@ def test_every_alert_is_documented():
         assert {"summary", "description", "runbook"} <= rule["annotations"].keys(), rule["alert"]
 
 
+def alert_test_files() -> list[str]:
+    return sorted(p.name for p in OPS.glob("alerts*_test.yml"))
+
+
 def test_every_alert_has_firing_and_silent_tests():
-    tests = yaml.safe_load((OPS / "alerts_test.yml").read_text())["tests"]
+    assert "alerts_test.yml" in alert_test_files()
+    tests = [t for f in alert_test_files() for t in yaml.safe_load((OPS / f).read_text())["tests"]]
     cases = [case for t in tests for case in t["alert_rule_test"]]
     for rule in alert_rules():
         mine = [c for c in cases if c["alertname"] == rule["alert"]]
@@ -272,7 +283,7 @@ def test_example_config_scrapes_the_expected_jobs():
 def test_promtool_checks_and_tests_the_rules():
     for args in (
         ["check", "rules", "alerts.yml"],
-        ["test", "rules", "alerts_test.yml"],
+        ["test", "rules", *alert_test_files()],
         ["check", "config", "prometheus.example.yml"],
     ):
         out = subprocess.run([PROMTOOL, *args], cwd=OPS, capture_output=True, text=True)
