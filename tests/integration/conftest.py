@@ -101,30 +101,39 @@ def scrape(url: str, timeout: float = 5.0) -> dict[str, float]:
     return out
 
 
-def hold_metrics() -> list[str]:
-    """Overrides for an `asyncrl local` run that a test scrapes after probing it: the run may
-    finish while the probes go on, so the learner keeps /metrics up after its last step. Only
-    a learner on a configured port lingers (`launch.local.plan_metrics`): it gets one."""
-    from asyncrl.protocol.sockets import free_port
-
-    return [f"learner.metrics_port={free_port()}", "learner.metrics_linger_seconds=600"]
+# For a run that a test probes while it trains: far more steps than the test needs, ended by
+# `stop_run` once the probing is done. A short run may finish mid-probe: its hub then answers
+# nothing, or `finished`, and its /metrics is gone.
+UNTIL_STOPPED = "train.steps=1000000"
 
 
-def end_held_run(proc: subprocess.Popen, metrics_url: str, timeout: float = 600) -> str:
-    """For an `asyncrl local` run started with `hold_metrics()`: wait until the learner says its
-    run finished (`asyncrl_run_finished` 1), end the linger with SIGTERM, and return the
-    rest of stdout (its last line is the summary)."""
-    import signal
+def wait_version(metrics_url: str, at_least: int, proc: subprocess.Popen, timeout=300) -> int:
+    """Poll the learner's `asyncrl_policy_version` until it reaches `at_least`; returns it."""
     import time
 
     deadline = time.time() + timeout
-    while scrape(metrics_url).get("asyncrl_run_finished", 0.0) != 1.0:
-        assert proc.poll() is None, "asyncrl local exited while its metrics were held"
-        assert time.time() < deadline, "the run did not finish"
-        time.sleep(0.5)
+    while True:
+        assert proc.poll() is None, "the run ended before the test stopped it"
+        version = int(scrape(metrics_url).get("asyncrl_policy_version", -1))
+        if version >= at_least:
+            return version
+        assert time.time() < deadline, f"the learner did not reach version {at_least}"
+        time.sleep(0.2)
+
+
+def stop_run(proc: subprocess.Popen, log: Path, timeout: float = 300) -> dict:
+    """End an `asyncrl local` run started with UNTIL_STOPPED: SIGTERM (the learner stops after
+    its current step and saves, the generators hand back their leases), exit 0, and return
+    the summary it printed last."""
+    import signal
+
+    assert proc.poll() is None, "the run ended before the test stopped it"
     proc.send_signal(signal.SIGTERM)
-    out, _ = proc.communicate(timeout=120)
-    return out
+    out, _ = proc.communicate(timeout=timeout)
+    assert proc.returncode == 0, log.read_text()[-4000:]
+    summary = [json.loads(x) for x in out.splitlines() if x.startswith("{")][-1]
+    assert summary["event"] == "summary", summary
+    return summary
 
 
 def stranger_rollout(lease_id: str) -> list[bytes]:

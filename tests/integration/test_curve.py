@@ -7,7 +7,6 @@ welcome, a lease or a weights announcement, and neither's rollouts are counted.
 
 from __future__ import annotations
 
-import json
 import urllib.request
 
 import zmq
@@ -16,12 +15,13 @@ from asyncrl.protocol.codec import decode, encode
 from asyncrl.protocol.messages import Hello
 from asyncrl.protocol.sockets import SocketFactory, create_curve_keys, load_curve_keys
 from tests.integration.conftest import (
-    end_held_run,
-    hold_metrics,
+    UNTIL_STOPPED,
     next_event,
     scrape,
     start_cli,
+    stop_run,
     stranger_rollout,
+    wait_version,
 )
 
 
@@ -74,45 +74,45 @@ def test_authorised_generator_trains_and_intruders_get_nothing(small_overrides, 
     create_curve_keys(str(rogue), ["intruder"])
     # The intruder holds the real server's public key and a valid (unlisted) key pair.
     (rogue / "server.key").write_bytes((keys / "server.key").read_bytes())
-    steps = 12
+    log = tmp_path / "local.log"
     proc = start_cli(
         [
             "local",
             *small_overrides,
-            f"train.steps={steps}",
+            UNTIL_STOPPED,  # the hub must be serving through both probes
             "local.generators=1",
             f"security.curve_dir={keys}",
             "security.client_name=gen",
-            *hold_metrics(),  # 12 steps can be over before the probes are
         ],
-        tmp_path / "local.log",
+        log,
     )
     try:
         started = next_event(proc, "started")
-        before = _received(started["metrics"]["learner"])
+        url = started["metrics"]["learner"]
+        before = _received(url)
         ctx = zmq.Context()
         intruder = SocketFactory(
             context=ctx, curve=load_curve_keys(str(rogue), "client", "intruder")
         )
         assert _probe(intruder, started["endpoints"]) == {"replies": 0, "announcements": 0}
         assert _probe(ctx, started["endpoints"]) == {"replies": 0, "announcements": 0}
+        ctx.term()
+        # The authorised generator kept training through both probes.
+        probed_at = wait_version(url, 1, proc)
+        wait_version(url, probed_at + 3, proc)
         # Rollouts received grew only by what the authorised generator sent: the bogus
         # groups (generator_id "intruder") never reached intake, so no duplicate drops.
-        text = urllib.request.urlopen(started["metrics"]["learner"], timeout=5).read().decode()
+        text = urllib.request.urlopen(url, timeout=5).read().decode()
         assert 'asyncrl_rollouts_dropped_total{reason="duplicate"} 0.0' in text or (
             'reason="duplicate"' not in text
         )
-        assert _received(started["metrics"]["learner"]) >= before
+        assert _received(url) >= before
         # The unlisted key was refused by the authenticator and counted (protocol.auth).
         assert 'asyncrl_auth_failures_total{reason="unknown_key"} 0.0' not in text
         assert 'asyncrl_auth_failures_total{reason="unknown_key"}' in text
-        ctx.term()
-        out = end_held_run(proc, started["metrics"]["learner"])
+        summary = stop_run(proc, log)
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert proc.returncode == 0, (tmp_path / "local.log").read_text()[-4000:]
-    summary = json.loads(out.strip().splitlines()[-1])
-    assert summary["event"] == "summary"
-    assert summary["policy_version"] == steps
+    assert summary["policy_version"] >= probed_at + 3
     assert summary["generators_seen"] == ["generator-0"]

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 
+from asyncrl.protocol.sockets import free_ports
 from tests.integration.conftest import REPO
 
 SCRIPT = REPO / "launch" / "recipes" / "slurm" / "asyncrl.sbatch"
@@ -112,25 +113,33 @@ def test_one_node_shares_it_and_a_checkpoint_resumes(tmp_path):
 SLURM_MISSING = [t for t in ("slurmctld", "slurmd", "sbatch", "sinfo") if not shutil.which(t)]
 
 
-def _consecutive_free_ports(n: int) -> int:
-    """The first of `n` consecutive TCP ports free right now."""
-    for _ in range(50):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            base = s.getsockname()[1]
-        if base + n > 65535:
-            continue
-        try:
-            socks = [socket.socket() for _ in range(n)]
-            for k, sk in enumerate(socks):
-                sk.bind(("0.0.0.0", base + k))
-            return base
-        except OSError:
-            continue
-        finally:
-            for sk in socks:
-                sk.close()
-    raise RuntimeError("no run of free ports")
+def _consecutive_free_ports(*runs: int) -> list[int]:
+    """The first port of each run of consecutive TCP ports (one run per length in `runs`),
+    free right now and disjoint. Bases come from `free_ports`, outside the kernel's ephemeral
+    range, so no outgoing connection takes one before the daemon or role that owns it binds."""
+    bases: list[int] = []
+    taken: set[int] = set()
+    for n in runs:
+        for base in free_ports(64):
+            ports = set(range(base, base + n))
+            if ports & taken or base + n > 65535:
+                continue
+            socks = []
+            try:
+                for port in sorted(ports):
+                    socks.append(socket.socket())
+                    socks[-1].bind(("0.0.0.0", port))
+            except OSError:
+                continue
+            finally:
+                for sk in socks:
+                    sk.close()
+            bases.append(base)
+            taken |= ports
+            break
+        else:
+            raise RuntimeError(f"no run of {n} free ports")
+    return bases
 
 
 @pytest.fixture
@@ -144,7 +153,7 @@ def slurm(tmp_path):
     for sub in ("state", "spool"):
         (d / sub).mkdir(parents=True)
     host = socket.gethostname()
-    ctld_port = _consecutive_free_ports(2)
+    (ctld_port,) = _consecutive_free_ports(2)
     conf = d / "slurm.conf"
     conf.write_text(
         f"""ClusterName=asyncrltest
@@ -207,14 +216,15 @@ def test_a_real_single_node_slurm_runs_the_script(slurm, small_overrides, tmp_pa
     overrides = [a for a in small_overrides if not a.startswith("learner.output_dir=")]
     # Every group trains (the small warm start often scores 0 everywhere: all filtered).
     overrides.append("buffer.filter_zero_variance=false")
+    control, metrics = _consecutive_free_ports(3, 2)
     env = dict(
         slurm,
         ASYNCRL_CONFIG="tiny-cpu",
         ASYNCRL_PYTHON=sys.executable,
         ASYNCRL_OUTPUT_DIR=str(out),
         ASYNCRL_LEARNER_PROCS="1",
-        ASYNCRL_CONTROL_PORT=str(_consecutive_free_ports(3)),
-        ASYNCRL_METRICS_PORT=str(_consecutive_free_ports(2)),
+        ASYNCRL_CONTROL_PORT=str(control),
+        ASYNCRL_METRICS_PORT=str(metrics),
     )
     log = tmp_path / "job.log"
     done = subprocess.run(
