@@ -32,12 +32,21 @@ def _prefetched(learner: ScriptedLearner, backend: StubBackend, k: int) -> bool:
     return learner.requests[k] < backend.finished[k - 1]
 
 
+def _open(backend: StubBackend, k: int) -> None:
+    """Let group k finish (if the test holds it)."""
+    if k in backend.gates:
+        backend.gates[k].set()
+
+
 def test_next_lease_is_requested_before_the_current_group_is_pushed():
-    learner, backend = ScriptedLearner(leases=3), StubBackend(seconds=0.05)
+    # Group k is held until request k+1 arrives, so no timing decides it: with prefetch the
+    # request goes out as the group starts; without, the group's gate would wait in vain.
+    learner, backend = ScriptedLearner(leases=3), StubBackend()
+    backend.gates = {k: threading.Event() for k in (1, 2, 3)}
+    learner.on_request = lambda n: _open(backend, n - 1)
     worker = make_worker(backend, learner)
     serve_groups(worker, learner, 3)
     assert learner.pushed == [1, 2, 3]
-    # Each group takes 50 ms and the next request goes out as the group starts.
     assert [_prefetched(learner, backend, k) for k in (1, 2, 3)] == [True, True, True]
     assert learner.returned == []
 
@@ -53,6 +62,8 @@ def test_no_prefetch_while_a_group_takes_over_a_quarter_of_the_lease():
     # lease_seconds 0.2: a 0.08 s group exceeds 0.05 s, so after the first group (the only
     # one prefetched for, when nothing had been timed yet) every request waits for the group.
     learner, backend = ScriptedLearner(leases=3, lease_seconds=0.2), StubBackend(seconds=0.08)
+    backend.gates = {1: threading.Event()}  # the first group waits for the prefetch
+    learner.on_request = lambda n: _open(backend, n - 1)
     worker = make_worker(backend, learner)
     serve_groups(worker, learner, 3)
     assert [_prefetched(learner, backend, k) for k in (1, 2, 3)] == [True, False, False]

@@ -43,6 +43,10 @@ class BatchingBackend(StubBackend):
 
 def test_leases_are_taken_batched_and_pushed_one_group_each():
     learner, backend = ScriptedLearner(leases=6), BatchingBackend(seconds=0.05)
+    # The first batch is held until the second round's last request is in: its requests go
+    # out while the first batch generates, or never (and the gate's wait fails the call).
+    backend.gates = {1: threading.Event()}
+    learner.on_request = lambda n: backend.gates[1].set() if n == 6 else None
     serve_groups(make_worker(backend, learner, groups_per_batch=3), learner, 6)
     # Two rounds of three leases, each generated in one call; every group pushed alone.
     assert backend.batches == [[2, 2, 2], [2, 2, 2]] and learner.pushed == [1, 2, 3, 4, 5, 6]
