@@ -18,7 +18,8 @@ from __future__ import annotations
 import ctypes
 from collections.abc import Callable
 
-from prometheus_client import CollectorRegistry, Gauge, ProcessCollector
+from prometheus_client import CollectorRegistry, ProcessCollector
+from prometheus_client.core import GaugeMetricFamily
 
 HEAP_STATES = ("in_use", "free")
 
@@ -59,21 +60,28 @@ def heap_bytes(info: _MallInfo2) -> dict[str, float]:
     return {"in_use": float(info.uordblks + info.hblkhd), "free": float(info.fordblks)}
 
 
+HEAP_HELP = (
+    "The C allocator's heap (glibc mallinfo2, read at each scrape): state=in_use is bytes "
+    "allocated and not freed (grows with a leak); state=free is bytes freed but still held, "
+    "not returned to the system (grows with fragmentation, then levels off)."
+)
+
+
 class MemoryMetrics:
-    """Registers the memory series on `registry`; each is read at scrape time."""
+    """Registers the memory series on `registry`; each is read at scrape time, the heap
+    figures from one `mallinfo2` call (it walks every arena under its lock)."""
 
     def __init__(self, registry: CollectorRegistry, reader=mallinfo2_reader):
         ProcessCollector(registry=registry)
-        self.heap = Gauge(
-            "asyncrl_process_heap_bytes",
-            "The C allocator's heap (glibc mallinfo2, read at each scrape): state=in_use is "
-            "bytes allocated and not freed (grows with a leak); state=free is bytes freed but "
-            "still held, not returned to the system (grows with fragmentation, then levels off).",
-            ["state"],
-            registry=registry,
-        )
-        read = reader()
-        if read is None:
-            return
-        for state in HEAP_STATES:
-            self.heap.labels(state=state).set_function(lambda s=state: heap_bytes(read())[s])
+        self._read = reader()
+        if self._read is not None:
+            registry.register(self)
+
+    def describe(self):
+        yield GaugeMetricFamily("asyncrl_process_heap_bytes", HEAP_HELP, labels=["state"])
+
+    def collect(self):
+        family = GaugeMetricFamily("asyncrl_process_heap_bytes", HEAP_HELP, labels=["state"])
+        for state, value in heap_bytes(self._read()).items():
+            family.add_metric([state], value)
+        yield family

@@ -107,7 +107,9 @@ def scrape(url: str, timeout: float = 5.0) -> dict[str, float]:
 UNTIL_STOPPED = "train.steps=1000000"
 
 
-def wait_version(metrics_url: str, at_least: int, proc: subprocess.Popen, timeout=300) -> int:
+def wait_version(
+    metrics_url: str, at_least: int, proc: subprocess.Popen, timeout: float = 300
+) -> int:
     """Poll the learner's `asyncrl_policy_version` until it reaches `at_least`; returns it."""
     import time
 
